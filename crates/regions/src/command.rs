@@ -1,0 +1,233 @@
+//! The machine's inputs and outputs as data.
+//!
+//! A [`Command`] changes state and is replicated (it is what a Raft entry
+//! carries); a [`Query`] only reads. Both name the log by uuid and the kernel
+//! log instance by [`Instance`] (node + luid).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use wire::{Answer, Errno, Luid, Region, Uuid};
+
+use crate::ctr::CtrError;
+
+/// A cluster node's id. Ids are never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "n{}", self.0)
+    }
+}
+
+/// One kernel log instance: a table on a node. A table reload makes a
+/// second instance of the same log on the same node (spec §4.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Instance {
+    /// The node whose kernel holds the table.
+    pub node: NodeId,
+    /// The kernel's id of the table's log.
+    pub luid: Luid,
+}
+
+impl fmt::Display for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.node, self.luid)
+    }
+}
+
+/// A state-changing input, applied in the same order on every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// A state-changing kernel request from one log instance.
+    Kernel {
+        /// The log.
+        uuid: Uuid,
+        /// The sender.
+        instance: Instance,
+        /// What it asked.
+        op: KernelOp,
+    },
+    /// A node joined the cluster, or restarted. `incarnation` changes when
+    /// the node's kernel was rebooted (its boot id): the log instances of an
+    /// earlier incarnation are gone with their kernel and are handled like
+    /// an eviction first.
+    NodeJoined {
+        /// The node.
+        node: NodeId,
+        /// Its kernel's boot identity.
+        incarnation: u64,
+    },
+    /// The cluster declared a node dead. Its marks become out-of-sync
+    /// regions for the survivors to resync (I10), its resync assignments
+    /// are released, its instances are dropped.
+    NodeEvicted {
+        /// The node.
+        node: NodeId,
+    },
+    /// The outcome of writing a `clustered-disk` log device, reported by the
+    /// node that writes it; shown as the `A`/`D` health in STATUS_INFO.
+    DiskLogHealth {
+        /// The log.
+        uuid: Uuid,
+        /// Whether the last write failed.
+        failed: bool,
+    },
+}
+
+/// The state-changing kernel requests (spec §3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KernelOp {
+    /// CTR: construct an instance with these arguments.
+    Ctr {
+        /// The constructor string (without the reconnect NUL).
+        args: String,
+    },
+    /// DTR: destroy the instance.
+    Dtr,
+    /// PRESUSPEND: recovery on this instance has stopped.
+    Presuspend,
+    /// POSTSUSPEND: all I/O of this instance has drained.
+    Postsuspend,
+    /// RESUME. For a `clustered-disk` log the resuming node reads the log
+    /// device first and passes what it read; it is used only if the log has
+    /// not been activated before (the first activation reads the disk,
+    /// spec §5.5, I11).
+    Resume {
+        /// The log device's header and bitmap, if this is a disk log.
+        disk: Option<crate::disk::DiskImage>,
+    },
+    /// FLUSH, with the marks of an integrated flush (may be empty).
+    Flush {
+        /// Marks carried by the flush.
+        marks: Vec<Region>,
+    },
+    /// MARK_REGION.
+    Mark(Vec<Region>),
+    /// CLEAR_REGION.
+    Clear(Vec<Region>),
+    /// GET_RESYNC_WORK: assigns a region to recover (a state change).
+    GetResyncWork,
+    /// SET_REGION_SYNC.
+    SetRegionSync {
+        /// The region.
+        region: Region,
+        /// In sync (recovered) or not (failure).
+        in_sync: bool,
+    },
+}
+
+/// The read-only kernel requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// GET_REGION_SIZE.
+    GetRegionSize,
+    /// IS_CLEAN.
+    IsClean(Region),
+    /// IN_SYNC.
+    InSync(Region),
+    /// GET_SYNC_COUNT.
+    GetSyncCount,
+    /// STATUS_INFO.
+    StatusInfo,
+    /// STATUS_TABLE.
+    StatusTable,
+    /// IS_REMOTE_RECOVERING.
+    IsRemoteRecovering(Region),
+}
+
+/// What applying a command produced.
+///
+/// Ordering duty: the caller must carry out every effect **before** it sends
+/// the answer to the kernel. In particular a FLUSH's answer may only be sent
+/// once its command is durably committed (I1) and, for a `clustered-disk`
+/// log, once the [`Effect::PersistDiskLog`] it returned is done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Applied {
+    /// The answer for the kernel, or why the request was refused.
+    pub outcome: Result<Answer, Refusal>,
+    /// Work for the node around the machine.
+    pub effects: Vec<Effect>,
+}
+
+impl Applied {
+    pub(crate) fn answer(a: Answer) -> Applied {
+        Applied { outcome: Ok(a), effects: Vec::new() }
+    }
+
+    pub(crate) fn refuse(r: Refusal) -> Applied {
+        Applied { outcome: Err(r), effects: Vec::new() }
+    }
+}
+
+/// Work the machine asks of the node; data, never I/O.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// The `clustered-disk` log must hold the clean bits of at least
+    /// `version` before the answer is sent (I1). One node writes the device;
+    /// the others wait until it reports the version written.
+    PersistDiskLog {
+        /// The log.
+        uuid: Uuid,
+        /// The clean-bit version to be durable.
+        version: u64,
+    },
+    /// Regions of this log went out of sync behind the kernel's cached
+    /// `in_sync_hint` on `node`: its kernel will not ask about them until it
+    /// is resumed, so the node must make it (I10 caveat, spec §3.3).
+    KickKernel {
+        /// The node whose kernel must be resumed.
+        node: NodeId,
+        /// The log.
+        uuid: Uuid,
+    },
+}
+
+/// Why a request was refused; each maps to the errno the kernel sees.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The sending node is not (or no longer) a cluster member.
+    #[error("node {0} is not a member of the cluster")]
+    NotAMember(NodeId),
+    /// No log with this uuid.
+    #[error("no log {0}")]
+    UnknownLog(Uuid),
+    /// The log exists but not this instance.
+    #[error("no log instance {0}")]
+    UnknownInstance(Instance),
+    /// A region at or past `region_count`.
+    #[error("region {region} is out of range (region_count {count})")]
+    RegionOutOfRange {
+        /// The region.
+        region: Region,
+        /// The log's region count.
+        count: u64,
+    },
+    /// A constructor string that does not parse.
+    #[error("bad constructor arguments: {0}")]
+    BadCtr(#[from] CtrError),
+    /// A constructor whose geometry differs from the log's other instances.
+    #[error("geometry {new} differs from the log's {existing}")]
+    GeometryMismatch {
+        /// The log's geometry.
+        existing: String,
+        /// The refused constructor's.
+        new: String,
+    },
+    /// A second constructor for a live instance with other arguments.
+    #[error("instance {0} exists with other arguments")]
+    InstanceExists(Instance),
+}
+
+impl Refusal {
+    /// The errno the kernel gets.
+    pub fn errno(&self) -> Errno {
+        match self {
+            Refusal::NotAMember(_) | Refusal::UnknownLog(_) | Refusal::UnknownInstance(_) => Errno::ENOENT,
+            Refusal::InstanceExists(_) => Errno::EEXIST,
+            Refusal::RegionOutOfRange { .. } | Refusal::BadCtr(_) | Refusal::GeometryMismatch { .. } => Errno::EINVAL,
+        }
+    }
+}

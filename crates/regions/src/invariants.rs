@@ -1,0 +1,238 @@
+//! The invariants of spec §7, one named check each.
+//!
+//! State checks look at the replicated state alone and run after every
+//! command in debug builds and tests ([`check_machine`]). Reply checks look
+//! at an answer next to the state it came from ([`check_answer`]). The
+//! invariants that need a history of what the kernel was told (I1 durable
+//! before acknowledged, I4 per-node order, I5 legs equal when reported in
+//! sync, I12 re-sends, I14 late requests) are checked from outside the
+//! machine by the kernel simulator's checker and the cluster simulation.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use wire::{Answer, Region, Uuid};
+
+use crate::command::{Instance, Query};
+use crate::limits::{MAX_REGION_COUNT, MIN_REGION_SIZE};
+use crate::log::{Log, Phase};
+use crate::machine::Machine;
+
+/// A broken invariant: which one, where, and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The spec's invariant id, `"I2"` etc.
+    pub id: &'static str,
+    /// The log, if the invariant is about one.
+    pub uuid: Option<Uuid>,
+    /// The region, if the invariant is about one.
+    pub region: Option<Region>,
+    /// What was found.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} violated", self.id)?;
+        if let Some(u) = &self.uuid {
+            write!(f, " in log {u}")?;
+        }
+        if let Some(r) = self.region {
+            write!(f, " at region {r}")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+fn fail(id: &'static str, log: &Log, region: Option<Region>, detail: impl Into<String>) -> Result<(), Violation> {
+    Err(Violation { id, uuid: Some(log.uuid().clone()), region, detail: detail.into() })
+}
+
+/// I2: a region marked by any instance is not clean, and a mark set is never
+/// empty (an unmarked region has no entry).
+pub fn i02_marked_regions_not_clean(log: &Log) -> Result<(), Violation> {
+    for (r, who) in log.marks() {
+        if who.is_empty() {
+            return fail("I2", log, Some(*r), "empty mark set kept");
+        }
+        if log.is_clean(*r) {
+            return fail("I2", log, Some(*r), format!("clean while marked by {who:?}"));
+        }
+        log.check_region(*r).or_else(|_| fail("I2", log, Some(*r), "mark beyond region_count"))?;
+    }
+    Ok(())
+}
+
+/// I3: a clean bit is only set for an in-sync region.
+pub fn i03_clean_implies_in_sync(log: &Log) -> Result<(), Violation> {
+    match log.sync.zeros_iter().find(|&r| log.clean.get(r)) {
+        Some(r) => fail("I3", log, Some(Region(r)), "clean but out of sync"),
+        None => Ok(()),
+    }
+}
+
+/// I6: at most one instance recovers a given region, and each instance
+/// recovers at most one region (the kernel's `MAX_RECOVERY = 1`).
+pub fn i06_one_recoverer_per_region(log: &Log) -> Result<(), Violation> {
+    let mut seen = BTreeSet::new();
+    for (i, r) in log.assignments() {
+        if !seen.insert(*r) {
+            return fail("I6", log, Some(*r), format!("assigned twice (also to {i})"));
+        }
+    }
+    Ok(())
+}
+
+/// I8: the sync count is the number of in-sync regions below region_count,
+/// and both bitmaps cover exactly region_count regions.
+pub fn i08_sync_count_in_range(log: &Log) -> Result<(), Violation> {
+    let n = log.region_count();
+    if log.clean.len() != n || log.sync.len() != n {
+        return fail(
+            "I8",
+            log,
+            None,
+            format!("bitmaps of {} and {} bits for {n} regions", log.clean.len(), log.sync.len()),
+        );
+    }
+    if log.sync_count() > n {
+        return fail("I8", log, None, format!("sync count {} > {n}", log.sync_count()));
+    }
+    Ok(())
+}
+
+/// I9: an assigned region is below region_count, out of sync, and held by a
+/// resumed instance of the log.
+pub fn i09_assignments_recoverable(log: &Log) -> Result<(), Violation> {
+    for (i, r) in log.assignments() {
+        if r.0 >= log.region_count() {
+            return fail("I9", log, Some(*r), "assigned beyond region_count");
+        }
+        if log.in_sync(*r) {
+            return fail("I9", log, Some(*r), format!("in sync but still assigned to {i}"));
+        }
+        if log.instances().get(i).map(|s| s.phase) != Some(Phase::Resumed) {
+            return fail("I9", log, Some(*r), format!("assigned to {i}, which is not resumed"));
+        }
+    }
+    Ok(())
+}
+
+/// I10: no log instance (and so no mark or assignment) belongs to a node
+/// that is not a member: an evicted node's marks were turned into resync work.
+pub fn i10_no_instances_of_departed_nodes(machine: &Machine) -> Result<(), Violation> {
+    for log in machine.logs().values() {
+        if let Some(i) = log.instances().keys().find(|i| !machine.members().contains_key(&i.node)) {
+            return fail("I10", log, None, format!("instance {i} of a departed node"));
+        }
+        for (r, who) in log.marks() {
+            if let Some(i) = who.iter().find(|i| !log.instances().contains_key(i)) {
+                return fail("I10", log, Some(*r), format!("marked by {i}, which has no instance"));
+            }
+        }
+        if let Some((i, r)) = log.assignments().iter().find(|(i, _)| !log.instances().contains_key(i)) {
+            return fail("I10", log, Some(*r), format!("assigned to {i}, which has no instance"));
+        }
+    }
+    Ok(())
+}
+
+/// I11: every instance of a log sees the same regions (geometry and type).
+pub fn i11_instances_share_geometry(log: &Log) -> Result<(), Violation> {
+    match log.instances().iter().find(|(_, s)| !s.args.same_geometry(log.args())) {
+        Some((i, s)) => fail("I11", log, None, format!("instance {i} has geometry {} vs {}", s.args, log.args())),
+        None => Ok(()),
+    }
+}
+
+/// I13: the region size is a power of two of at least 2 sectors, and the
+/// region count matches the target length and the limit.
+pub fn i13_geometry_valid(log: &Log) -> Result<(), Violation> {
+    let a = log.args();
+    if !a.region_size.is_power_of_two() || a.region_size < MIN_REGION_SIZE {
+        return fail("I13", log, None, format!("region size {}", a.region_size));
+    }
+    if a.region_count() != log.region_count() || log.region_count() > MAX_REGION_COUNT {
+        return fail("I13", log, None, format!("region count {} for {}", log.region_count(), a));
+    }
+    Ok(())
+}
+
+/// Every state invariant of one log.
+pub fn check_log(log: &Log) -> Result<(), Violation> {
+    i02_marked_regions_not_clean(log)?;
+    i03_clean_implies_in_sync(log)?;
+    i06_one_recoverer_per_region(log)?;
+    i08_sync_count_in_range(log)?;
+    i09_assignments_recoverable(log)?;
+    i11_instances_share_geometry(log)?;
+    i13_geometry_valid(log)
+}
+
+/// Every state invariant of the machine.
+pub fn check_machine(machine: &Machine) -> Result<(), Violation> {
+    machine.logs().values().try_for_each(check_log)?;
+    i10_no_instances_of_departed_nodes(machine)
+}
+
+/// I7: the hint is at most the lowest out-of-sync region, and equals the
+/// region count only when every region is in sync.
+pub fn i07_in_sync_hint(log: &Log, hint: u64) -> Result<(), Violation> {
+    match log.sync.next_zero(0) {
+        Some(low) if hint > low => fail("I7", log, Some(Region(low)), format!("hint {hint} above out-of-sync region")),
+        None if hint > log.region_count() => fail("I7", log, None, format!("hint {hint} beyond region_count")),
+        _ => Ok(()),
+    }
+}
+
+/// I8 for an answer: GET_SYNC_COUNT reports the in-sync regions exactly.
+pub fn i08_sync_count_answer(log: &Log, count: u64) -> Result<(), Violation> {
+    if count != log.sync_count() {
+        return fail("I8", log, None, format!("answered {count}, state has {}", log.sync_count()));
+    }
+    Ok(())
+}
+
+/// I9 for an answer: resync work is an out-of-sync region below
+/// region_count, assigned to the asking instance.
+pub fn i09_resync_answer(log: &Log, instance: Instance, region: Region) -> Result<(), Violation> {
+    if region.0 >= log.region_count() || log.in_sync(region) {
+        return fail("I9", log, Some(region), "handed out a region that is in sync or out of range");
+    }
+    if log.assignments().get(&instance) != Some(&region) {
+        return fail("I9", log, Some(region), format!("handed to {instance} but not recorded as its assignment"));
+    }
+    Ok(())
+}
+
+/// I6 for an answer: a write to an out-of-sync region is held while some
+/// instance is able to recover it.
+pub fn i06_remote_recovering_answer(log: &Log, region: Region, is_recovering: bool) -> Result<(), Violation> {
+    if !log.in_sync(region) && log.recovery_running() && !log.recovery_failed.contains(&region) && !is_recovering {
+        return fail("I6", log, Some(region), "write allowed to an out-of-sync region under recovery");
+    }
+    Ok(())
+}
+
+/// I13 for an answer: the region size is never 0 and a power of two.
+pub fn i13_region_size_answer(log: &Log, size: u64) -> Result<(), Violation> {
+    if size == 0 || !size.is_power_of_two() {
+        return fail("I13", log, None, format!("region size answer {size}"));
+    }
+    Ok(())
+}
+
+/// Checks an answer against the state it was computed from (for a query)
+/// or produced (for GET_RESYNC_WORK).
+pub fn check_answer(log: &Log, instance: Instance, query: Option<&Query>, answer: &Answer) -> Result<(), Violation> {
+    match (query, answer) {
+        (Some(Query::GetSyncCount), Answer::SyncCount(c)) => i08_sync_count_answer(log, *c),
+        (Some(Query::GetRegionSize), Answer::RegionSize(s)) => i13_region_size_answer(log, *s),
+        (Some(Query::IsRemoteRecovering(r)), Answer::RemoteRecovering { is_recovering, in_sync_hint }) => {
+            i07_in_sync_hint(log, *in_sync_hint)?;
+            i06_remote_recovering_answer(log, *r, *is_recovering)
+        }
+        (None, Answer::ResyncWork(Some(r))) => i09_resync_answer(log, instance, *r),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,23 @@
+//! Limits of the region-state machine, each with its reason.
+
+/// Most regions one log may have: 2^25 regions cost 4 MiB per bitmap in a
+/// snapshot. The kernel's own logs cap `region_count` at 2^32; an admin with a
+/// mirror larger than `2^25 × region_size` picks a larger region size.
+pub const MAX_REGION_COUNT: u64 = 1 << 25;
+
+/// Smallest region size in sectors (the in-kernel logs refuse 1).
+pub const MIN_REGION_SIZE: u64 = 2;
+
+/// Regions in one MARK, CLEAR or integrated FLUSH (the kernel's batch).
+pub const MAX_REGIONS_PER_REQUEST: usize = wire::MAX_REGIONS_PER_REQUEST;
+
+/// Bytes of a `clustered-disk` log header before the bitmap (spec §6:
+/// `LOG_OFFSET` = 2 sectors).
+pub const DISK_BITMAP_OFFSET: usize = 1024;
+
+const _: () = {
+    // A 1M-region log must cost at most 1 MiB per bitmap kind.
+    assert!((1u64 << 20) / 8 <= 1 << 20);
+    assert!(MAX_REGION_COUNT / 8 <= 4 << 20);
+    assert!(MIN_REGION_SIZE.is_power_of_two());
+};

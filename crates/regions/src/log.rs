@@ -1,0 +1,356 @@
+//! One mirror log's replicated state and the rules that change it.
+//!
+//! Words as in the kernel: a region is *clean* when no node is writing it
+//! and its legs are identical (the bit the disk log persists); *in sync*
+//! when its legs are identical; *marked* by every instance that announced a
+//! write to it and has not cleared it yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use wire::{Region, Uuid};
+
+use crate::bitmap::Bitmap;
+use crate::command::{Instance, NodeId, Refusal};
+use crate::ctr::{CtrArgs, LogType, SyncMode};
+use crate::disk::DiskImage;
+
+/// Where one log instance is in the device-mapper suspend cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Constructed, never resumed (or resumed before a table reload swapped it).
+    Constructed,
+    /// Resumed: I/O and recovery run.
+    Resumed,
+    /// PRESUSPEND seen: recovery stopped, I/O still draining.
+    Presuspended,
+    /// POSTSUSPEND seen: no I/O, late CLEAR/FLUSH may still come (I14).
+    Suspended,
+}
+
+impl Phase {
+    /// Whether this instance's kernel may still issue or recover writes.
+    pub fn is_active(self) -> bool {
+        matches!(self, Phase::Resumed | Phase::Presuspended)
+    }
+
+    /// Lower-case name for status output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Constructed => "constructed",
+            Phase::Resumed => "resumed",
+            Phase::Presuspended => "presuspended",
+            Phase::Suspended => "suspended",
+        }
+    }
+}
+
+/// One kernel table's view of the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceState {
+    /// Suspend-cycle phase.
+    pub phase: Phase,
+    /// This instance's constructor arguments (its device token is host-local).
+    pub args: CtrArgs,
+    /// Whether it was ever resumed (a never-resumed instance may be replaced
+    /// by a CTR with the same luid, spec §3.2).
+    pub ever_resumed: bool,
+}
+
+/// The replicated state of one mirror log (one uuid), across all nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Log {
+    pub(crate) uuid: Uuid,
+    /// Geometry and type, from the constructor that created the log.
+    pub(crate) args: CtrArgs,
+    pub(crate) clean: Bitmap,
+    pub(crate) sync: Bitmap,
+    /// Who marks each dirty region: a set per (instance, region), I2.
+    pub(crate) marks: BTreeMap<Region, BTreeSet<Instance>>,
+    pub(crate) instances: BTreeMap<Instance, InstanceState>,
+    /// Regions being recovered, at most one per instance and one instance
+    /// per region (I6, I9).
+    pub(crate) assignments: BTreeMap<Instance, Region>,
+    /// Regions whose recovery failed; not handed out again until a RESUME,
+    /// as the kernel's own logs do (retrying a dead leg at once would loop).
+    pub(crate) recovery_failed: BTreeSet<Region>,
+    /// Whether a first RESUME has initialised the bitmaps (reads the disk
+    /// of a `clustered-disk` log, I11).
+    pub(crate) activated: bool,
+    /// Bumped on every clean-bit change; a disk log is durable up to a version.
+    pub(crate) clean_version: u64,
+    /// The last log-device write failed (`D` in STATUS_INFO).
+    pub(crate) disk_failed: bool,
+}
+
+impl Log {
+    pub(crate) fn new(uuid: Uuid, args: CtrArgs) -> Log {
+        let n = args.region_count();
+        // A new log starts out of sync unless the table says `nosync`; a disk
+        // log replaces this with what its device holds at the first RESUME.
+        let bits = if args.sync == SyncMode::NoSync { Bitmap::ones(n) } else { Bitmap::zeros(n) };
+        Log {
+            uuid,
+            args,
+            clean: bits.clone(),
+            sync: bits,
+            marks: BTreeMap::new(),
+            instances: BTreeMap::new(),
+            assignments: BTreeMap::new(),
+            recovery_failed: BTreeSet::new(),
+            activated: false,
+            clean_version: 0,
+            disk_failed: false,
+        }
+    }
+
+    /// The log's uuid.
+    pub fn uuid(&self) -> &Uuid {
+        &self.uuid
+    }
+
+    /// Geometry and type.
+    pub fn args(&self) -> &CtrArgs {
+        &self.args
+    }
+
+    /// Number of regions.
+    pub fn region_count(&self) -> u64 {
+        self.sync.len()
+    }
+
+    /// Regions whose legs are identical.
+    pub fn sync_count(&self) -> u64 {
+        self.sync.count_ones()
+    }
+
+    /// Whether region `r` is in sync.
+    pub fn in_sync(&self, r: Region) -> bool {
+        self.sync.get(r.0)
+    }
+
+    /// Whether region `r` is clean.
+    pub fn is_clean(&self, r: Region) -> bool {
+        self.clean.get(r.0)
+    }
+
+    /// Marked regions and their markers.
+    pub fn marks(&self) -> &BTreeMap<Region, BTreeSet<Instance>> {
+        &self.marks
+    }
+
+    /// Log instances on all nodes.
+    pub fn instances(&self) -> &BTreeMap<Instance, InstanceState> {
+        &self.instances
+    }
+
+    /// Regions being recovered and by whom.
+    pub fn assignments(&self) -> &BTreeMap<Instance, Region> {
+        &self.assignments
+    }
+
+    /// The clean bitmap (what a disk log persists).
+    pub fn clean_bits(&self) -> &Bitmap {
+        &self.clean
+    }
+
+    /// The current clean-bit version (see [`crate::Effect::PersistDiskLog`]).
+    pub fn clean_version(&self) -> u64 {
+        self.clean_version
+    }
+
+    /// Whether this is a `clustered-disk` log.
+    pub fn is_disk(&self) -> bool {
+        matches!(self.args.log_type, LogType::Disk { .. })
+    }
+
+    pub(crate) fn check_region(&self, r: Region) -> Result<(), Refusal> {
+        if r.0 < self.region_count() {
+            Ok(())
+        } else {
+            Err(Refusal::RegionOutOfRange { region: r, count: self.region_count() })
+        }
+    }
+
+    pub(crate) fn check_regions(&self, rs: &[Region]) -> Result<(), Refusal> {
+        rs.iter().try_for_each(|&r| self.check_region(r))
+    }
+
+    fn set_clean(&mut self, r: Region, v: bool) {
+        if self.clean.set(r.0, v) {
+            self.clean_version += 1;
+        }
+    }
+
+    fn set_out_of_sync(&mut self, r: Region) {
+        self.sync.set(r.0, false);
+        // I3: a clean bit is only ever set for an in-sync region.
+        self.set_clean(r, false);
+    }
+
+    /// MARK: `i` is about to write these regions. A set per (instance,
+    /// region): a repeated MARK is a no-op (spec §3.4).
+    pub(crate) fn mark(&mut self, i: Instance, rs: &[Region]) {
+        for &r in rs {
+            self.marks.entry(r).or_default().insert(i);
+            self.set_clean(r, false);
+        }
+    }
+
+    /// CLEAR: `i` finished writing these regions. A region becomes clean
+    /// when its last marker cleared it and it is in sync (I2, I3).
+    pub(crate) fn clear(&mut self, i: Instance, rs: &[Region]) {
+        for &r in rs {
+            self.unmark(i, r);
+        }
+    }
+
+    fn unmark(&mut self, i: Instance, r: Region) {
+        let now_unmarked = match self.marks.get_mut(&r) {
+            Some(set) => {
+                set.remove(&i);
+                set.is_empty()
+            }
+            None => true,
+        };
+        if now_unmarked {
+            self.marks.remove(&r);
+            if self.sync.get(r.0) {
+                self.set_clean(r, true);
+            }
+        }
+    }
+
+    /// Regions `i` has marked.
+    pub(crate) fn marked_by(&self, i: Instance) -> Vec<Region> {
+        self.marks.iter().filter(|(_, who)| who.contains(&i)).map(|(r, _)| *r).collect()
+    }
+
+    /// DTR: the kernel destroys a table only after all its I/O drained, so
+    /// marks it still holds are writes that completed on every leg whose
+    /// CLEAR was not sent; they are cleared (a failed leg write would have
+    /// set the region out of sync first).
+    pub(crate) fn destroy_instance(&mut self, i: Instance) {
+        let rs = self.marked_by(i);
+        self.clear(i, &rs);
+        self.assignments.remove(&i);
+        self.instances.remove(&i);
+    }
+
+    /// Eviction of `i` (its node died): every region it marked may differ
+    /// between legs, so it goes out of sync for the survivors to resync
+    /// (I10). Returns whether any region went out of sync.
+    pub(crate) fn evict_instance(&mut self, i: Instance) -> bool {
+        let rs = self.marked_by(i);
+        let mut changed = false;
+        for &r in &rs {
+            if let Some(set) = self.marks.get_mut(&r) {
+                set.remove(&i);
+                if set.is_empty() {
+                    self.marks.remove(&r);
+                }
+            }
+            changed |= self.sync.get(r.0);
+            self.set_out_of_sync(r);
+        }
+        // A dead recoverer's region stays out of sync and is handed out again.
+        self.assignments.remove(&i);
+        self.instances.remove(&i);
+        changed
+    }
+
+    /// The first RESUME of the log initialises its bitmaps; for a disk log
+    /// from what the device holds (I11). Later resumes keep the replicated
+    /// state, which is newer than anything on disk.
+    pub(crate) fn activate(&mut self, disk: Option<&DiskImage>) -> bool {
+        if self.activated {
+            return false;
+        }
+        self.activated = true;
+        if !self.is_disk() {
+            return false;
+        }
+        let n = self.region_count();
+        let fresh = DiskImage::Fresh { reason: "no image supplied".into() };
+        let clean = disk.unwrap_or(&fresh).initial_clean(n, self.args.sync);
+        self.sync = clean.clone();
+        self.clean = clean;
+        self.clean_version += 1;
+        // Marks made before the first resume keep their regions dirty (I2).
+        let marked: Vec<Region> = self.marks.keys().copied().collect();
+        for r in marked {
+            self.set_clean(r, false);
+        }
+        true
+    }
+
+    /// Whether any instance can recover regions (resumed, not suspending).
+    pub(crate) fn recovery_running(&self) -> bool {
+        self.instances.values().any(|s| s.phase == Phase::Resumed)
+    }
+
+    /// GET_RESYNC_WORK for `i`: the region it already holds (a kernel
+    /// re-send gets the same answer, I9), else the lowest out-of-sync region
+    /// that no other instance recovers, whose recovery has not failed since
+    /// the last resume, and that no other instance has marked (a node that
+    /// may still be writing a region must finish before it is copied).
+    pub(crate) fn resync_work(&mut self, i: Instance) -> Option<Region> {
+        if self.instances.get(&i).map(|s| s.phase) != Some(Phase::Resumed) {
+            return None;
+        }
+        if let Some(&r) = self.assignments.get(&i) {
+            return Some(r);
+        }
+        let taken: BTreeSet<Region> = self.assignments.values().copied().collect();
+        let found = self.sync.zeros_iter().map(Region).find(|r| {
+            !taken.contains(r)
+                && !self.recovery_failed.contains(r)
+                && self.marks.get(r).is_none_or(|who| who.iter().all(|m| *m == i))
+        });
+        if let Some(r) = found {
+            self.assignments.insert(i, r);
+        }
+        found
+    }
+
+    /// SET_REGION_SYNC from `i`. In sync is only believed from the instance
+    /// that holds the region's assignment: a re-send that arrives after the
+    /// assignment was released (possibly after the region went out of sync
+    /// again through an eviction) must not mark it in sync. Out of sync is
+    /// always believed.
+    pub(crate) fn set_region_sync(&mut self, i: Instance, r: Region, in_sync: bool) {
+        let assigned = self.assignments.get(&i) == Some(&r);
+        if assigned {
+            self.assignments.remove(&i);
+        }
+        if in_sync {
+            if assigned {
+                self.sync.set(r.0, true);
+                self.recovery_failed.remove(&r);
+            }
+        } else {
+            self.set_out_of_sync(r);
+            if assigned {
+                self.recovery_failed.insert(r);
+            }
+        }
+    }
+
+    /// Lowest region that is or may become subject to recovery, or the
+    /// region count when none is (I7).
+    pub fn in_sync_hint(&self) -> u64 {
+        self.sync.next_zero(0).unwrap_or(self.region_count())
+    }
+
+    /// IS_REMOTE_RECOVERING: writes to an out-of-sync region are held while
+    /// some instance can recover it (I6); with recovery halted everywhere
+    /// they pass, or a suspend would hang on its own writes.
+    pub fn is_remote_recovering(&self, r: Region) -> bool {
+        !self.sync.get(r.0) && !self.recovery_failed.contains(&r) && self.recovery_running()
+    }
+
+    /// Active instances on nodes other than `except`, one per node.
+    pub(crate) fn active_nodes_except(&self, except: NodeId) -> BTreeSet<NodeId> {
+        self.instances.iter().filter(|(i, s)| i.node != except && s.phase.is_active()).map(|(i, _)| i.node).collect()
+    }
+}

@@ -1,0 +1,319 @@
+//! The whole replicated state: cluster members and every mirror log, with
+//! the one entry point for commands ([`Machine::apply`]) and one for
+//! queries ([`Machine::read`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use wire::{Answer, Uuid};
+
+use crate::command::{Applied, Command, Effect, Instance, KernelOp, NodeId, Query, Refusal};
+use crate::ctr::{CtrArgs, LogType};
+use crate::invariants::{self, Violation};
+use crate::log::{InstanceState, Log, Phase};
+
+/// A cluster member as the state machine knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Boot identity of the node's kernel when it joined.
+    pub incarnation: u64,
+}
+
+/// The region-state machine. Same commands in the same order give the same
+/// state, byte for byte ([`Machine::snapshot`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    members: BTreeMap<NodeId, Member>,
+    logs: BTreeMap<Uuid, Log>,
+}
+
+/// A snapshot that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot does not decode: {0}")]
+pub struct SnapshotError(#[from] postcard::Error);
+
+impl Machine {
+    /// An empty machine: no members, no logs.
+    pub fn new() -> Machine {
+        Machine::default()
+    }
+
+    /// Cluster members.
+    pub fn members(&self) -> &BTreeMap<NodeId, Member> {
+        &self.members
+    }
+
+    /// All logs by uuid.
+    pub fn logs(&self) -> &BTreeMap<Uuid, Log> {
+        &self.logs
+    }
+
+    /// One log.
+    pub fn log(&self, uuid: &Uuid) -> Option<&Log> {
+        self.logs.get(uuid)
+    }
+
+    /// Applies one command. Never panics on any input; with the `checked`
+    /// behaviour of debug builds it asserts every invariant afterwards.
+    pub fn apply(&mut self, command: &Command) -> Applied {
+        let applied = self.dispatch(command);
+        if cfg!(debug_assertions)
+            && let Err(v) = self.check()
+        {
+            // A broken invariant is a bug in this crate, never bad input.
+            debug_assert!(false, "invariant violated after {command:?}: {v}");
+        }
+        applied
+    }
+
+    fn dispatch(&mut self, command: &Command) -> Applied {
+        match command {
+            Command::NodeJoined { node, incarnation } => self.node_joined(*node, *incarnation),
+            Command::NodeEvicted { node } => self.node_evicted(*node),
+            Command::DiskLogHealth { uuid, failed } => match self.logs.get_mut(uuid) {
+                Some(log) => {
+                    log.disk_failed = *failed;
+                    Applied::answer(Answer::Done)
+                }
+                None => Applied::refuse(Refusal::UnknownLog(uuid.clone())),
+            },
+            Command::Kernel { uuid, instance, op } => {
+                if !self.members.contains_key(&instance.node) {
+                    return Applied::refuse(Refusal::NotAMember(instance.node));
+                }
+                match op {
+                    KernelOp::Ctr { args } => self.ctr(uuid, *instance, args),
+                    KernelOp::Dtr => self.dtr(uuid, *instance),
+                    _ => match self.logs.get_mut(uuid) {
+                        None => Applied::refuse(Refusal::UnknownLog(uuid.clone())),
+                        Some(log) if !log.instances.contains_key(instance) => {
+                            Applied::refuse(Refusal::UnknownInstance(*instance))
+                        }
+                        Some(log) => log_op(log, *instance, op),
+                    },
+                }
+            }
+        }
+    }
+
+    fn node_joined(&mut self, node: NodeId, incarnation: u64) -> Applied {
+        let mut effects = Vec::new();
+        match self.members.get(&node) {
+            Some(m) if m.incarnation == incarnation => {}
+            Some(_) => {
+                // The node's kernel rebooted: its old tables are gone and
+                // whatever they were writing must be resynced (I10).
+                effects = self.evict_instances(node);
+            }
+            None => {}
+        }
+        self.members.insert(node, Member { incarnation });
+        Applied { outcome: Ok(Answer::Done), effects }
+    }
+
+    fn node_evicted(&mut self, node: NodeId) -> Applied {
+        self.members.remove(&node);
+        let effects = self.evict_instances(node);
+        Applied { outcome: Ok(Answer::Done), effects }
+    }
+
+    /// Drops every instance of `node`, turning its marks into out-of-sync
+    /// regions. Logs keep their state even with no instance left, so the
+    /// next activation resyncs exactly the regions that may differ.
+    fn evict_instances(&mut self, node: NodeId) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for (uuid, log) in &mut self.logs {
+            let gone: Vec<Instance> = log.instances.keys().filter(|i| i.node == node).copied().collect();
+            let mut changed = false;
+            for i in gone {
+                changed |= log.evict_instance(i);
+            }
+            if changed {
+                // Survivors' kernels cache an in_sync_hint and will not ask
+                // about these regions until they are resumed.
+                for n in log.active_nodes_except(node) {
+                    effects.push(Effect::KickKernel { node: n, uuid: uuid.clone() });
+                }
+                if log.is_disk() {
+                    effects.push(Effect::PersistDiskLog { uuid: uuid.clone(), version: log.clean_version });
+                }
+            }
+        }
+        effects
+    }
+
+    fn ctr(&mut self, uuid: &Uuid, i: Instance, raw: &str) -> Applied {
+        let args = match CtrArgs::parse(raw) {
+            Ok(a) => a,
+            Err(e) => return Applied::refuse(e.into()),
+        };
+        let answer = match &args.log_type {
+            LogType::Core => Answer::Done,
+            LogType::Disk { device } => Answer::CtrDevice(device.clone()),
+        };
+        let log = self.logs.entry(uuid.clone()).or_insert_with(|| Log::new(uuid.clone(), args.clone()));
+        let mismatch = !log.args.same_geometry(&args);
+        match log.instances.get(&i) {
+            Some(existing) if existing.args == args => return Applied::answer(answer),
+            Some(existing) if existing.ever_resumed => return Applied::refuse(Refusal::InstanceExists(i)),
+            // A never-resumed instance whose luid the kernel reused (its
+            // constructor failed after CTR without a DTR) is replaced.
+            Some(_) => {
+                log.destroy_instance(i);
+            }
+            None => {}
+        }
+        if mismatch {
+            if !log.instances.is_empty() {
+                return Applied::refuse(Refusal::GeometryMismatch {
+                    existing: log.args.to_string(),
+                    new: args.to_string(),
+                });
+            }
+            // Nobody uses the old geometry any more: start a new log.
+            *log = Log::new(uuid.clone(), args.clone());
+        }
+        log.instances.insert(i, InstanceState { phase: Phase::Constructed, args, ever_resumed: false });
+        Applied::answer(answer)
+    }
+
+    fn dtr(&mut self, uuid: &Uuid, i: Instance) -> Applied {
+        if let Some(log) = self.logs.get_mut(uuid) {
+            log.destroy_instance(i);
+            if log.instances.is_empty() {
+                // Clean teardown everywhere: the next CTR starts a new log.
+                self.logs.remove(uuid);
+            }
+        }
+        // A repeated DTR (kernel re-send) finds nothing and succeeds.
+        Applied::answer(Answer::Done)
+    }
+
+    /// Answers a read-only request from `instance` of log `uuid`.
+    pub fn read(&self, uuid: &Uuid, instance: Instance, query: &Query) -> Result<Answer, Refusal> {
+        if !self.members.contains_key(&instance.node) {
+            return Err(Refusal::NotAMember(instance.node));
+        }
+        let log = self.logs.get(uuid).ok_or_else(|| Refusal::UnknownLog(uuid.clone()))?;
+        let inst = log.instances.get(&instance).ok_or(Refusal::UnknownInstance(instance))?;
+        Ok(match query {
+            Query::GetRegionSize => Answer::RegionSize(log.args.region_size),
+            Query::IsClean(r) => {
+                log.check_region(*r)?;
+                Answer::Bool(log.is_clean(*r))
+            }
+            Query::InSync(r) => {
+                log.check_region(*r)?;
+                Answer::Bool(log.in_sync(*r))
+            }
+            Query::GetSyncCount => Answer::SyncCount(log.sync_count()),
+            Query::StatusInfo => Answer::Text(match &inst.args.log_type {
+                LogType::Core => "1 clustered-core".to_owned(),
+                LogType::Disk { device } => {
+                    format!("3 clustered-disk {device} {}", if log.disk_failed { 'D' } else { 'A' })
+                }
+            }),
+            Query::StatusTable => Answer::Text(inst.args.status_table()),
+            Query::IsRemoteRecovering(r) => {
+                log.check_region(*r)?;
+                Answer::RemoteRecovering {
+                    is_recovering: log.is_remote_recovering(*r),
+                    in_sync_hint: log.in_sync_hint(),
+                }
+            }
+        })
+    }
+
+    /// Runs every state invariant (see [`crate::invariants`]).
+    pub fn check(&self) -> Result<(), Violation> {
+        invariants::check_machine(self)
+    }
+
+    /// The state as bytes: deterministic (ordered maps, canonical bitmaps),
+    /// compact (one bit per region and bitmap kind).
+    pub fn snapshot(&self) -> Vec<u8> {
+        // Serialising plain data into a Vec cannot fail.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Rebuilds a machine from [`Machine::snapshot`] bytes.
+    pub fn restore(bytes: &[u8]) -> Result<Machine, SnapshotError> {
+        Ok(postcard::from_bytes(bytes)?)
+    }
+
+    /// Nodes whose instances hold marks or assignments, for diagnostics.
+    pub fn nodes_with_marks(&self) -> BTreeSet<NodeId> {
+        self.logs.values().flat_map(|l| l.marks.values().flatten().map(|i| i.node)).collect()
+    }
+}
+
+/// The kernel requests that act on an existing instance.
+fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
+    let set_phase = |log: &mut Log, phase: Phase| {
+        if let Some(s) = log.instances.get_mut(&i) {
+            s.phase = phase;
+            if phase == Phase::Resumed {
+                s.ever_resumed = true;
+            }
+        }
+    };
+    match op {
+        KernelOp::Ctr { .. } | KernelOp::Dtr => Applied::answer(Answer::Done),
+        KernelOp::Presuspend => {
+            // The kernel stopped recovery and waited for the region copy in
+            // flight before sending this; nothing of ours is being recovered.
+            log.assignments.remove(&i);
+            set_phase(log, Phase::Presuspended);
+            Applied::answer(Answer::Done)
+        }
+        KernelOp::Postsuspend => {
+            log.assignments.remove(&i);
+            set_phase(log, Phase::Suspended);
+            Applied::answer(Answer::Done)
+        }
+        KernelOp::Resume { disk } => {
+            let first = log.activate(disk.as_ref());
+            set_phase(log, Phase::Resumed);
+            // Regions whose recovery failed are tried again after a resume.
+            log.recovery_failed.clear();
+            let mut effects = Vec::new();
+            if first && log.is_disk() {
+                effects.push(Effect::PersistDiskLog { uuid: log.uuid.clone(), version: log.clean_version });
+            }
+            Applied { outcome: Ok(Answer::Done), effects }
+        }
+        KernelOp::Mark(rs) => {
+            if let Err(e) = log.check_regions(rs) {
+                return Applied::refuse(e);
+            }
+            log.mark(i, rs);
+            Applied::answer(Answer::Done)
+        }
+        KernelOp::Clear(rs) => {
+            if let Err(e) = log.check_regions(rs) {
+                return Applied::refuse(e);
+            }
+            log.clear(i, rs);
+            Applied::answer(Answer::Done)
+        }
+        KernelOp::Flush { marks } => {
+            if let Err(e) = log.check_regions(marks) {
+                return Applied::refuse(e);
+            }
+            log.mark(i, marks);
+            let mut effects = Vec::new();
+            if log.is_disk() {
+                effects.push(Effect::PersistDiskLog { uuid: log.uuid.clone(), version: log.clean_version });
+            }
+            Applied { outcome: Ok(Answer::Done), effects }
+        }
+        KernelOp::GetResyncWork => Applied::answer(Answer::ResyncWork(log.resync_work(i))),
+        KernelOp::SetRegionSync { region, in_sync } => {
+            if let Err(e) = log.check_region(*region) {
+                return Applied::refuse(e);
+            }
+            log.set_region_sync(i, *region, *in_sync);
+            Applied::answer(Answer::Done)
+        }
+    }
+}
