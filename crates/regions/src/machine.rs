@@ -178,10 +178,15 @@ impl Machine {
     }
 
     fn dtr(&mut self, uuid: &Uuid, i: Instance) -> Applied {
-        if let Some(log) = self.logs.get_mut(uuid) {
+        if let Some(log) = self.logs.get_mut(uuid)
+            && log.instances.contains_key(&i)
+        {
             log.destroy_instance(i);
-            if log.instances.is_empty() {
-                // Clean teardown everywhere: the next CTR starts a new log.
+            // The last table is gone. A log whose legs are known equal is
+            // forgotten, and the next CTR starts a new one. A log with
+            // regions still to resync (an evicted writer's, or an unfinished
+            // resync) is kept, so the next activation resyncs exactly those.
+            if log.instances.is_empty() && log.sync_count() == log.region_count() {
                 self.logs.remove(uuid);
             }
         }

@@ -39,6 +39,8 @@
 //! assert_eq!(out.len(), wire::HEADER_LEN + 8);
 //! ```
 
+#![deny(missing_docs)]
+
 mod codec;
 mod consts;
 mod error;

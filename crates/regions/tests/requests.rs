@@ -1,0 +1,536 @@
+//! One group of tests per kernel request type and cluster event, each
+//! naming the spec section or invariant it pins down.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod support;
+
+use regions::{Command, DiskImage, Effect, KernelOp, Machine, NodeId, Query, Refusal, disk};
+use support::{H, inst, kicked, regions};
+use wire::{Answer, Errno, Region};
+
+const CORE: &str = "64 clustered-core 8"; // 8 regions of 8 sectors
+const CORE_NOSYNC: &str = "64 clustered-core 8 nosync";
+const DISK: &str = "64 clustered-disk 253:3 8";
+
+// ---- CTR (spec §3.2, §4) ----
+
+#[test]
+fn ctr_core_answers_no_data_and_disk_answers_its_device() {
+    let mut h = H::new(1);
+    assert_eq!(h.op(inst(1, 1), KernelOp::Ctr { args: CORE.into() }), Ok(Answer::Done));
+    let mut h = H::new(1);
+    assert_eq!(h.op(inst(1, 1), KernelOp::Ctr { args: DISK.into() }), Ok(Answer::CtrDevice("253:3".into())));
+}
+
+#[test]
+fn ctr_repeated_with_same_args_succeeds_and_keeps_state() {
+    // The reconnect CTR after a daemon restart (trace phase C) repeats the
+    // original arguments for a live instance.
+    let mut h = H::new(1);
+    let i = inst(1, 1);
+    h.up(i, CORE_NOSYNC);
+    h.ok(i, KernelOp::Mark(regions(&[2])));
+    assert!(h.op(i, KernelOp::Ctr { args: CORE_NOSYNC.into() }).is_ok());
+    assert!(!h.clean(i, 2), "the mark survives the reconnect");
+}
+
+#[test]
+fn ctr_replaces_a_never_resumed_instance_but_not_a_live_one() {
+    let mut h = H::new(1);
+    let i = inst(1, 1);
+    h.op(i, KernelOp::Ctr { args: CORE.into() }).unwrap();
+    // The kernel reused the luid after a failed constructor without DTR.
+    assert!(h.op(i, KernelOp::Ctr { args: CORE_NOSYNC.into() }).is_ok());
+    h.ok(i, KernelOp::Resume { disk: None });
+    assert_eq!(h.op(i, KernelOp::Ctr { args: CORE.into() }), Err(Refusal::InstanceExists(i)));
+}
+
+#[test]
+fn ctr_with_other_geometry_is_refused_while_the_log_is_in_use() {
+    let mut h = H::new(2);
+    h.up(inst(1, 1), CORE);
+    let e = h.op(inst(2, 1), KernelOp::Ctr { args: "128 clustered-core 8".into() }).unwrap_err();
+    assert!(matches!(e, Refusal::GeometryMismatch { .. }), "{e:?}");
+    assert_eq!(e.errno(), Errno::EINVAL);
+    let e = h.op(inst(2, 1), KernelOp::Ctr { args: DISK.into() }).unwrap_err();
+    assert!(matches!(e, Refusal::GeometryMismatch { .. }), "core vs disk: {e:?}");
+    // Another node's own device numbers may differ: same geometry is enough.
+    let mut h = H::new(2);
+    h.up(inst(1, 1), DISK);
+    assert_eq!(
+        h.op(inst(2, 7), KernelOp::Ctr { args: "64 clustered-disk 254:9 8".into() }),
+        Ok(Answer::CtrDevice("254:9".into()))
+    );
+}
+
+#[test]
+fn ctr_with_bad_arguments_is_einval() {
+    let mut h = H::new(1);
+    let e = h.op(inst(1, 1), KernelOp::Ctr { args: "64 clustered-core 6".into() }).unwrap_err();
+    assert_eq!(e.errno(), Errno::EINVAL);
+    assert!(h.m.log(&h.uuid).is_none(), "a refused CTR leaves nothing behind");
+}
+
+// ---- DTR ----
+
+#[test]
+fn dtr_is_idempotent_and_the_last_one_drops_the_log() {
+    let mut h = H::new(2);
+    h.up(inst(1, 1), CORE_NOSYNC);
+    h.up(inst(2, 1), CORE_NOSYNC);
+    h.ok(inst(1, 1), KernelOp::Dtr);
+    h.ok(inst(1, 1), KernelOp::Dtr);
+    assert!(h.m.log(&h.uuid).is_some());
+    h.ok(inst(2, 1), KernelOp::Dtr);
+    assert!(h.m.log(&h.uuid).is_none());
+    // A new activation starts from the new table's options.
+    h.up(inst(1, 2), CORE);
+    assert_eq!(h.sync_count(inst(1, 2)), 0);
+}
+
+#[test]
+fn a_log_with_regions_to_resync_outlives_its_last_table() {
+    let mut h = H::new(1);
+    h.up(inst(1, 1), CORE);
+    assert_eq!(h.resync_all(inst(1, 1)).len(), 8);
+    h.ok(inst(1, 1), KernelOp::SetRegionSync { region: Region(3), in_sync: false });
+    h.ok(inst(1, 1), KernelOp::Dtr);
+    assert!(h.m.log(&h.uuid).is_some(), "region 3 still differs between the legs");
+    h.up(inst(1, 2), CORE);
+    assert_eq!(h.sync_count(inst(1, 2)), 7);
+    assert_eq!(h.work(inst(1, 2)), Some(3));
+}
+
+#[test]
+fn dtr_clears_the_marks_the_table_still_held() {
+    let mut h = H::new(2);
+    h.up(inst(1, 1), CORE_NOSYNC);
+    h.up(inst(2, 1), CORE_NOSYNC);
+    h.ok(inst(1, 1), KernelOp::Mark(regions(&[4])));
+    h.ok(inst(1, 1), KernelOp::Dtr);
+    assert!(h.clean(inst(2, 1), 4) && h.in_sync(inst(2, 1), 4));
+}
+
+// ---- GET_REGION_SIZE, GET_SYNC_COUNT before RESUME (I13, I14) ----
+
+#[test]
+fn constructed_log_answers_region_size_and_sync_count() {
+    let mut h = H::new(1);
+    h.op(inst(1, 1), KernelOp::Ctr { args: CORE.into() }).unwrap();
+    assert_eq!(h.q(inst(1, 1), Query::GetRegionSize), Ok(Answer::RegionSize(8)));
+    assert_eq!(h.sync_count(inst(1, 1)), 0);
+    let mut h = H::new(1);
+    h.op(inst(1, 1), KernelOp::Ctr { args: CORE_NOSYNC.into() }).unwrap();
+    assert_eq!(h.sync_count(inst(1, 1)), 8, "nosync: in sync before RESUME (trace phase C)");
+    assert_eq!(h.q(inst(1, 1), Query::StatusInfo), Ok(Answer::Text("1 clustered-core".into())));
+}
+
+// ---- MARK / CLEAR (I2, I3) ----
+
+#[test]
+fn a_region_marked_by_two_nodes_stays_dirty_until_both_cleared() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE_NOSYNC);
+    h.up(b, CORE_NOSYNC);
+    h.ok(a, KernelOp::Mark(regions(&[3])));
+    h.ok(b, KernelOp::Mark(regions(&[3])));
+    assert!(!h.clean(a, 3));
+    h.ok(a, KernelOp::Clear(regions(&[3])));
+    assert!(!h.clean(a, 3), "b still marks it");
+    h.ok(b, KernelOp::Clear(regions(&[3])));
+    assert!(h.clean(a, 3));
+}
+
+#[test]
+fn marks_are_a_set_per_node_and_region() {
+    // The kernel may MARK a region twice before one CLEAR (spec §3.4).
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, CORE_NOSYNC);
+    h.ok(a, KernelOp::Mark(regions(&[5])));
+    h.ok(a, KernelOp::Mark(regions(&[5])));
+    h.ok(a, KernelOp::Clear(regions(&[5])));
+    assert!(h.clean(a, 5));
+    // A CLEAR re-sent after it was applied changes nothing.
+    h.ok(a, KernelOp::Clear(regions(&[5])));
+    assert!(h.clean(a, 5));
+}
+
+#[test]
+fn clearing_an_out_of_sync_region_does_not_make_it_clean() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, CORE);
+    h.ok(a, KernelOp::Mark(regions(&[1])));
+    h.ok(a, KernelOp::Clear(regions(&[1])));
+    assert!(!h.clean(a, 1), "I3: clean implies in sync");
+}
+
+#[test]
+fn a_batch_with_an_out_of_range_region_is_refused_whole() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, CORE_NOSYNC);
+    let e = h.op(a, KernelOp::Mark(regions(&[1, 8]))).unwrap_err();
+    assert_eq!(e.errno(), Errno::EINVAL);
+    assert!(h.clean(a, 1), "nothing of the batch was applied");
+    assert_eq!(h.op(a, KernelOp::Clear(regions(&[99]))).unwrap_err().errno(), Errno::EINVAL);
+    assert_eq!(h.q(a, Query::InSync(Region(8))).unwrap_err().errno(), Errno::EINVAL);
+    assert_eq!(h.q(a, Query::IsClean(Region(u64::MAX))).unwrap_err().errno(), Errno::EINVAL);
+    assert_eq!(h.q(a, Query::IsRemoteRecovering(Region(8))).unwrap_err().errno(), Errno::EINVAL);
+    let set = KernelOp::SetRegionSync { region: Region(8), in_sync: false };
+    assert_eq!(h.op(a, set).unwrap_err().errno(), Errno::EINVAL);
+}
+
+// ---- FLUSH (I1, integrated flush) ----
+
+#[test]
+fn integrated_flush_marks_its_payload() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, CORE_NOSYNC);
+    h.ok(a, KernelOp::Flush { marks: regions(&[0, 7]) });
+    assert!(!h.clean(a, 0) && !h.clean(a, 7) && h.clean(a, 1));
+    h.ok(a, KernelOp::Flush { marks: vec![] });
+    assert!(!h.clean(a, 0), "a flush without marks changes nothing");
+}
+
+#[test]
+fn flush_of_a_disk_log_asks_for_the_dirtied_bits_to_be_durable() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.op(a, KernelOp::Ctr { args: "64 clustered-disk 253:3 8 nosync".into() }).unwrap();
+    h.ok(a, KernelOp::Resume { disk: None });
+    h.ok(a, KernelOp::Mark(regions(&[2])));
+    let applied = h.full(a, KernelOp::Flush { marks: vec![] });
+    let version = h.m.log(&h.uuid).unwrap().clean_version();
+    assert_eq!(applied.effects, vec![Effect::PersistDiskLog { uuid: h.uuid.clone(), version }]);
+    // The clean bits the node writes carry the mark.
+    let image = disk::encode(h.m.log(&h.uuid).unwrap().clean_bits());
+    match DiskImage::parse(&image, 8) {
+        DiskImage::Valid { clean, .. } => assert!(!clean.get(2) && clean.get(3)),
+        other => panic!("{other:?}"),
+    }
+}
+
+// ---- GET_RESYNC_WORK / SET_REGION_SYNC (I6, I9) ----
+
+#[test]
+fn resync_work_is_handed_out_in_order_and_repeated_on_re_ask() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, CORE);
+    assert_eq!(h.work(a), Some(0));
+    assert_eq!(h.work(a), Some(0), "a kernel re-send gets the same region (I9)");
+    assert_eq!(h.resync_all(a), vec![0, 1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(h.sync_count(a), 8);
+    assert_eq!(h.work(a), None);
+}
+
+#[test]
+fn two_nodes_recover_different_regions_at_once() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE);
+    h.up(b, CORE);
+    assert_eq!(h.work(a), Some(0));
+    assert_eq!(h.work(b), Some(1), "never a region another node recovers (I6)");
+}
+
+#[test]
+fn a_region_another_node_marked_is_not_recovered_until_cleared() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE);
+    h.up(b, CORE);
+    h.ok(b, KernelOp::Mark(regions(&[0])));
+    assert_eq!(h.work(a), Some(1));
+    h.ok(a, KernelOp::SetRegionSync { region: Region(1), in_sync: true });
+    assert_eq!(h.work(a), Some(2));
+    h.ok(a, KernelOp::SetRegionSync { region: Region(2), in_sync: true });
+    h.ok(b, KernelOp::Clear(regions(&[0])));
+    assert_eq!(h.work(a), Some(0));
+    // Own marks do not block: the kernel drains its own writes first.
+    let mut h = H::new(1);
+    h.up(a, CORE);
+    h.ok(a, KernelOp::Mark(regions(&[0])));
+    assert_eq!(h.work(a), Some(0));
+}
+
+#[test]
+fn in_sync_is_believed_only_from_the_assignee() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE);
+    h.up(b, CORE);
+    h.ok(b, KernelOp::SetRegionSync { region: Region(5), in_sync: true });
+    assert!(!h.in_sync(a, 5), "nobody recovered region 5");
+    assert_eq!(h.work(a), Some(0));
+    h.ok(a, KernelOp::SetRegionSync { region: Region(0), in_sync: true });
+    assert!(h.in_sync(a, 0));
+    // The region goes out of sync again (a failed write elsewhere); a
+    // late re-send of the first SET_REGION_SYNC must not hide that.
+    h.ok(b, KernelOp::SetRegionSync { region: Region(0), in_sync: false });
+    h.ok(a, KernelOp::SetRegionSync { region: Region(0), in_sync: true });
+    assert!(!h.in_sync(a, 0));
+}
+
+#[test]
+fn a_failed_recovery_is_not_retried_until_resume() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, CORE);
+    assert_eq!(h.work(a), Some(0));
+    h.ok(a, KernelOp::SetRegionSync { region: Region(0), in_sync: false });
+    assert_eq!(h.work(a), Some(1));
+    h.ok(a, KernelOp::SetRegionSync { region: Region(1), in_sync: true });
+    assert_eq!(h.recovering(a, 0), (false, 0), "writes to a region nobody will recover pass");
+    h.ok(a, KernelOp::Presuspend);
+    h.ok(a, KernelOp::Postsuspend);
+    h.ok(a, KernelOp::Resume { disk: None });
+    assert_eq!(h.work(a), Some(0));
+}
+
+#[test]
+fn set_region_sync_false_makes_a_region_dirty_and_out_of_sync() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, CORE_NOSYNC);
+    h.ok(a, KernelOp::SetRegionSync { region: Region(6), in_sync: false });
+    assert!(!h.in_sync(a, 6) && !h.clean(a, 6));
+    assert_eq!(h.sync_count(a), 7);
+    assert_eq!(h.work(a), Some(6));
+}
+
+// ---- IS_REMOTE_RECOVERING (I6, I7) ----
+
+#[test]
+fn writes_to_out_of_sync_regions_are_held_and_the_hint_is_the_lowest_such_region() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, CORE);
+    assert_eq!(h.recovering(a, 5), (true, 0));
+    h.resync_all(a);
+    assert_eq!(h.recovering(a, 5), (false, 8), "all in sync: hint = region_count");
+    h.ok(a, KernelOp::SetRegionSync { region: Region(6), in_sync: false });
+    assert_eq!(h.recovering(a, 6), (true, 6), "a failed write: held until recovered");
+}
+
+#[test]
+fn recovery_halted_everywhere_lets_suspend_time_writes_pass() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, CORE);
+    h.ok(a, KernelOp::Presuspend);
+    assert!(!h.recovering(a, 3).0, "a held write would hang the suspend");
+    assert_eq!(h.work(a), None, "no resync work after PRESUSPEND");
+}
+
+// ---- PRESUSPEND / POSTSUSPEND / RESUME (I14) ----
+
+#[test]
+fn presuspend_releases_the_assignment() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE);
+    h.up(b, CORE);
+    assert_eq!(h.work(a), Some(0));
+    h.ok(a, KernelOp::Presuspend);
+    assert_eq!(h.work(b), Some(0));
+}
+
+#[test]
+fn late_clear_and_flush_after_postsuspend_are_accepted() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, CORE_NOSYNC);
+    h.ok(a, KernelOp::Mark(regions(&[1])));
+    h.ok(a, KernelOp::Presuspend);
+    h.ok(a, KernelOp::Postsuspend);
+    h.ok(a, KernelOp::Clear(regions(&[1])));
+    h.ok(a, KernelOp::Flush { marks: vec![] });
+    assert!(h.clean(a, 1));
+    assert_eq!(h.sync_count(a), 8);
+    assert_eq!(h.q(a, Query::StatusInfo), Ok(Answer::Text("1 clustered-core".into())));
+}
+
+#[test]
+fn a_lone_suspend_and_resume_keeps_the_state() {
+    // cmirrord resyncs a whole clustered-core mirror here (spec §5.5).
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, CORE_NOSYNC);
+    h.ok(a, KernelOp::Presuspend);
+    h.ok(a, KernelOp::Postsuspend);
+    h.ok(a, KernelOp::Resume { disk: None });
+    h.ok(a, KernelOp::Resume { disk: None });
+    assert_eq!(h.sync_count(a), 8);
+    assert_eq!(h.work(a), None);
+}
+
+#[test]
+fn a_table_reload_moves_to_the_new_instance() {
+    // Spec §4.5: new luid constructed while the old one runs, old suspended,
+    // new resumed, old destroyed.
+    let mut h = H::new(1);
+    let (old, new) = (inst(1, 1), inst(1, 2));
+    h.up(old, CORE_NOSYNC);
+    h.op(new, KernelOp::Ctr { args: CORE_NOSYNC.into() }).unwrap();
+    h.ok(old, KernelOp::Mark(regions(&[2])));
+    h.ok(old, KernelOp::Presuspend);
+    h.ok(old, KernelOp::Postsuspend);
+    h.ok(new, KernelOp::Resume { disk: None });
+    h.ok(old, KernelOp::Clear(regions(&[2])));
+    h.ok(old, KernelOp::Dtr);
+    assert!(h.clean(new, 2));
+    assert_eq!(h.m.log(&h.uuid).unwrap().instances().len(), 1);
+}
+
+// ---- STATUS (spec §4.6) ----
+
+#[test]
+fn status_strings_match_the_documented_formats() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    h.up(a, "64 clustered-disk 253:3 8 sync block_on_error");
+    assert_eq!(h.q(a, Query::StatusInfo), Ok(Answer::Text("3 clustered-disk 253:3 A".into())));
+    assert_eq!(h.q(a, Query::StatusTable), Ok(Answer::Text("clustered-disk 253:3 8 sync block_on_error ".into())));
+    let uuid = h.uuid.clone();
+    let _ = h.apply(Command::DiskLogHealth { uuid, failed: true });
+    assert_eq!(h.q(a, Query::StatusInfo), Ok(Answer::Text("3 clustered-disk 253:3 D".into())));
+}
+
+// ---- membership: unknown senders, eviction (I10), rejoin ----
+
+#[test]
+fn requests_from_non_members_and_for_unknown_logs_are_refused() {
+    let mut h = H::new(1);
+    assert_eq!(h.op(inst(9, 1), KernelOp::Ctr { args: CORE.into() }), Err(Refusal::NotAMember(NodeId(9))));
+    assert_eq!(h.op(inst(1, 1), KernelOp::Flush { marks: vec![] }).unwrap_err().errno(), Errno::ENOENT);
+    h.up(inst(1, 1), CORE);
+    assert_eq!(h.op(inst(1, 2), KernelOp::GetResyncWork), Err(Refusal::UnknownInstance(inst(1, 2))));
+    assert_eq!(h.q(inst(1, 2), Query::GetSyncCount), Err(Refusal::UnknownInstance(inst(1, 2))));
+}
+
+#[test]
+fn eviction_turns_marks_into_resync_work_for_the_survivors() {
+    let mut h = H::new(3);
+    let (a, b, c) = (inst(1, 1), inst(2, 1), inst(3, 1));
+    for i in [a, b, c] {
+        h.up(i, CORE_NOSYNC);
+    }
+    h.ok(a, KernelOp::Flush { marks: regions(&[2, 6]) });
+    h.ok(b, KernelOp::Mark(regions(&[6, 7])));
+    let applied = h.apply(Command::NodeEvicted { node: NodeId(1) });
+    assert_eq!(kicked(&applied.effects), vec![2, 3], "survivors' kernels must re-read the hint");
+    assert!(!h.in_sync(b, 2) && !h.in_sync(b, 6) && h.in_sync(b, 7));
+    assert_eq!(h.recovering(c, 6), (true, 2));
+    // Region 6 is still marked by b: c recovers 2 first, 6 after b clears.
+    assert_eq!(h.work(c), Some(2));
+    h.ok(c, KernelOp::SetRegionSync { region: Region(2), in_sync: true });
+    assert_eq!(h.work(c), None);
+    h.ok(b, KernelOp::Clear(regions(&[6, 7])));
+    assert_eq!(h.work(c), Some(6));
+    h.ok(c, KernelOp::SetRegionSync { region: Region(6), in_sync: true });
+    assert_eq!(h.sync_count(b), 8);
+    // The evicted node is no longer heard.
+    assert_eq!(h.op(a, KernelOp::Flush { marks: vec![] }), Err(Refusal::NotAMember(NodeId(1))));
+}
+
+#[test]
+fn a_dead_recoverers_region_is_handed_to_a_survivor() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE);
+    h.up(b, CORE);
+    assert_eq!(h.work(a), Some(0));
+    assert_eq!(h.work(b), Some(1));
+    let _ = h.apply(Command::NodeEvicted { node: NodeId(1) });
+    h.ok(b, KernelOp::SetRegionSync { region: Region(1), in_sync: true });
+    assert_eq!(h.work(b), Some(0), "no stalled resync (cmirrord flaw 2)");
+}
+
+#[test]
+fn an_evicted_lone_node_leaves_its_regions_out_of_sync_for_the_next_activation() {
+    let mut h = H::new(2);
+    let a = inst(1, 1);
+    h.up(a, CORE_NOSYNC);
+    h.ok(a, KernelOp::Mark(regions(&[3])));
+    let _ = h.apply(Command::NodeEvicted { node: NodeId(1) });
+    let _ = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 2 });
+    // The node comes back and builds the table again, even with nosync.
+    h.up(inst(1, 5), CORE_NOSYNC);
+    assert_eq!(h.sync_count(inst(1, 5)), 7);
+    assert_eq!(h.work(inst(1, 5)), Some(3));
+}
+
+#[test]
+fn a_rejoin_after_a_reboot_evicts_the_old_incarnation() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE_NOSYNC);
+    h.up(b, CORE_NOSYNC);
+    h.ok(a, KernelOp::Mark(regions(&[4])));
+    let same = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 1 });
+    assert!(same.effects.is_empty(), "a daemon restart under a live kernel changes nothing");
+    assert!(h.in_sync(b, 4));
+    let rebooted = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 2 });
+    assert_eq!(kicked(&rebooted.effects), vec![2]);
+    assert!(!h.in_sync(b, 4));
+    assert!(h.m.log(&h.uuid).unwrap().instances().keys().all(|i| *i != a));
+}
+
+// ---- clustered-disk activation (I11) ----
+
+#[test]
+fn first_resume_of_a_disk_log_starts_from_the_device() {
+    let mut on_disk = regions::Bitmap::ones(8);
+    on_disk.set(5, false);
+    let image = DiskImage::parse(&disk::encode(&on_disk), 8);
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.op(a, KernelOp::Ctr { args: DISK.into() }).unwrap();
+    let applied = h.full(a, KernelOp::Resume { disk: Some(image) });
+    assert!(matches!(applied.effects.as_slice(), [Effect::PersistDiskLog { .. }]), "header rewritten at resume");
+    assert_eq!(h.sync_count(a), 7, "only the region dirty at the crash is resynced");
+    assert_eq!(h.work(a), Some(5));
+    // A later node's image is ignored: the replicated state is newer.
+    h.op(b, KernelOp::Ctr { args: DISK.into() }).unwrap();
+    h.ok(b, KernelOp::Resume { disk: Some(DiskImage::Fresh { reason: "zeroed".into() }) });
+    assert_eq!(h.sync_count(b), 7);
+}
+
+// ---- state serialisation ----
+
+#[test]
+fn snapshots_are_deterministic_and_restore_exactly() {
+    let run = || {
+        let mut h = H::new(3);
+        for n in 1..=3 {
+            h.up(inst(n, n * 10), CORE);
+        }
+        h.ok(inst(1, 10), KernelOp::Mark(regions(&[1, 2])));
+        let _ = h.work(inst(2, 20));
+        let _ = h.apply(Command::NodeEvicted { node: NodeId(3) });
+        h.m
+    };
+    let (x, y) = (run(), run());
+    assert_eq!(x.snapshot(), y.snapshot());
+    assert_eq!(Machine::restore(&x.snapshot()).unwrap(), x);
+    assert!(Machine::restore(&[0xff, 0xff, 0xff]).is_err());
+}
+
+#[test]
+fn a_million_region_log_costs_at_most_a_mebibyte_per_bitmap() {
+    let mut h = H::new(1);
+    let a = inst(1, 1);
+    // 2^20 regions of 2 sectors.
+    h.up(a, "2097152 clustered-core 2 nosync");
+    h.ok(a, KernelOp::Mark(regions(&[0, 1_000_000])));
+    let size = h.m.snapshot().len();
+    println!("snapshot of a 1M-region log: {size} bytes");
+    assert!(size <= 2 * (1 << 20), "{size} bytes for two bitmaps");
+    assert!(size <= 2 * (1 << 17) + 1024, "one bit per region and kind: {size}");
+}
