@@ -2,7 +2,7 @@
 //! commands (replicated) and which are queries (read-only), and the answer
 //! the kernel gets.
 
-use wire::{Answer, Errno, Message, Request, Uuid};
+use wire::{Answer, Errno, Frame, Message, Reply, Request, Uuid};
 
 use crate::command::{Applied, Command, Effect, Instance, KernelOp, NodeId, Query, Refusal};
 use crate::machine::Machine;
@@ -76,5 +76,21 @@ impl Machine {
             Routed::Query { uuid, instance, query } => (self.read(&uuid, instance, &query), Vec::new()),
         };
         (kernel_answer(&msg.request, outcome), effects)
+    }
+
+    /// Answers one request datagram with one reply datagram, in place (see
+    /// [`Machine::handle`]). A datagram whose framing is wrong gets no reply
+    /// (the kernel's connector would drop a reply to it too); one whose
+    /// content is invalid gets `-EINVAL`.
+    pub fn respond(&mut self, node: NodeId, datagram: &[u8]) -> Option<Vec<u8>> {
+        let frame = Frame::parse(datagram).ok()?;
+        let reply = match frame.message() {
+            Ok(msg) => {
+                let (result, _effects) = self.handle(node, &msg);
+                Reply::new(&msg, result).unwrap_or_else(|_| Reply::error(frame.header(), Errno::EINVAL))
+            }
+            Err(_) => Reply::error(frame.header(), Errno::EINVAL),
+        };
+        Some(reply.encode())
     }
 }
