@@ -332,14 +332,7 @@ impl Kernel {
                 }
                 m.woken = true;
             }
-            // A recovery copy starts once the region's writes drained, and
-            // ends copy_ms later with the second leg overwritten.
-            if let Some((r, None)) = m.recovering
-                && m.hash.get(&r).is_none_or(|e| e.pending == 0)
-            {
-                let snapshot = m.legs.lock().read0(r);
-                m.recovering = Some((r, Some((snapshot, now + self.config.copy_ms))));
-            }
+            start_copy(m, now, self.config.copy_ms);
             if let Some((r, Some((snapshot, done_at)))) = m.recovering
                 && done_at <= now
             {
@@ -708,6 +701,7 @@ impl Kernel {
                     } else if let Some(e) = m.hash.get_mut(&r) {
                         e.state = RState::Recovering;
                         m.recovering = Some((r, None));
+                        start_copy(m, now, self.config.copy_ms);
                     } else {
                         m.kmirrord.steps.push_front(Step::Send(Request::InSync(Region(r)), Purpose::RecoveryAlloc(r)));
                     }
@@ -719,6 +713,7 @@ impl Kernel {
                 let m = &mut self.mirrors[mi];
                 m.hash.insert(r, RegionEntry { state: RState::Recovering, pending: 0, delayed: Vec::new() });
                 m.recovering = Some((r, None));
+                start_copy(m, now, self.config.copy_ms);
             }
             Purpose::ReadInSync(r) => {
                 let in_sync = ok && bool_word(self, word(0));
@@ -796,6 +791,18 @@ impl Kernel {
                 legs.abandon(w.region);
             }
         }
+    }
+}
+
+/// kcopyd starts copying the region under recovery once its writes have
+/// drained; the copy reads the default leg now and writes the second leg
+/// `copy_ms` later.
+fn start_copy(m: &mut Mirror, now: u64, copy_ms: u64) {
+    if let Some((r, None)) = m.recovering
+        && m.hash.get(&r).is_none_or(|e| e.pending == 0)
+    {
+        let snapshot = m.legs.lock().read0(r);
+        m.recovering = Some((r, Some((snapshot, now + copy_ms))));
     }
 }
 
