@@ -103,6 +103,8 @@ pub struct MirrorView {
     pub log_failure: bool,
     /// The last `dmsetup status` log text.
     pub status: Option<String>,
+    /// The in-sync region count the last `dmsetup status` printed.
+    pub status_sync_count: Option<u64>,
     /// Writes in flight (submitted, second leg not yet written).
     pub inflight_regions: Vec<u64>,
     /// Writes queued or held, not yet submitted.
@@ -115,6 +117,8 @@ pub struct MirrorView {
 #[derive(Debug)]
 pub struct Kernel {
     config: Config,
+    /// Which blocks of a shared region this node writes (its luid base).
+    writer: u64,
     now_ms: u64,
     seq: u32,
     next_luid: u64,
@@ -133,6 +137,7 @@ impl Kernel {
     pub fn new(config: Config, seq: u32, luid_base: u64) -> Kernel {
         Kernel {
             config,
+            writer: luid_base,
             now_ms: 0,
             seq,
             next_luid: luid_base,
@@ -235,6 +240,7 @@ impl Kernel {
             in_sync_hint: x.hint,
             log_failure: x.log_failure,
             status: x.status.clone(),
+            status_sync_count: x.status_sync_count,
             inflight_regions: x.inflight_regions(),
             queued_writes: x.writes.len() + x.requeued.len() + x.held.len() + x.batch.len(),
             writes_done: x.writes_done,
@@ -274,7 +280,7 @@ impl Kernel {
         let mut t: Vec<u64> = self.outstanding.values().map(|o| o.sent_at + RETRY_TIMEOUT_MS).collect();
         for m in &self.mirrors {
             t.extend(m.inflight.iter().map(|w| w.complete_at));
-            t.extend(m.recovering.and_then(|(_, c)| c).map(|(_, done)| done));
+            t.extend(m.recovering.as_ref().and_then(|(_, c)| c.as_ref()).map(|(_, done)| *done));
             t.extend(m.requeued.iter().map(|(at, _)| *at));
             t.extend(m.delayed_flush_at);
             for th in [&m.kmirrord, &m.ioctl, &m.worker] {
@@ -318,7 +324,7 @@ impl Kernel {
             m.inflight = rest;
             for w in done {
                 if w.both {
-                    m.legs.lock().write(1, w.region, w.content);
+                    m.legs.lock().write(1, w.region, self.writer, w.content);
                 }
                 m.legs.lock().end_write(w.region);
                 m.writes_done += 1;
@@ -333,10 +339,11 @@ impl Kernel {
                 m.woken = true;
             }
             start_copy(m, now, self.config.copy_ms);
-            if let Some((r, Some((snapshot, done_at)))) = m.recovering
-                && done_at <= now
+            if let Some((_, Some((_, done_at)))) = &m.recovering
+                && *done_at <= now
+                && let Some((r, Some((snapshot, _)))) = m.recovering.take()
             {
-                m.legs.lock().write(1, r, snapshot);
+                m.legs.lock().copy_to_leg1(r, snapshot);
                 m.recovering = None;
                 m.recovered.push((r, true));
                 self.stats.regions_recovered += 1;
@@ -535,7 +542,7 @@ impl Kernel {
                     {
                         let mut legs = m.legs.lock();
                         legs.begin_write(bio.region);
-                        legs.write(0, bio.region, self.next_content);
+                        legs.write(0, bio.region, self.writer, self.next_content);
                     }
                     m.inflight.push(InFlight {
                         region: bio.region,
@@ -686,6 +693,9 @@ impl Kernel {
                     self.violation(format!("GET_SYNC_COUNT {count} > region_count"));
                 }
                 let m = &mut self.mirrors[mi];
+                if matches!(o.purpose, Purpose::StatusCount) {
+                    m.status_sync_count = Some(count);
+                }
                 if matches!(o.purpose, Purpose::SyncCount) && count == m.region_count && !m.in_sync {
                     m.in_sync = true;
                     self.check_mirror_in_sync(mi);
@@ -798,9 +808,10 @@ impl Kernel {
 /// drained; the copy reads the default leg now and writes the second leg
 /// `copy_ms` later.
 fn start_copy(m: &mut Mirror, now: u64, copy_ms: u64) {
-    if let Some((r, None)) = m.recovering
-        && m.hash.get(&r).is_none_or(|e| e.pending == 0)
+    if let Some((r, None)) = &m.recovering
+        && m.hash.get(r).is_none_or(|e| e.pending == 0)
     {
+        let r = *r;
         let snapshot = m.legs.lock().read0(r);
         m.recovering = Some((r, Some((snapshot, now + copy_ms))));
     }

@@ -1,21 +1,30 @@
 //! The data legs of a two-way mirror, modelled per region.
 //!
-//! Each region of each leg holds the id of the last write that reached it
-//! (0 = never written). A region "differs" when the legs hold different ids.
-//! Legs are shared storage: every node's simulated kernel writes the same
-//! [`Legs`], so writes from several nodes interleave exactly as the
-//! simulation orders them.
+//! A region holds, on each leg, the id of the last write each writer put
+//! there. Writers are nodes: a cluster filesystem never lets two hosts
+//! write the same block at once, so each node writes its own blocks of a
+//! shared region, and a region "differs" when any of its blocks differs
+//! between the legs. Legs are shared storage: every node's simulated kernel
+//! writes the same [`Legs`], so writes from several nodes interleave exactly
+//! as the simulation orders them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-/// Contents of both legs, one write id per region.
+/// A region's content on one leg: the last write id per writer.
+pub type Blocks = BTreeMap<u64, u64>;
+
+/// The writer id that stands for data left over from before the mirror
+/// was synchronised.
+pub const STALE: u64 = u64::MAX;
+
+/// Contents of both legs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Legs {
     /// The default (primary) leg: reads go here, resync copies from here.
-    pub leg0: Vec<u64>,
+    pub leg0: Vec<Blocks>,
     /// The second leg.
-    pub leg1: Vec<u64>,
+    pub leg1: Vec<Blocks>,
     /// Writes in flight per region, from any node: the legs may differ
     /// there for a moment, legitimately.
     inflight: BTreeMap<u64, u32>,
@@ -28,23 +37,32 @@ impl Legs {
     /// everywhere (a new mirror whose legs were never synchronised).
     pub fn new(regions: u64, differ: bool) -> Legs {
         let n = usize::try_from(regions).unwrap_or(0);
+        let stale: Blocks = if differ { BTreeMap::from([(STALE, 1)]) } else { BTreeMap::new() };
         Legs {
-            leg0: vec![0; n],
-            leg1: if differ { vec![u64::MAX; n] } else { vec![0; n] },
+            leg0: vec![BTreeMap::new(); n],
+            leg1: vec![stale; n],
             inflight: BTreeMap::new(),
             abandoned: BTreeSet::new(),
         }
     }
 
+    /// Number of regions.
+    pub fn regions(&self) -> u64 {
+        self.leg0.len() as u64
+    }
+
+    fn idx(r: u64) -> usize {
+        usize::try_from(r).unwrap_or(usize::MAX)
+    }
+
     /// Whether region `r` holds the same data on both legs.
     pub fn same(&self, r: u64) -> bool {
-        let i = usize::try_from(r).unwrap_or(usize::MAX);
-        self.leg0.get(i) == self.leg1.get(i)
+        self.leg0.get(Self::idx(r)) == self.leg1.get(Self::idx(r))
     }
 
     /// Regions whose legs differ.
     pub fn differing(&self) -> Vec<u64> {
-        (0..self.leg0.len() as u64).filter(|&r| !self.same(r)).collect()
+        (0..self.regions()).filter(|&r| !self.same(r)).collect()
     }
 
     /// Whether the two legs are identical.
@@ -52,11 +70,25 @@ impl Legs {
         self.leg0 == self.leg1
     }
 
-    pub(crate) fn write(&mut self, leg: u8, r: u64, id: u64) {
-        let i = usize::try_from(r).unwrap_or(usize::MAX);
+    pub(crate) fn write(&mut self, leg: u8, r: u64, writer: u64, id: u64) {
         let target = if leg == 0 { &mut self.leg0 } else { &mut self.leg1 };
-        if let Some(slot) = target.get_mut(i) {
-            *slot = id;
+        if let Some(slot) = target.get_mut(Self::idx(r)) {
+            slot.insert(writer, id);
+        }
+        if self.same(r) {
+            self.abandoned.remove(&r);
+        }
+    }
+
+    /// A resync copy: what the default leg holds now.
+    pub(crate) fn read0(&self, r: u64) -> Blocks {
+        self.leg0.get(Self::idx(r)).cloned().unwrap_or_default()
+    }
+
+    /// The end of a resync copy: the second leg gets what was read.
+    pub(crate) fn copy_to_leg1(&mut self, r: u64, blocks: Blocks) {
+        if let Some(slot) = self.leg1.get_mut(Self::idx(r)) {
+            *slot = blocks;
         }
         if self.same(r) {
             self.abandoned.remove(&r);
@@ -93,10 +125,6 @@ impl Legs {
     /// Regions a crashed node left half written and not yet resynced.
     pub fn abandoned(&self) -> Vec<u64> {
         self.abandoned.iter().copied().collect()
-    }
-
-    pub(crate) fn read0(&self, r: u64) -> u64 {
-        self.leg0.get(usize::try_from(r).unwrap_or(usize::MAX)).copied().unwrap_or(0)
     }
 }
 

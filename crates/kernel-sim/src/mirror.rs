@@ -168,8 +168,8 @@ pub(crate) struct Mirror {
     pub clean_list: Vec<u64>,
     pub marks: Vec<u64>,
     pub clears: Vec<u64>,
-    /// The region being recovered, and once copying, (snapshot, done_at).
-    pub recovering: Option<(u64, Option<(u64, u64)>)>,
+    /// The region being recovered, and once copying, (what was read, done_at).
+    pub recovering: Option<(u64, Option<(crate::legs::Blocks, u64)>)>,
     pub recovered: Vec<(u64, bool)>,
     pub reads: VecDeque<u64>,
     pub writes: VecDeque<Bio>,
@@ -184,6 +184,7 @@ pub(crate) struct Mirror {
     pub worker: Thread,
     pub jobs: VecDeque<Job>,
     pub status: Option<String>,
+    pub status_sync_count: Option<u64>,
     pub writes_done: u64,
 }
 
@@ -219,6 +220,7 @@ impl Mirror {
             worker: Thread::default(),
             jobs: VecDeque::from([Job::Create]),
             status: None,
+            status_sync_count: None,
             writes_done: 0,
         }
     }
