@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use dmlogd_tests::cluster::{Cluster, Options};
+use dmlogd_tests::cluster::{Cluster, Options, random_run};
 
 /// Runs writes until node `id` has a write in flight (one leg written).
 fn until_writing(c: &mut Cluster, id: u64, region: u64) {
@@ -81,35 +81,6 @@ fn a_rebooted_node_rejoins_and_writes_again() {
     c.reboot(2);
     c.workload(600, 40);
     c.verify_converged().unwrap();
-}
-
-/// One seeded run: a random workload, a random node crashing at a random
-/// moment, its eviction after a random delay, maybe a reboot, lost replies
-/// and duplicated requests; then quiet and verification.
-fn random_run(seed: u64) -> Result<(), String> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5eed);
-    let options = Options {
-        nodes: rng.random_range(2..=4),
-        log_args: if rng.random_bool(0.5) { "clustered-core 8 nosync".into() } else { "clustered-core 8".into() },
-        integrated_flush: rng.random_bool(0.5),
-        drop_reply_pct: rng.random_range(0..3),
-        duplicate_pct: rng.random_range(0..5),
-        ..Options::default()
-    };
-    let nodes = options.nodes;
-    let mut c = Cluster::new(options, seed);
-    c.workload(rng.random_range(50..500), rng.random_range(10..80));
-    let victim = rng.random_range(1..=nodes);
-    c.crash(victim);
-    c.workload(rng.random_range(0..300), 30);
-    c.evict(victim);
-    c.workload(rng.random_range(0..300), 30);
-    if rng.random_bool(0.5) {
-        c.reboot(victim);
-        c.workload(rng.random_range(0..300), 30);
-    }
-    c.verify_converged().map_err(|e| format!("seed {seed}: {e}"))
 }
 
 #[test]

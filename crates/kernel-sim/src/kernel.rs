@@ -349,11 +349,16 @@ impl Kernel {
                 self.stats.regions_recovered += 1;
                 m.woken = true;
             }
-            let (due, later): (Vec<(u64, Bio)>, Vec<(u64, Bio)>) =
-                std::mem::take(&mut m.requeued).into_iter().partition(|(at, _)| *at <= now);
-            m.requeued = later;
+            let mut due = Vec::new();
+            m.requeued.retain(|(at, bio)| {
+                let ready = *at <= now;
+                if ready {
+                    due.push(*bio);
+                }
+                !ready
+            });
             if !due.is_empty() {
-                m.writes.extend(due.into_iter().map(|(_, b)| b));
+                m.writes.extend(due);
                 m.woken = true;
             }
             if m.delayed_flush_at.is_some_and(|at| at <= now) {
@@ -453,17 +458,14 @@ impl Kernel {
                 steps.push(Step::Flush(false));
                 front(m, steps);
             }
-            Step::Recovery => {
-                // The recovery semaphore is raised only at resume; a hint at
-                // region_count short-circuits the request (spec §3.2).
-                if m.recovery_enabled && m.recovering.is_none() && m.hint < m.region_count {
-                    front(m, vec![Step::Send(Request::GetResyncWork, Purpose::ResyncWork)]);
-                }
+            // The recovery semaphore is raised only at resume; a hint at
+            // region_count short-circuits the request (spec §3.2).
+            Step::Recovery if m.recovery_enabled && m.recovering.is_none() && m.hint < m.region_count => {
+                front(m, vec![Step::Send(Request::GetResyncWork, Purpose::ResyncWork)]);
             }
-            Step::SyncCount => {
-                if !m.in_sync && m.region_count > 0 {
-                    front(m, vec![Step::Send(Request::GetSyncCount, Purpose::SyncCount)]);
-                }
+            // Asked on every pass until the kernel believes the mirror in sync.
+            Step::SyncCount if !m.in_sync && m.region_count > 0 => {
+                front(m, vec![Step::Send(Request::GetSyncCount, Purpose::SyncCount)]);
             }
             Step::Reads => {
                 let steps = std::mem::take(&mut m.reads)

@@ -32,11 +32,15 @@ pub use kernel::{
 pub use legs::{Legs, SharedLegs};
 pub use mirror::{Life, Table};
 
+/// A synchronous daemon stand-in: simulated time and one request datagram
+/// in, one reply datagram out (or `None` for no reply).
+pub type Handler<'a> = dyn FnMut(u64, &[u8]) -> Option<Vec<u8>> + 'a;
+
 /// Runs `kernel` against a synchronous `handler` (the simulated time and one
 /// request datagram in, one reply datagram out, or `None` for no reply)
 /// until it is idle or simulated time passes `until_ms`. Replies are
 /// delivered at once. Returns the simulated time reached.
-pub fn drive(kernel: &mut Kernel, handler: &mut dyn FnMut(u64, &[u8]) -> Option<Vec<u8>>, until_ms: u64) -> u64 {
+pub fn drive(kernel: &mut Kernel, handler: &mut Handler<'_>, until_ms: u64) -> u64 {
     loop {
         let requests = kernel.take_requests();
         if !requests.is_empty() {
