@@ -243,3 +243,36 @@ fn the_simulator_flags_replies_the_kernel_would_reject() {
     assert!(matches!(kernel.mirror(m).unwrap().life, Life::Failed(_)));
     assert!(kernel.violations().iter().any(|v| v.what.contains("GET_REGION_SIZE answered 3")));
 }
+
+#[test]
+fn a_burst_of_writes_is_marked_in_batches_of_at_most_32() {
+    for integrated in [false, true] {
+        let mut rig = rig("harness-A", "clustered-core 1024 nosync", integrated);
+        rig.run(60_000, &|_, _| false);
+        let start = rig.sent.len();
+        for r in 0..40 {
+            rig.kernel.write(rig.mirror, r);
+        }
+        rig.run(120_000, &|_, _| false);
+        let batches: Vec<usize> = rig.sent[start..]
+            .iter()
+            .filter_map(|(_, _, r)| match r {
+                Request::MarkRegion(rs) => Some(rs.len()),
+                Request::Flush { marks } if !marks.is_empty() => Some(marks.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(batches, vec![32, 8], "integrated = {integrated}");
+        let clears: usize = rig.sent[start..]
+            .iter()
+            .filter_map(|(_, _, r)| match r {
+                Request::ClearRegion(rs) => Some(rs.len()),
+                _ => None,
+            })
+            .max()
+            .unwrap();
+        assert_eq!(clears, 32, "clears are batched too");
+        assert!(rig.legs.lock().identical());
+        assert!(rig.kernel.violations().is_empty(), "{:?}", rig.kernel.violations());
+    }
+}

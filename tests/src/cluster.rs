@@ -271,11 +271,9 @@ impl Cluster {
         let Some(log) = self.machine.log(&self.table.uuid) else { return };
         for node in self.nodes.values() {
             let Some(view) = node.kernel.as_ref().and_then(|k| k.mirror(node.mirror)) else { continue };
-            for r in view.inflight_regions {
-                if log.is_clean(wire::Region(r)) {
-                    self.violations
-                        .push(format!("I1 at {} ms: region {r} is clean while {} writes it", self.now_ms, node.id));
-                }
+            let writing: Vec<wire::Region> = view.inflight_regions.into_iter().map(wire::Region).collect();
+            if let Err(v) = regions::invariants::i01_written_regions_not_clean(log, &writing) {
+                self.violations.push(format!("at {} ms, {} writing: {v}", self.now_ms, node.id));
             }
         }
     }

@@ -48,6 +48,17 @@ fn fail(id: &'static str, log: &Log, region: Option<Region>, detail: impl Into<S
     Err(Violation { id, uuid: Some(log.uuid().clone()), region, detail: detail.into() })
 }
 
+/// I1, from the kernel's side: a region a kernel is writing (its data went
+/// out after a FLUSH was acknowledged) is not clean in the log. Needs to
+/// know what the kernel writes, so it is run by the simulators, not by
+/// [`check_machine`].
+pub fn i01_written_regions_not_clean(log: &Log, writing: &[Region]) -> Result<(), Violation> {
+    match writing.iter().find(|r| log.is_clean(**r)) {
+        Some(r) => fail("I1", log, Some(*r), "clean while a kernel writes it after an acknowledged flush"),
+        None => Ok(()),
+    }
+}
+
 /// I2: a region marked by any instance is not clean, and a mark set is never
 /// empty (an unmarked region has no entry).
 pub fn i02_marked_regions_not_clean(log: &Log) -> Result<(), Violation> {
