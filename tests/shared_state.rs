@@ -8,26 +8,20 @@
 
 use dmlogd_tests::cluster::{Cluster, Options, random_run};
 
-/// Runs writes until node `id` has a write in flight (one leg written).
-fn until_writing(c: &mut Cluster, id: u64, region: u64) {
-    for _ in 0..1000 {
-        if c.writing(id) {
-            return;
-        }
-        c.write(id, region);
-        let t = c.now_ms + 1;
-        c.run_until(t);
-    }
-    panic!("node {id} never had a write in flight");
+/// Three nodes write for half a second; node 1 crashes with a write to
+/// region 40 in flight (one leg written).
+fn crashed_mid_write() -> Cluster {
+    let mut c = Cluster::new(Options::default(), 7);
+    c.settle(10_000);
+    c.workload(500, 50);
+    assert!(c.write_until_in_flight(1, 40), "node 1 never had a write in flight");
+    c.crash(1);
+    c
 }
 
 #[test]
 fn a_crash_mid_write_is_resynced_by_the_survivors_and_the_legs_converge() {
-    let mut c = Cluster::new(Options::default(), 7);
-    c.settle(10_000);
-    c.workload(500, 50);
-    until_writing(&mut c, 1, 40);
-    c.crash(1);
+    let mut c = crashed_mid_write();
     let half_written = c.legs.lock().abandoned();
     assert!(half_written.contains(&40), "the crash left region 40 with one leg written: {half_written:?}");
     let recovered_before = c.regions_recovered();
@@ -44,11 +38,7 @@ fn without_eviction_the_mirror_reports_in_sync_while_the_legs_differ() {
     // The control experiment for the test above: cmirrord never releases a
     // departed node's marks, and the survivors go on reporting the mirror
     // in sync. The same run without the eviction must fail verification.
-    let mut c = Cluster::new(Options::default(), 7);
-    c.settle(10_000);
-    c.workload(500, 50);
-    until_writing(&mut c, 1, 40);
-    c.crash(1);
+    let mut c = crashed_mid_write();
     c.workload(500, 30);
     let err = c.verify_converged().unwrap_err();
     assert!(err.contains("legs differ"), "{err}");
@@ -74,7 +64,7 @@ fn a_rebooted_node_rejoins_and_writes_again() {
     let mut c = Cluster::new(Options { integrated_flush: true, ..Options::default() }, 11);
     c.settle(10_000);
     c.workload(300, 50);
-    until_writing(&mut c, 2, 7);
+    assert!(c.write_until_in_flight(2, 7));
     c.crash(2);
     c.evict(2);
     c.workload(300, 30);

@@ -339,6 +339,21 @@ impl Cluster {
         }
     }
 
+    /// Keeps node `id` writing `region` until one of its writes is in
+    /// flight (the default leg written, the second not yet): the moment
+    /// to crash it. Returns whether that happened within a second.
+    pub fn write_until_in_flight(&mut self, id: u64, region: u64) -> bool {
+        for _ in 0..1000 {
+            if self.writing(id) {
+                return true;
+            }
+            self.write(id, region);
+            let t = self.now_ms + 1;
+            self.run_until(t);
+        }
+        false
+    }
+
     /// Whether node `id` has a write in flight.
     pub fn writing(&self, id: u64) -> bool {
         self.nodes

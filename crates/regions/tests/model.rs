@@ -11,8 +11,10 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+mod support;
+
 use proptest::prelude::*;
-use regions::{Command, DiskImage, Effect, Instance, KernelOp, Machine, NodeId, Query, disk};
+use regions::{Command, DiskImage, Instance, KernelOp, Machine, NodeId, Query, disk};
 use wire::{Answer, Errno, Luid, Region, Uuid};
 
 /// What the model knows of a constructor string: (regions, disk, nosync).
@@ -384,15 +386,6 @@ fn to_regions(rs: &[u64]) -> Vec<Region> {
 }
 
 fn real(m: &mut Machine, op: &Op) -> Out {
-    let kicks = |effects: &[Effect]| -> Vec<u64> {
-        effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::KickKernel { node, .. } => Some(node.0),
-                _ => None,
-            })
-            .collect()
-    };
     let cmd = match op {
         Op::Join(n, inc) => Command::NodeJoined { node: NodeId(*n), incarnation: *inc },
         Op::Evict(n) => Command::NodeEvicted { node: NodeId(*n) },
@@ -442,7 +435,7 @@ fn real(m: &mut Machine, op: &Op) -> Out {
     if let (Ok(Answer::ResyncWork(Some(r))), Command::Kernel { uuid, instance, .. }) = (&applied.outcome, &cmd) {
         regions::invariants::i09_resync_answer(m.log(uuid).unwrap(), *instance, *r).unwrap();
     }
-    (applied.outcome.map_err(|e| e.errno()), kicks(&applied.effects))
+    (applied.outcome.map_err(|e| e.errno()), support::kicked(&applied.effects))
 }
 
 fn same_state(model: &Model, m: &Machine) -> Result<(), String> {

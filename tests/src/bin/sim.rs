@@ -138,12 +138,9 @@ fn demo(fast: bool) -> ExitCode {
 
     run(&mut c, &mut screen, 1500, 40, "resync shared by all nodes while they write");
     // Crash node 1 in the middle of a write: one leg written, not the other.
-    let mut tries = 0;
-    while !c.writing(1) && tries < 1000 {
-        c.write(1, 3);
-        let t = c.now_ms + 1;
-        c.run_until(t);
-        tries += 1;
+    if !c.write_until_in_flight(1, 3) {
+        println!("n1 never had a write in flight");
+        return ExitCode::FAILURE;
     }
     c.crash(1);
     screen.frame(&c, "* n1 crashed mid-write");
