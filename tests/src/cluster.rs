@@ -89,7 +89,7 @@ pub struct Cluster {
     pub requests: u64,
     /// Regions resynced by kernels that have since crashed.
     pub recovered_by_crashed: u64,
-    /// Debug: trace requests touching this region.
+    /// Debug: trace requests touching this region (`DMLOGD_TRACE_REGION`).
     pub trace_region: Option<u64>,
     /// Debug trace lines.
     pub trace: Vec<String>,
@@ -121,7 +121,7 @@ impl Cluster {
             violations: Vec::new(),
             requests: 0,
             recovered_by_crashed: 0,
-            trace_region: None,
+            trace_region: std::env::var("DMLOGD_TRACE_REGION").ok().and_then(|s| s.parse().ok()),
             trace: Vec::new(),
         };
         for id in 1..=c.options.nodes {
@@ -172,11 +172,13 @@ impl Cluster {
             self.violations.extend(k.violations().iter().map(|v| format!("n{id} at {} ms: {}", v.at_ms, v.what)));
             self.recovered_by_crashed += k.stats().regions_recovered;
             k.crash();
+            self.trace.push(format!("{} n{id} CRASH", self.now_ms));
         }
     }
 
     /// The cluster declares node `id` dead.
     pub fn evict(&mut self, id: u64) {
+        self.trace.push(format!("{} n{id} EVICTED", self.now_ms));
         let applied = self.machine.apply(&Command::NodeEvicted { node: NodeId(id) });
         self.effects(&applied.effects);
         self.check();
@@ -436,6 +438,6 @@ pub fn random_run(seed: u64) -> Result<Cluster, String> {
         c.reboot(victim);
         c.workload(rng.random_range(0..300), 30);
     }
-    c.verify_converged().map_err(|e| format!("seed {seed}: {e}"))?;
+    c.verify_converged().map_err(|e| format!("seed {seed}: {e}\n{}", c.trace.join("\n")))?;
     Ok(c)
 }

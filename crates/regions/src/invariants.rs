@@ -144,6 +144,15 @@ pub fn i10_no_instances_of_departed_nodes(machine: &Machine) -> Result<(), Viola
         if let Some((i, r)) = log.assignments().iter().find(|(i, _)| !log.instances().contains_key(i)) {
             return fail("I10", log, Some(*r), format!("assigned to {i}, which has no instance"));
         }
+        if !log.unsettled().is_empty() && log.awaiting_resume().is_empty() {
+            return fail("I10", log, None, "unsettled regions with no survivor left to wait for");
+        }
+        if let Some(r) = log.unsettled().iter().find(|r| log.in_sync(**r)) {
+            return fail("I10", log, Some(*r), "unsettled but in sync");
+        }
+        if let Some((i, r)) = log.assignments().iter().find(|(_, r)| log.unsettled().contains(r)) {
+            return fail("I10", log, Some(*r), format!("unsettled region being recovered by {i}"));
+        }
     }
     Ok(())
 }
@@ -219,7 +228,9 @@ pub fn i09_resync_answer(log: &Log, instance: Instance, region: Region) -> Resul
 /// I6 for an answer: a write to an out-of-sync region is held while some
 /// instance is able to recover it.
 pub fn i06_remote_recovering_answer(log: &Log, region: Region, is_recovering: bool) -> Result<(), Violation> {
-    if !log.in_sync(region) && log.recovery_running() && !log.recovery_failed.contains(&region) && !is_recovering {
+    let recoverable =
+        log.recovery_running() && !log.recovery_failed.contains(&region) && !log.unsettled.contains(&region);
+    if !log.in_sync(region) && recoverable && !is_recovering {
         return fail("I6", log, Some(region), "write allowed to an out-of-sync region under recovery");
     }
     Ok(())

@@ -41,7 +41,12 @@
 //! let _ = m.apply(&kernel(a, KernelOp::Flush { marks: vec![Region(3)] }));
 //! let applied = m.apply(&Command::NodeEvicted { node: NodeId(1) });
 //! assert!(!applied.effects.is_empty(), "node 2's kernel must be told to look again");
-//! // The survivor is held off region 3 and gets it as resync work.
+//! assert_eq!(m.read(&uuid, b, &Query::GetSyncCount), Ok(Answer::SyncCount(7)));
+//! // Node 2's kernel is suspended and resumed, which resets its cached hint;
+//! // then its writes to region 3 are held and it gets region 3 to resync.
+//! for op in [KernelOp::Presuspend, KernelOp::Postsuspend, KernelOp::Resume { disk: None }] {
+//!     let _ = m.apply(&kernel(b, op));
+//! }
 //! assert_eq!(m.read(&uuid, b, &Query::InSync(Region(3))), Ok(Answer::Bool(false)));
 //! assert_eq!(m.apply(&kernel(b, KernelOp::GetResyncWork)).outcome, Ok(Answer::ResyncWork(Some(Region(3)))));
 //! let _ = m.apply(&kernel(b, KernelOp::SetRegionSync { region: Region(3), in_sync: true }));

@@ -81,6 +81,22 @@ pub struct Log {
     pub(crate) clean_version: u64,
     /// The last log-device write failed (`D` in STATUS_INFO).
     pub(crate) disk_failed: bool,
+    /// Nodes whose kernels were told to resume after an eviction put
+    /// regions out of sync behind their cached `in_sync_hint`, and have not
+    /// resumed yet.
+    pub(crate) awaiting_resume: BTreeSet<NodeId>,
+    /// Regions an eviction put out of sync while some survivor has not yet
+    /// resumed. Such a kernel may write them without asking
+    /// IS_REMOTE_RECOVERING (its hint is stale), so until every survivor
+    /// has resumed: no resync copy of them starts (it could race such a
+    /// write), writes to them are not held (a held write would stop the
+    /// very suspend that resets the hint), and IN_SYNC answers 1 for them,
+    /// so that those writes go to both legs and are marked rather than
+    /// leaving a NOSYNC entry in the writer's region hash that would outlive
+    /// the resync. Their legs can differ only in blocks of the evicted
+    /// node's unacknowledged writes, which may read back old or new, as
+    /// after any crash.
+    pub(crate) unsettled: BTreeSet<Region>,
 }
 
 impl Log {
@@ -101,6 +117,8 @@ impl Log {
             activated: false,
             clean_version: 0,
             disk_failed: false,
+            awaiting_resume: BTreeSet::new(),
+            unsettled: BTreeSet::new(),
         }
     }
 
@@ -239,10 +257,10 @@ impl Log {
 
     /// Eviction of `i` (its node died): every region it marked may differ
     /// between legs, so it goes out of sync for the survivors to resync
-    /// (I10). Returns whether any region went out of sync.
-    pub(crate) fn evict_instance(&mut self, i: Instance) -> bool {
+    /// (I10). Returns the regions that were in sync and no longer are.
+    pub(crate) fn evict_instance(&mut self, i: Instance) -> Vec<Region> {
         let rs = self.marked_by(i);
-        let mut changed = false;
+        let mut changed = Vec::new();
         for &r in &rs {
             if let Some(set) = self.marks.get_mut(&r) {
                 set.remove(&i);
@@ -250,7 +268,9 @@ impl Log {
                     self.marks.remove(&r);
                 }
             }
-            changed |= self.sync.get(r.0);
+            if self.sync.get(r.0) {
+                changed.push(r);
+            }
             self.set_out_of_sync(r);
         }
         // A dead recoverer's region stays out of sync and is handed out again.
@@ -305,6 +325,7 @@ impl Log {
         let found = self.sync.zeros_iter().map(Region).find(|r| {
             !taken.contains(r)
                 && !self.recovery_failed.contains(r)
+                && !self.unsettled.contains(r)
                 && self.marks.get(r).is_none_or(|who| who.iter().all(|m| *m == i))
         });
         if let Some(r) = found {
@@ -329,7 +350,9 @@ impl Log {
                 self.recovery_failed.remove(&r);
             }
         } else {
+            // A failed write: the legs really differ, in acknowledged data.
             self.set_out_of_sync(r);
+            self.unsettled.remove(&r);
             if assigned {
                 self.recovery_failed.insert(r);
             }
@@ -346,7 +369,47 @@ impl Log {
     /// some instance can recover it (I6); with recovery halted everywhere
     /// they pass, or a suspend would hang on its own writes.
     pub fn is_remote_recovering(&self, r: Region) -> bool {
-        !self.sync.get(r.0) && !self.recovery_failed.contains(&r) && self.recovery_running()
+        !self.sync.get(r.0)
+            && !self.recovery_failed.contains(&r)
+            && !self.unsettled.contains(&r)
+            && self.recovery_running()
+    }
+
+    /// IN_SYNC: the sync bit, except for unsettled regions (see
+    /// [`Log::unsettled`]).
+    pub fn in_sync_answer(&self, r: Region) -> bool {
+        self.sync.get(r.0) || self.unsettled.contains(&r)
+    }
+
+    /// Nodes whose kernels must resume before an eviction's regions are
+    /// resynced.
+    pub fn awaiting_resume(&self) -> &BTreeSet<NodeId> {
+        &self.awaiting_resume
+    }
+
+    /// Regions an eviction put out of sync, not resynced until every
+    /// survivor's kernel has resumed.
+    pub fn unsettled(&self) -> &BTreeSet<Region> {
+        &self.unsettled
+    }
+
+    /// An eviction put `regions` out of sync behind the hints of `survivors`.
+    pub(crate) fn unsettle(&mut self, regions: &[Region], survivors: BTreeSet<NodeId>) {
+        if survivors.is_empty() {
+            return;
+        }
+        self.unsettled.extend(regions.iter().copied());
+        self.awaiting_resume.extend(survivors);
+    }
+
+    /// Node `n`'s kernel resumed (or `n` is gone): it no longer writes
+    /// behind a stale hint. With every survivor resumed, the unsettled
+    /// regions become ordinary resync work.
+    pub(crate) fn node_settled(&mut self, n: NodeId) {
+        self.awaiting_resume.remove(&n);
+        if self.awaiting_resume.is_empty() {
+            self.unsettled.clear();
+        }
     }
 
     /// Active instances on nodes other than `except`, one per node.

@@ -124,16 +124,20 @@ impl Machine {
         let mut effects = Vec::new();
         for (uuid, log) in &mut self.logs {
             let gone: Vec<Instance> = log.instances.keys().filter(|i| i.node == node).copied().collect();
-            let mut changed = false;
+            let mut changed = Vec::new();
             for i in gone {
-                changed |= log.evict_instance(i);
+                changed.extend(log.evict_instance(i));
             }
-            if changed {
+            // A node that is gone will not resume.
+            log.node_settled(node);
+            if !changed.is_empty() {
                 // Survivors' kernels cache an in_sync_hint and will not ask
                 // about these regions until they are resumed.
-                for n in log.active_nodes_except(node) {
-                    effects.push(Effect::KickKernel { node: n, uuid: uuid.clone() });
+                let survivors = log.active_nodes_except(node);
+                for n in &survivors {
+                    effects.push(Effect::KickKernel { node: *n, uuid: uuid.clone() });
                 }
+                log.unsettle(&changed, survivors);
                 if log.is_disk() {
                     effects.push(Effect::PersistDiskLog { uuid: uuid.clone(), version: log.clean_version });
                 }
@@ -209,7 +213,7 @@ impl Machine {
             }
             Query::InSync(r) => {
                 log.check_region(*r)?;
-                Answer::Bool(log.in_sync(*r))
+                Answer::Bool(log.in_sync_answer(*r))
             }
             Query::GetSyncCount => Answer::SyncCount(log.sync_count()),
             Query::StatusInfo => Answer::Text(match &inst.args.log_type {
@@ -279,6 +283,8 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
         KernelOp::Resume { disk } => {
             let first = log.activate(disk.as_ref());
             set_phase(log, Phase::Resumed);
+            // This kernel's hint is reset: it asks about every region again.
+            log.node_settled(i.node);
             // Regions whose recovery failed are tried again after a resume.
             log.recovery_failed.clear();
             let mut effects = Vec::new();

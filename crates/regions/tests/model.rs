@@ -94,6 +94,8 @@ struct MLog {
     assigned: Vec<(u64, u64, u64)>,
     failed: Vec<u64>,
     activated: bool,
+    awaiting: Vec<u64>,
+    unsettled: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -125,8 +127,17 @@ impl MLog {
             assigned: vec![],
             failed: vec![],
             activated: false,
+            awaiting: vec![],
+            unsettled: vec![],
         }
     }
+    fn settle(&mut self, node: u64) {
+        self.awaiting.retain(|n| *n != node);
+        if self.awaiting.is_empty() {
+            self.unsettled.clear();
+        }
+    }
+
     fn marked(&self, r: u64) -> bool {
         self.marks.iter().any(|m| m.2 == r)
     }
@@ -136,13 +147,15 @@ impl MLog {
             self.clean[r as usize] = true;
         }
     }
-    fn drop_inst(&mut self, node: u64, luid: u64, evict: bool) -> bool {
+    fn drop_inst(&mut self, node: u64, luid: u64, evict: bool) -> Vec<u64> {
         let mine: Vec<u64> = self.marks.iter().filter(|m| m.0 == node && m.1 == luid).map(|m| m.2).collect();
-        let mut went = false;
+        let mut went = vec![];
         for r in mine {
             if evict {
                 self.marks.retain(|m| *m != (node, luid, r));
-                went |= self.sync[r as usize];
+                if self.sync[r as usize] {
+                    went.push(r);
+                }
                 self.sync[r as usize] = false;
                 self.clean[r as usize] = false;
             } else {
@@ -164,11 +177,12 @@ impl Model {
         let mut kicked = vec![];
         for log in &mut self.logs {
             let luids: Vec<u64> = log.insts.iter().filter(|i| i.node == node).map(|i| i.luid).collect();
-            let mut went = false;
+            let mut went = vec![];
             for l in luids {
-                went |= log.drop_inst(node, l, true);
+                went.extend(log.drop_inst(node, l, true));
             }
-            if went {
+            log.settle(node);
+            if !went.is_empty() {
                 let mut ns: Vec<u64> = log
                     .insts
                     .iter()
@@ -177,6 +191,14 @@ impl Model {
                     .collect();
                 ns.sort();
                 ns.dedup();
+                for n in &ns {
+                    if !log.awaiting.contains(n) {
+                        log.awaiting.push(*n);
+                    }
+                }
+                if !ns.is_empty() {
+                    log.unsettled.extend(went);
+                }
                 kicked.extend(ns);
             }
         }
@@ -256,6 +278,7 @@ impl Model {
                 log.insts[ii].phase = 1;
                 log.insts[ii].ever = true;
                 log.failed.clear();
+                log.settle(node);
                 done()
             }
             KOp::Mark(rs) | KOp::Flush(rs) => {
@@ -290,6 +313,7 @@ impl Model {
                     let free = !log.sync[r as usize]
                         && !log.assigned.iter().any(|a| a.2 == r)
                         && !log.failed.contains(&r)
+                        && !log.unsettled.contains(&r)
                         && log.marks.iter().filter(|m| m.2 == r).all(|m| m.0 == node && m.1 == luid);
                     if free {
                         log.assigned.push((node, luid, r));
@@ -312,6 +336,7 @@ impl Model {
                 } else {
                     log.sync[*r as usize] = false;
                     log.clean[*r as usize] = false;
+                    log.unsettled.retain(|u| u != r);
                     if assigned && !log.failed.contains(r) {
                         log.failed.push(*r);
                     }
@@ -357,7 +382,10 @@ impl Model {
         Ok(match q {
             QOp::RegionSize => Answer::RegionSize(8),
             QOp::IsClean(r) => Answer::Bool(log.clean[check(*r)?]),
-            QOp::InSync(r) => Answer::Bool(log.sync[check(*r)?]),
+            QOp::InSync(r) => {
+                let i = check(*r)?;
+                Answer::Bool(log.sync[i] || log.unsettled.contains(r))
+            }
             QOp::SyncCount => Answer::SyncCount(log.sync.iter().filter(|s| **s).count() as u64),
             QOp::Status => {
                 let (_, disk, _) = ARGS[inst.args].1.unwrap();
@@ -366,7 +394,10 @@ impl Model {
             QOp::Recovering(r) => {
                 let r = check(*r)?;
                 let running = log.insts.iter().any(|i| i.phase == 1);
-                let rec = !log.sync[r] && !log.failed.contains(&(r as u64)) && running;
+                let rec = !log.sync[r]
+                    && !log.failed.contains(&(r as u64))
+                    && !log.unsettled.contains(&(r as u64))
+                    && running;
                 let hint = log.sync.iter().position(|s| !s).unwrap_or(log.n) as u64;
                 Answer::RemoteRecovering { is_recovering: rec, in_sync_hint: hint }
             }
