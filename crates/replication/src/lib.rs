@@ -9,6 +9,9 @@
 //!   after that sync; a vote is acknowledged only after it.
 //! * [`StateMachine`]: the region machine in memory, snapshots in the same
 //!   redb file, restored at start (openraft 0.9 does not do that itself).
+//! * [`Replica`]: propose and read from any node; followers forward to the
+//!   leader; reads are linearizable (read index).
+//! * [`memnet`]: an in-memory network with faults, for tests and simulation.
 //!
 //! openraft is 0.9.25 with `storage-v2` and `generic-snapshot-data`; every
 //! openraft type is used here only, so a move to 0.10 touches this crate.
@@ -18,9 +21,12 @@
 #![allow(clippy::result_large_err)]
 
 mod log_store;
+pub mod memnet;
+mod replica;
 mod state_machine;
 pub mod types;
 
 pub use log_store::{FlushStats, LogStore, OpenError};
-pub use state_machine::{AppliedEffects, SnapshotBuilder, StateMachine};
+pub use replica::{ForwardError, LeaderLink, ReadRequest, Replica, ReplicaError};
+pub use state_machine::{AppliedEffects, SnapshotBuilder, StateMachine, StateReader};
 pub use types::{Entry, LogId, Node, NodeId, Outcome, Outcomes, Proposal, Raft, TypeConfig};

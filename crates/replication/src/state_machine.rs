@@ -11,8 +11,8 @@
 //! [`Outcome`](crate::Outcome) with an errno, not an error (an error from
 //! `apply` stops the Raft node).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
@@ -54,9 +54,32 @@ struct StoredSnapshot {
 /// The replicated state machine of one node.
 pub struct StateMachine {
     db: Arc<Database>,
-    state: State,
+    state: Arc<Mutex<State>>,
     snapshots_built: Arc<AtomicU64>,
     effects: Option<mpsc::UnboundedSender<AppliedEffects>>,
+}
+
+/// Read access to a node's applied state, for answering queries after a
+/// read index was confirmed.
+#[derive(Clone)]
+pub struct StateReader {
+    state: Arc<Mutex<State>>,
+}
+
+impl StateReader {
+    /// Runs `f` on the region machine as applied so far.
+    pub fn read<R>(&self, f: impl FnOnce(&regions::Machine) -> R) -> R {
+        f(&lock(&self.state).machine)
+    }
+
+    /// The last applied log id.
+    pub fn last_applied(&self) -> Option<LogId> {
+        lock(&self.state).last_applied
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, String> {
@@ -83,7 +106,17 @@ impl StateMachine {
             state.last_applied = s.meta.last_log_id;
             state.membership = s.meta.last_membership.clone();
         }
-        Ok(StateMachine { db, state, snapshots_built: Arc::new(AtomicU64::new(0)), effects: None })
+        Ok(StateMachine {
+            db,
+            state: Arc::new(Mutex::new(state)),
+            snapshots_built: Arc::new(AtomicU64::new(0)),
+            effects: None,
+        })
+    }
+
+    /// A reader of this state machine's applied state.
+    pub fn reader(&self) -> StateReader {
+        StateReader { state: self.state.clone() }
     }
 
     /// Sends the effects of every applied command to `tx`.
@@ -121,7 +154,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
-        Ok((self.state.last_applied, self.state.membership.clone()))
+        let st = lock(&self.state);
+        Ok((st.last_applied, st.membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcomes>, StorageError>
@@ -130,17 +164,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
+        let mut st = lock(&self.state);
         for entry in entries {
-            self.state.last_applied = Some(entry.log_id);
+            st.last_applied = Some(entry.log_id);
             let outcomes = match entry.payload {
                 EntryPayload::Blank => Outcomes::default(),
                 EntryPayload::Membership(m) => {
-                    self.state.membership = StoredMembership::new(Some(entry.log_id), m);
+                    st.membership = StoredMembership::new(Some(entry.log_id), m);
                     Outcomes::default()
                 }
                 EntryPayload::Normal(proposal) => {
                     let results: Vec<Outcome> =
-                        proposal.commands.iter().map(|c| Outcome::from(self.state.machine.apply(c))).collect();
+                        proposal.commands.iter().map(|c| Outcome::from(st.machine.apply(c))).collect();
                     if let Some(tx) = &self.effects {
                         let effects: Vec<regions::Effect> =
                             results.iter().flat_map(|o| o.effects.iter().cloned()).collect();
@@ -157,7 +192,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), state: self.state.clone(), seq: self.snapshots_built.clone() }
+        SnapshotBuilder { db: self.db.clone(), state: lock(&self.state).clone(), seq: self.snapshots_built.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Vec<u8>>, StorageError> {
@@ -170,19 +205,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let stored = StoredSnapshot { meta: meta.clone(), data: *snapshot };
         write_snapshot(&self.db, &stored)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?;
-        self.state = State { machine, last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
+        *lock(&self.state) =
+            State { machine, last_applied: meta.last_log_id, membership: meta.last_membership.clone() };
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let stored = read_snapshot(&self.db).map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
         Ok(stored.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(s.data) }))
-    }
-}
-
-impl StateMachine {
-    /// The region machine as of the last applied entry.
-    pub fn machine(&self) -> &regions::Machine {
-        &self.state.machine
     }
 }

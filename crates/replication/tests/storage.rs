@@ -73,7 +73,7 @@ async fn log_vote_and_snapshot_survive_a_reopen() {
     assert_eq!(entries.iter().map(|e| e.log_id.index).collect::<Vec<_>>(), (3..=8).collect::<Vec<_>>());
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 1)), "the state machine restarts from its snapshot");
-    assert!(sm.machine().members().contains_key(&regions::NodeId(1)));
+    assert!(sm.reader().read(|m| m.members().contains_key(&regions::NodeId(1))));
 }
 
 #[tokio::test]

@@ -1,0 +1,198 @@
+//! One node's view of the replicated region machine: propose commands and
+//! read answers, wherever the leader is.
+//!
+//! * [`Replica::propose`] writes a [`Proposal`] through Raft. On a follower
+//!   it is forwarded to the leader (one hop, through a [`LeaderLink`]); with
+//!   no leader known (an election) it backs off and retries until its
+//!   deadline. A retried proposal may be applied twice; every region
+//!   command is idempotent under re-sends, as it must be for the kernel's
+//!   own 15 s re-sends.
+//! * [`Replica::read`] answers a query linearizably: the leader confirms
+//!   its leadership with a quorum (openraft's read index), waits until it
+//!   has applied up to that index, and answers from its state machine. A
+//!   follower forwards the read to the leader.
+
+use std::future::Future;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use tokio::time::Instant;
+use wire::{Answer, Errno, Uuid};
+
+use crate::state_machine::StateReader;
+use crate::types::{NodeId, Outcomes, Proposal, Raft};
+
+/// A read request: one kernel query for one log instance.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReadRequest {
+    /// The log.
+    pub uuid: Uuid,
+    /// The asking instance.
+    pub instance: regions::Instance,
+    /// The query.
+    pub query: regions::Query,
+}
+
+/// Why a forwarded call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The leader could not be reached.
+    #[error("leader {0} unreachable")]
+    Unreachable(NodeId),
+    /// The node asked is not (or no longer) the leader.
+    #[error("not the leader")]
+    NotLeader,
+    /// The Raft core stopped.
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+/// Why a proposal or a read did not complete.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    /// No leader answered before the deadline (no quorum, or an election
+    /// that did not end). The outcome of a proposal is unknown.
+    #[error("no quorum before the deadline")]
+    Timeout,
+    /// The Raft core stopped.
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+/// How a follower reaches the leader's replica.
+pub trait LeaderLink: Send + Sync + 'static {
+    /// Proposes on `leader`'s Raft.
+    fn propose(&self, leader: NodeId, p: Proposal) -> impl Future<Output = Result<Outcomes, ForwardError>> + Send;
+    /// Reads linearizably on `leader`.
+    fn read(
+        &self,
+        leader: NodeId,
+        r: ReadRequest,
+    ) -> impl Future<Output = Result<Result<Answer, Errno>, ForwardError>> + Send;
+}
+
+/// How long to wait before retrying when no leader is known.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// One node's replica of the region machine.
+pub struct Replica<L: LeaderLink> {
+    /// This node.
+    pub id: NodeId,
+    /// Its Raft.
+    pub raft: Raft,
+    /// Its applied state.
+    pub state: StateReader,
+    link: L,
+}
+
+impl<L: LeaderLink> Replica<L> {
+    /// Wraps a running Raft node.
+    pub fn new(id: NodeId, raft: Raft, state: StateReader, link: L) -> Replica<L> {
+        Replica { id, raft, state, link }
+    }
+
+    /// The leader this node currently knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Commits `p` and returns its outcomes, forwarding to the leader.
+    ///
+    /// A leader cut off from its quorum keeps believing it leads and its
+    /// writes hang (openraft 0.9); the deadline bounds every attempt, and a
+    /// timeout means the outcome is unknown.
+    pub async fn propose(&self, p: Proposal, deadline: Instant) -> Result<Outcomes, ReplicaError> {
+        loop {
+            let attempt = async {
+                let leader = match propose_local(&self.raft, p.clone()).await {
+                    Ok(out) => return Ok(Some(out)),
+                    Err(Local::Fatal(e)) => return Err(ReplicaError::Fatal(e)),
+                    Err(Local::Forward(leader)) => leader,
+                };
+                if let Some(leader) = leader.filter(|l| *l != self.id) {
+                    match self.link.propose(leader, p.clone()).await {
+                        Ok(out) => return Ok(Some(out)),
+                        Err(ForwardError::Fatal(e)) => return Err(ReplicaError::Fatal(e)),
+                        Err(_) => {}
+                    }
+                }
+                Ok(None)
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(Some(out))) => return Ok(out),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(None)) => {}
+                Err(_) => return Err(ReplicaError::Timeout),
+            }
+            if Instant::now() + RETRY_BACKOFF > deadline {
+                return Err(ReplicaError::Timeout);
+            }
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
+    }
+
+    /// Answers `r` linearizably, forwarding to the leader.
+    pub async fn read(&self, r: ReadRequest, deadline: Instant) -> Result<Result<Answer, Errno>, ReplicaError> {
+        loop {
+            let attempt = async {
+                match read_local(&self.raft, &self.state, &r).await {
+                    Ok(answer) => Ok(Some(answer)),
+                    Err(Local::Fatal(e)) => Err(ReplicaError::Fatal(e)),
+                    Err(Local::Forward(leader)) => {
+                        if let Some(leader) = leader.filter(|l| *l != self.id) {
+                            match self.link.read(leader, r.clone()).await {
+                                Ok(answer) => return Ok(Some(answer)),
+                                Err(ForwardError::Fatal(e)) => return Err(ReplicaError::Fatal(e)),
+                                Err(_) => {}
+                            }
+                        }
+                        Ok(None)
+                    }
+                }
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(Some(answer))) => return Ok(answer),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(None)) => {}
+                Err(_) => return Err(ReplicaError::Timeout),
+            }
+            if Instant::now() + RETRY_BACKOFF > deadline {
+                return Err(ReplicaError::Timeout);
+            }
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
+    }
+}
+
+/// A local call that must go elsewhere.
+pub(crate) enum Local {
+    /// To this leader, if one is known.
+    Forward(Option<NodeId>),
+    /// The core stopped.
+    Fatal(String),
+}
+
+/// `client_write` on this node.
+pub(crate) async fn propose_local(raft: &Raft, p: Proposal) -> Result<Outcomes, Local> {
+    match raft.client_write(p).await {
+        Ok(resp) => Ok(resp.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(Local::Forward(f.leader_id)),
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(Local::Fatal(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(Local::Fatal(e.to_string())),
+    }
+}
+
+/// A linearizable read on this node, if it is the leader.
+pub(crate) async fn read_local(
+    raft: &Raft,
+    state: &StateReader,
+    r: &ReadRequest,
+) -> Result<Result<Answer, Errno>, Local> {
+    match raft.ensure_linearizable().await {
+        Ok(_) => Ok(state.read(|m| m.read(&r.uuid, r.instance, &r.query).map_err(|e| e.errno()))),
+        Err(RaftError::Fatal(e)) => Err(Local::Fatal(e.to_string())),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(Local::Forward(f.leader_id)),
+        // Leadership not confirmed by a quorum: ask again later.
+        Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(Local::Forward(None)),
+    }
+}
