@@ -3,7 +3,10 @@
 //! * [`trace`] reads the real kernel trace in `shared/fixtures`;
 //! * [`cluster`] runs several simulated kernels against one in-process
 //!   region machine (no replication yet), with crashes, evictions and the
-//!   leg model, and checks the invariants from outside the machine.
+//!   leg model, and checks the invariants from outside the machine;
+//! * [`raft_cluster`] runs simulated kernels against a real Raft cluster
+//!   (openraft, redb, the in-memory network).
 
 pub mod cluster;
+pub mod raft_cluster;
 pub mod trace;

@@ -4,7 +4,7 @@
 
 use wire::{Answer, Errno, Frame, Message, Reply, Request, Uuid};
 
-use crate::command::{Applied, Command, Effect, Instance, KernelOp, NodeId, Query, Refusal};
+use crate::command::{Applied, Command, Effect, Instance, KernelOp, NodeId, Query};
 use crate::machine::Machine;
 
 /// Where a kernel request goes.
@@ -55,11 +55,10 @@ pub fn route(node: NodeId, msg: &Message) -> Routed {
 
 /// The answer the kernel gets for `request`. The reconnect CTR has no
 /// receive buffer, so a disk log's device name is dropped there (spec §1.8).
-pub fn kernel_answer(request: &Request, outcome: Result<Answer, Refusal>) -> Result<Answer, Errno> {
+pub fn kernel_answer(request: &Request, outcome: Result<Answer, Errno>) -> Result<Answer, Errno> {
     match (request, outcome) {
-        (_, Err(refusal)) => Err(refusal.errno()),
         (Request::Ctr { reconnect: true, .. }, Ok(_)) => Ok(Answer::Done),
-        (_, Ok(answer)) => Ok(answer),
+        (_, outcome) => outcome,
     }
 }
 
@@ -75,7 +74,7 @@ impl Machine {
             }
             Routed::Query { uuid, instance, query } => (self.read(&uuid, instance, &query), Vec::new()),
         };
-        (kernel_answer(&msg.request, outcome), effects)
+        (kernel_answer(&msg.request, outcome.map_err(|r| r.errno())), effects)
     }
 
     /// Answers one request datagram with one reply datagram, in place (see

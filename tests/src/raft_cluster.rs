@@ -1,0 +1,261 @@
+//! Simulated kernels driving a real Raft cluster: three (or more) Raft
+//! nodes in one process on the in-memory network with real redb stores,
+//! each with a `kernel-sim` whose requests go through the node's
+//! [`Replica`]: commands are proposed (forwarded to the leader), queries
+//! are read linearizably. Runs in real time.
+
+#![allow(clippy::panic)] // Test support: a failed setup fails the test loudly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use kernel_sim::{Config as KernelConfig, Kernel, Legs, MirrorId, SharedLegs, Table};
+use openraft::BasicNode;
+use regions::{Effect, NodeId as Rn, Routed, kernel_answer, route};
+use replication::memnet::{MemLink, MemNet};
+use replication::{AppliedEffects, LogStore, Proposal, Raft, ReadRequest, Replica, StateMachine};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use wire::{Frame, Reply, Uuid};
+
+/// One node: its Raft replica and its kernel.
+pub struct RaftNode {
+    /// The node id (Raft and region machine).
+    pub id: u64,
+    /// Its replica.
+    pub replica: Arc<Replica<MemLink>>,
+    /// Its simulated kernel (shared with the driver task).
+    pub kernel: Arc<Mutex<Kernel>>,
+    /// Its mirror.
+    pub mirror: MirrorId,
+    driver: JoinHandle<()>,
+}
+
+/// The cluster.
+pub struct RaftCluster {
+    /// Nodes by id.
+    pub nodes: BTreeMap<u64, RaftNode>,
+    /// The network.
+    pub net: MemNet,
+    /// The mirror's legs.
+    pub legs: SharedLegs,
+    /// The table.
+    pub table: Table,
+    dir: PathBuf,
+    start: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn raft_config() -> Arc<openraft::Config> {
+    let c = openraft::Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        ..openraft::Config::default()
+    };
+    Arc::new(c.validate().unwrap_or_else(|e| panic!("raft config: {e}")))
+}
+
+/// Answers one kernel datagram through the replica. `None` when the
+/// cluster did not answer in time (the kernel re-sends after 15 s).
+async fn answer(replica: &Replica<MemLink>, datagram: &[u8]) -> Option<Vec<u8>> {
+    let frame = Frame::parse(datagram).ok()?;
+    let msg = match frame.message() {
+        Ok(m) => m,
+        Err(_) => return Some(Reply::error(frame.header(), wire::Errno::EINVAL).encode()),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let result = match route(Rn(replica.id), &msg) {
+        Routed::Command(c) => {
+            let out = replica.propose(Proposal { commands: vec![c] }, deadline).await.ok()?;
+            out.0.into_iter().next()?.answer
+        }
+        Routed::Query { uuid, instance, query } => {
+            replica.read(ReadRequest { uuid, instance, query }, deadline).await.ok()?
+        }
+    };
+    Reply::new(&msg, kernel_answer(&msg.request, result)).ok().map(|r| r.encode())
+}
+
+impl RaftCluster {
+    /// Starts `n` nodes with their stores in `dir`, initialises Raft, and
+    /// creates the mirror table on every kernel.
+    pub async fn start(dir: &Path, n: u64, log_args: &str, regions: u64) -> RaftCluster {
+        let net = MemNet::new();
+        let uuid = Uuid::new("LVM-raft-sim").unwrap_or_else(|| unreachable!());
+        let table = Table { uuid, target_sectors: regions * 8, log_args: log_args.into(), integrated_flush: false };
+        let legs = SharedLegs::new(Legs::new(regions, !log_args.contains("nosync")));
+        let mut c =
+            RaftCluster { nodes: BTreeMap::new(), net, legs, table, dir: dir.to_owned(), start: Instant::now() };
+        for id in 1..=n {
+            c.boot(id).await;
+        }
+        let members: BTreeMap<u64, BasicNode> = (1..=n).map(|i| (i, BasicNode::new(format!("mem:{i}")))).collect();
+        if let Some(first) = c.nodes.values().next() {
+            let _ = first.replica.raft.initialize(members).await;
+            let _ = first
+                .replica
+                .raft
+                .wait(Some(Duration::from_secs(10)))
+                .metrics(|m| m.current_leader.is_some(), "leader")
+                .await;
+        }
+        for id in 1..=n {
+            let join = Proposal { commands: vec![regions::Command::NodeJoined { node: Rn(id), incarnation: 1 }] };
+            let node = &c.nodes[&id];
+            let _ = node.replica.propose(join, Instant::now() + Duration::from_secs(10)).await;
+            lock(&node.kernel).create(c.table.clone(), c.legs.clone());
+        }
+        c
+    }
+
+    async fn boot(&mut self, id: u64) {
+        let (log, db) = LogStore::open(&self.dir.join(format!("node{id}.redb")))
+            .unwrap_or_else(|e| panic!("open store of node {id}: {e}"));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sm = StateMachine::open(db).unwrap_or_else(|e| panic!("{e}")).with_effects(tx);
+        let state = sm.reader();
+        let raft = Raft::new(id, raft_config(), self.net.factory(id), log, sm)
+            .await
+            .unwrap_or_else(|e| panic!("raft {id}: {e}"));
+        self.net.register(id, raft.clone(), state.clone());
+        let replica = Arc::new(Replica::new(id, raft, state, self.net.link(id)));
+        let mut k = Kernel::new(KernelConfig::default(), u32::try_from(id * 100_000).unwrap_or(0), id << 40);
+        k.advance_to(self.now_ms());
+        let kernel = Arc::new(Mutex::new(k));
+        let driver = tokio::spawn(drive(id, replica.clone(), kernel.clone(), rx, self.start));
+        self.nodes.insert(id, RaftNode { id, replica, kernel, mirror: MirrorId(0), driver });
+    }
+
+    /// Milliseconds since the start.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A write from node `id` to `region`.
+    pub fn write(&self, id: u64, region: u64) {
+        if let Some(n) = self.nodes.get(&id) {
+            lock(&n.kernel).write(n.mirror, region);
+        }
+    }
+
+    /// The node (kernel and daemon) dies.
+    pub async fn crash(&mut self, id: u64) {
+        if let Some(n) = self.nodes.remove(&id) {
+            n.driver.abort();
+            self.net.unregister(id);
+            let _ = n.replica.raft.shutdown().await;
+            let kernel = Arc::try_unwrap(n.kernel).ok().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
+            if let Some(k) = kernel {
+                k.crash();
+            }
+        }
+    }
+
+    /// Some live node proposes the eviction of `id` (the liveness layer's
+    /// job, done by hand here).
+    pub async fn evict(&self, id: u64) -> bool {
+        let Some(n) = self.nodes.values().next() else { return false };
+        let p = Proposal { commands: vec![regions::Command::NodeEvicted { node: Rn(id) }] };
+        n.replica.propose(p, Instant::now() + Duration::from_secs(10)).await.is_ok()
+    }
+
+    /// Whether node `id`'s kernel has a write in flight.
+    pub fn writing(&self, id: u64) -> bool {
+        self.nodes
+            .get(&id)
+            .is_some_and(|n| lock(&n.kernel).mirror(n.mirror).is_some_and(|v| !v.inflight_regions.is_empty()))
+    }
+
+    /// Waits until every kernel is idle, then asks `dmsetup status`
+    /// everywhere and checks: every node's status shows all regions in
+    /// sync, the legs are identical, the replicas hold the same state, no
+    /// kernel saw a violation.
+    pub async fn verify(&self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let idle = || self.nodes.values().all(|n| lock(&n.kernel).is_idle());
+        while !idle() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for n in self.nodes.values() {
+            lock(&n.kernel).status(n.mirror);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while !idle() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut problems = Vec::new();
+        for n in self.nodes.values() {
+            let k = lock(&n.kernel);
+            problems.extend(k.violations().iter().map(|v| format!("n{} at {} ms: {}", n.id, v.at_ms, v.what)));
+            match k.mirror(n.mirror) {
+                Some(v) if v.status_sync_count == Some(v.region_count) => {}
+                v => problems.push(format!("n{} status: {:?}", n.id, v.map(|v| (v.status_sync_count, v.region_count)))),
+            }
+        }
+        let differ = self.legs.lock().differing();
+        if !differ.is_empty() {
+            problems.push(format!("legs differ in {differ:?}"));
+        }
+        let snaps: Vec<Vec<u8>> = self.nodes.values().map(|n| n.replica.state.read(|m| m.snapshot())).collect();
+        if !snaps.windows(2).all(|w| w[0] == w[1]) {
+            problems.push("replicas differ".into());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(self) {
+        for n in self.nodes.into_values() {
+            n.driver.abort();
+            let _ = n.replica.raft.shutdown().await;
+        }
+    }
+}
+
+/// The node loop: moves the kernel's clock, sends its requests through the
+/// replica (each in its own task, so the kernel's threads overlap as in the
+/// real kernel), and acts on effects addressed to this node.
+async fn drive(
+    id: u64,
+    replica: Arc<Replica<MemLink>>,
+    kernel: Arc<Mutex<Kernel>>,
+    mut effects: mpsc::UnboundedReceiver<AppliedEffects>,
+    start: Instant,
+) {
+    loop {
+        let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let requests = {
+            let mut k = lock(&kernel);
+            k.advance_to(now);
+            k.take_requests()
+        };
+        for datagram in requests {
+            let replica = replica.clone();
+            let kernel = kernel.clone();
+            tokio::spawn(async move {
+                if let Some(reply) = answer(&replica, &datagram).await {
+                    lock(&kernel).deliver(&reply);
+                }
+            });
+        }
+        while let Ok(applied) = effects.try_recv() {
+            for e in applied.effects {
+                if let Effect::KickKernel { node, .. } = e
+                    && node.0 == id
+                {
+                    let mut k = lock(&kernel);
+                    let m = MirrorId(0);
+                    k.kick(m);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
