@@ -9,4 +9,5 @@
 
 pub mod cluster;
 pub mod raft_cluster;
+pub mod raft_sim;
 pub mod trace;

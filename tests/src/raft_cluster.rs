@@ -15,7 +15,7 @@ use kernel_sim::{Config as KernelConfig, Kernel, Legs, MirrorId, SharedLegs, Tab
 use openraft::BasicNode;
 use regions::{Effect, NodeId as Rn, Routed, kernel_answer, route};
 use replication::memnet::{MemLink, MemNet};
-use replication::{AppliedEffects, LogStore, Proposal, Raft, ReadRequest, Replica, StateMachine};
+use replication::{AppliedEffects, FlushMode, LogStore, Proposal, Raft, ReadRequest, Replica, StateMachine};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -44,8 +44,19 @@ pub struct RaftCluster {
     pub legs: SharedLegs,
     /// The table.
     pub table: Table,
-    dir: PathBuf,
+    storage: Storage,
     start: Instant,
+    incarnations: BTreeMap<u64, u64>,
+}
+
+/// Where the nodes keep their Raft state.
+pub enum Storage {
+    /// redb files in a directory, written by the group-commit thread.
+    Dir(PathBuf),
+    /// redb's in-memory backend, written inline: no threads, so a
+    /// single-threaded runtime with paused time runs deterministically.
+    /// The databases outlive a node's crash (they are its "disk").
+    Memory(BTreeMap<u64, Arc<redb::Database>>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,12 +98,24 @@ impl RaftCluster {
     /// Starts `n` nodes with their stores in `dir`, initialises Raft, and
     /// creates the mirror table on every kernel.
     pub async fn start(dir: &Path, n: u64, log_args: &str, regions: u64) -> RaftCluster {
+        RaftCluster::start_with(Storage::Dir(dir.to_owned()), n, log_args, regions).await
+    }
+
+    /// Like [`RaftCluster::start`], with the given storage.
+    pub async fn start_with(storage: Storage, n: u64, log_args: &str, regions: u64) -> RaftCluster {
         let net = MemNet::new();
         let uuid = Uuid::new("LVM-raft-sim").unwrap_or_else(|| unreachable!());
         let table = Table { uuid, target_sectors: regions * 8, log_args: log_args.into(), integrated_flush: false };
         let legs = SharedLegs::new(Legs::new(regions, !log_args.contains("nosync")));
-        let mut c =
-            RaftCluster { nodes: BTreeMap::new(), net, legs, table, dir: dir.to_owned(), start: Instant::now() };
+        let mut c = RaftCluster {
+            nodes: BTreeMap::new(),
+            net,
+            legs,
+            table,
+            storage,
+            start: Instant::now(),
+            incarnations: BTreeMap::new(),
+        };
         for id in 1..=n {
             c.boot(id).await;
         }
@@ -116,8 +139,21 @@ impl RaftCluster {
     }
 
     async fn boot(&mut self, id: u64) {
-        let (log, db) = LogStore::open(&self.dir.join(format!("node{id}.redb")))
-            .unwrap_or_else(|e| panic!("open store of node {id}: {e}"));
+        let opened = match &mut self.storage {
+            Storage::Dir(dir) => LogStore::open(&dir.join(format!("node{id}.redb"))),
+            Storage::Memory(dbs) => {
+                let db = dbs
+                    .entry(id)
+                    .or_insert_with(|| {
+                        let backend = redb::backends::InMemoryBackend::new();
+                        let db = redb::Builder::new().create_with_backend(backend);
+                        Arc::new(db.unwrap_or_else(|e| panic!("in-memory redb: {e}")))
+                    })
+                    .clone();
+                LogStore::with_database(db, FlushMode::Inline)
+            }
+        };
+        let (log, db) = opened.unwrap_or_else(|e| panic!("open store of node {id}: {e}"));
         let (tx, rx) = mpsc::unbounded_channel();
         let sm = StateMachine::open(db).unwrap_or_else(|e| panic!("{e}")).with_effects(tx);
         let state = sm.reader();
@@ -158,10 +194,29 @@ impl RaftCluster {
         }
     }
 
+    /// Node `id` boots again after a crash: a new kernel (new incarnation)
+    /// and its Raft node restarted from its store; it rejoins and loads the
+    /// table again.
+    pub async fn reboot(&mut self, id: u64) -> bool {
+        if self.nodes.contains_key(&id) {
+            return false;
+        }
+        self.boot(id).await;
+        let inc = self.incarnations.entry(id).or_insert(1);
+        *inc += 1;
+        let join = Proposal { commands: vec![regions::Command::NodeJoined { node: Rn(id), incarnation: *inc }] };
+        let Some(node) = self.nodes.get(&id) else { return false };
+        if node.replica.propose(join, Instant::now() + Duration::from_secs(30)).await.is_err() {
+            return false;
+        }
+        lock(&node.kernel).create(self.table.clone(), self.legs.clone());
+        true
+    }
+
     /// Some live node proposes the eviction of `id` (the liveness layer's
     /// job, done by hand here).
     pub async fn evict(&self, id: u64) -> bool {
-        let Some(n) = self.nodes.values().next() else { return false };
+        let Some(n) = self.nodes.values().find(|n| n.id != id) else { return false };
         let p = Proposal { commands: vec![regions::Command::NodeEvicted { node: Rn(id) }] };
         n.replica.propose(p, Instant::now() + Duration::from_secs(10)).await.is_ok()
     }
@@ -203,9 +258,14 @@ impl RaftCluster {
         if !differ.is_empty() {
             problems.push(format!("legs differ in {differ:?}"));
         }
+        // Followers learn the last commit index with the next heartbeat.
+        let applied = || self.nodes.values().map(|n| n.replica.state.last_applied()).collect::<Vec<_>>();
+        while !applied().windows(2).all(|w| w[0] == w[1]) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let snaps: Vec<Vec<u8>> = self.nodes.values().map(|n| n.replica.state.read(|m| m.snapshot())).collect();
         if !snaps.windows(2).all(|w| w[0] == w[1]) {
-            problems.push("replicas differ".into());
+            problems.push(format!("replicas differ at applied ids {:?}", applied()));
         }
         if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
     }

@@ -23,10 +23,11 @@
 mod log_store;
 pub mod memnet;
 mod replica;
+pub mod runtime;
 mod state_machine;
 pub mod types;
 
-pub use log_store::{FlushStats, LogStore, OpenError};
+pub use log_store::{FlushMode, FlushStats, LogStore, OpenError};
 pub use replica::{ForwardError, LeaderLink, ReadRequest, Replica, ReplicaError};
 pub use state_machine::{AppliedEffects, SnapshotBuilder, StateMachine, StateReader};
 pub use types::{Entry, LogId, Node, NodeId, Outcome, Outcomes, Proposal, Raft, TypeConfig};

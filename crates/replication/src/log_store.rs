@@ -71,6 +71,18 @@ struct Inner {
     queue: Mutex<Option<mpsc::Sender<Write>>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<FlushStats>,
+    /// Set in [`FlushMode::Inline`]: writes are done on the caller's task.
+    inline: Option<Arc<Database>>,
+}
+
+/// How writes reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushMode {
+    /// A flusher thread with group commit (production).
+    Thread,
+    /// On the calling task, one transaction per write: no thread, so a
+    /// single-threaded simulation with paused time stays deterministic.
+    Inline,
 }
 
 impl Drop for Inner {
@@ -114,6 +126,12 @@ impl LogStore {
     /// returned database is shared with the state machine's snapshot store.
     pub fn open(path: &Path) -> Result<(LogStore, Arc<Database>), OpenError> {
         let db = Arc::new(Database::create(path).map_err(db_err)?);
+        LogStore::with_database(db, FlushMode::Thread)
+    }
+
+    /// Opens the store on an already open database (for example redb's
+    /// in-memory backend in a simulation, kept across a node's restarts).
+    pub fn with_database(db: Arc<Database>, mode: FlushMode) -> Result<(LogStore, Arc<Database>), OpenError> {
         let mut mem = Mem::default();
         {
             let txn = db.begin_write().map_err(db_err)?;
@@ -145,18 +163,29 @@ impl LogStore {
                 mem.entries.insert(k.value(), entry);
             }
         }
-        let (tx, rx) = mpsc::channel();
         let stats = Arc::new(FlushStats::default());
-        let flusher = {
-            let db = db.clone();
-            let stats = stats.clone();
-            std::thread::Builder::new()
-                .name("raft-log-flusher".into())
-                .spawn(move || flush_loop(&db, &rx, &stats))
-                .map_err(db_err)?
+        let inner = match mode {
+            FlushMode::Thread => {
+                let (tx, rx) = mpsc::channel();
+                let flusher = {
+                    let db = db.clone();
+                    let stats = stats.clone();
+                    std::thread::Builder::new()
+                        .name("raft-log-flusher".into())
+                        .spawn(move || flush_loop(&db, &rx, &stats))
+                        .map_err(db_err)?
+                };
+                let (queue, flusher) = (Mutex::new(Some(tx)), Mutex::new(Some(flusher)));
+                Inner { mem: Mutex::new(mem), queue, flusher, stats, inline: None }
+            }
+            FlushMode::Inline => Inner {
+                mem: Mutex::new(mem),
+                queue: Mutex::new(None),
+                flusher: Mutex::new(None),
+                stats,
+                inline: Some(db.clone()),
+            },
         };
-        let inner =
-            Inner { mem: Mutex::new(mem), queue: Mutex::new(Some(tx)), flusher: Mutex::new(Some(flusher)), stats };
         Ok((LogStore { inner: Arc::new(inner) }, db))
     }
 
@@ -170,6 +199,12 @@ impl LogStore {
     }
 
     fn queue(&self, w: Write) -> Result<(), StorageError> {
+        if let Some(db) = &self.inner.inline {
+            let batch = vec![w];
+            let result = write_batch(db, &batch);
+            complete(batch, &result, &self.inner.stats);
+            return Ok(());
+        }
         match lock(&self.inner.queue).as_ref() {
             Some(tx) => tx.send(w).map_err(|_| StorageIOError::write_logs(any("log flusher stopped")).into()),
             None => Err(StorageIOError::write_logs(any("log store closed")).into()),
@@ -203,17 +238,22 @@ fn flush_loop(db: &Database, rx: &mpsc::Receiver<Write>, stats: &FlushStats) {
             batch.push(next);
         }
         let result = write_batch(db, &batch);
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for w in batch {
-            let r = result.as_ref().map(|_| ()).map_err(|e| io_err(e));
-            match w {
-                Write::Append(_, done) => done.log_io_completed(r),
-                Write::Vote(_, ack) | Write::Truncate(_, ack) | Write::Purge(_, _, ack) => {
-                    let _ = ack.send(r);
-                }
-                Write::Committed(_) => {}
+        complete(batch, &result, stats);
+    }
+}
+
+/// Reports a committed (or failed) batch to its waiters.
+fn complete(batch: Vec<Write>, result: &Result<(), String>, stats: &FlushStats) {
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    for w in batch {
+        let r = result.as_ref().map(|_| ()).map_err(|e| io_err(e));
+        match w {
+            Write::Append(_, done) => done.log_io_completed(r),
+            Write::Vote(_, ack) | Write::Truncate(_, ack) | Write::Purge(_, _, ack) => {
+                let _ = ack.send(r);
             }
+            Write::Committed(_) => {}
         }
     }
 }

@@ -24,6 +24,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Node,
         SnapshotData = Vec<u8>,
+        AsyncRuntime = crate::runtime::Runtime,
 );
 
 /// A Raft log entry of this configuration.

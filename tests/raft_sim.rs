@@ -1,0 +1,23 @@
+//! The deterministic cluster simulation over many seeds (see
+//! `dmlogd_tests::raft_sim`). `DMLOGD_RAFT_SEEDS` sets how many.
+
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use dmlogd_tests::raft_sim::run_seed;
+
+#[test]
+fn seeded_raft_runs_converge() {
+    let seeds: u64 = std::env::var("DMLOGD_RAFT_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    for seed in 0..seeds {
+        if let Err(e) = run_seed(seed) {
+            panic!("{e}\nreplay: cargo run --release -p dmlogd-tests --bin sim -- --raft-seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let a = run_seed(7).unwrap();
+    let b = run_seed(7).unwrap();
+    assert_eq!(a, b);
+}
