@@ -75,6 +75,23 @@ fn raft_config() -> Arc<openraft::Config> {
 
 /// Answers one kernel datagram through the replica. `None` when the
 /// cluster did not answer in time (the kernel re-sends after 15 s).
+/// Debug trace of requests touching one region (`DMLOGD_TRACE_REGION`).
+pub static TRACE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn trace_region() -> Option<u64> {
+    std::env::var("DMLOGD_TRACE_REGION").ok().and_then(|s| s.parse().ok())
+}
+
+fn touches(req: &wire::Request, r: u64) -> bool {
+    use wire::Request as Q;
+    match req {
+        Q::InSync(x) | Q::IsRemoteRecovering(x) | Q::SetRegionSync { region: x, .. } => x.0 == r,
+        Q::MarkRegion(rs) | Q::ClearRegion(rs) | Q::Flush { marks: rs } => rs.iter().any(|x| x.0 == r),
+        Q::GetResyncWork | Q::Resume | Q::Presuspend | Q::Postsuspend => true,
+        _ => false,
+    }
+}
+
 async fn answer(replica: &Replica<MemLink>, datagram: &[u8]) -> Option<Vec<u8>> {
     let frame = Frame::parse(datagram).ok()?;
     let msg = match frame.message() {
@@ -91,6 +108,11 @@ async fn answer(replica: &Replica<MemLink>, datagram: &[u8]) -> Option<Vec<u8>> 
             replica.read(ReadRequest { uuid, instance, query }, deadline).await.ok()?
         }
     };
+    if let Some(r) = trace_region()
+        && touches(&msg.request, r)
+    {
+        lock(&TRACE).push(format!("{:?} n{} {:?} -> {:?}", Instant::now(), replica.id, msg.request, result));
+    }
     Reply::new(&msg, kernel_answer(&msg.request, result)).ok().map(|r| r.encode())
 }
 

@@ -55,8 +55,7 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     let log_args = if rng.random_bool(0.5) { "clustered-core 8 nosync" } else { "clustered-core 8" };
     let regions = 32;
     let mut c = RaftCluster::start_with(Storage::Memory(BTreeMap::new()), 3, log_args, regions).await;
-    let mut summary =
-        SimSummary { seed, crashed: None, rebooted: false, partitions: 0, sim_ms: 0, fingerprint: 0 };
+    let mut summary = SimSummary { seed, crashed: None, rebooted: false, partitions: 0, sim_ms: 0, fingerprint: 0 };
 
     // Safety phase: writes from every node, with a node cut off now and then.
     let mut cut_until: Option<(u64, u64)> = None;

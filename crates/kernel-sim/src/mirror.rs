@@ -238,8 +238,22 @@ impl Mirror {
         self.life == Life::Active && !self.jobs.contains(&Job::Suspend)
     }
 
+    /// Whether no write bio is anywhere between its arrival and its
+    /// completion: dm core's suspend waits for exactly that, including bios
+    /// kmirrord is in the middle of processing and bios delayed behind a
+    /// region's recovery.
     pub fn io_drained(&self) -> bool {
-        self.inflight.is_empty() && self.writes.is_empty() && self.batch.is_empty() && self.requeued.is_empty()
+        let in_pipeline = self
+            .kmirrord
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::WriteCheck(_) | Step::WriteState(_) | Step::WriteInc(..) | Step::Submit));
+        self.inflight.is_empty()
+            && self.writes.is_empty()
+            && self.batch.is_empty()
+            && self.requeued.is_empty()
+            && !in_pipeline
+            && self.hash.values().all(|e| e.delayed.is_empty())
     }
 
     /// Regions with writes between submission and completion.

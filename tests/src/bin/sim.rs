@@ -6,7 +6,9 @@
 //! and the run ends by checking that every node reports the mirror in sync
 //! and the legs are identical. It exits non-zero if any check fails.
 //!
-//! `--seed S` replays one seeded random run; `--seeds N` runs seeds 0..N.
+//! `--seed S` replays one seeded random run of the in-process cluster;
+//! `--seeds N` runs seeds 0..N. `--raft-seed S` / `--raft-seeds N` do the
+//! same for the Raft cluster simulation.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use dmlogd_tests::cluster::{Cluster, Options, random_run};
+use dmlogd_tests::raft_sim::run_seed;
 
 #[derive(Parser)]
 #[command(about = "Simulated kernels against dmlogd's region state machine")]
@@ -27,12 +30,39 @@ struct Args {
     /// Demo: do not pause between frames.
     #[arg(long)]
     fast: bool,
+    /// Replay one seed of the Raft cluster simulation.
+    #[arg(long)]
+    raft_seed: Option<u64>,
+    /// Run Raft cluster simulation seeds 0..N.
+    #[arg(long)]
+    raft_seeds: Option<u64>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(seed) = args.seed {
         return report(seed, random_run(seed).map(|_| ()));
+    }
+    if let Some(seed) = args.raft_seed {
+        return match run_seed(seed) {
+            Ok(summary) => {
+                println!("{summary:?}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(seed, Err(e)),
+        };
+    }
+    if let Some(n) = args.raft_seeds {
+        let started = Instant::now();
+        for seed in 0..n {
+            if let Err(e) = run_seed(seed) {
+                eprintln!("{e}");
+                eprintln!("replay: cargo run --release -p dmlogd-tests --bin sim -- --raft-seed {seed}");
+                return ExitCode::FAILURE;
+            }
+        }
+        println!("{n} raft seeds passed in {:.1} s", started.elapsed().as_secs_f64());
+        return ExitCode::SUCCESS;
     }
     if let Some(n) = args.seeds {
         let started = Instant::now();
