@@ -373,7 +373,15 @@ impl Cluster {
         self.options.drop_reply_pct = 0;
         self.options.duplicate_pct = 0;
         if !self.settle(120_000) {
-            return Err("the kernels did not go idle".into());
+            let busy: Vec<String> = self
+                .nodes
+                .values()
+                .filter_map(|n| Some((n.id, n.kernel.as_ref()?)))
+                .filter(|(_, k)| !k.is_idle())
+                .map(|(id, k)| format!("{id}: {:?}", k.mirror_ids().iter().map(|m| k.mirror(*m)).collect::<Vec<_>>()))
+                .collect();
+            let log = self.machine.log(&self.table.uuid).map(|l| l.describe()).unwrap_or_default();
+            return Err(format!("the kernels did not go idle: {busy:?}\n{log}"));
         }
         for id in self.live() {
             self.status(id);
