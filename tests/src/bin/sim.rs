@@ -49,7 +49,10 @@ fn main() -> ExitCode {
                 println!("{summary:?}");
                 ExitCode::SUCCESS
             }
-            Err(e) => report(seed, Err(e)),
+            Err(e) => {
+                let trace = dmlogd_tests::raft_cluster::TRACE.lock().map(|t| t.join("\n")).unwrap_or_default();
+                report(seed, Err(format!("{e}\n{trace}")))
+            }
         };
     }
     if let Some(n) = args.raft_seeds {
@@ -85,7 +88,7 @@ fn report(seed: u64, result: Result<(), String>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e}");
-            eprintln!("replay: cargo run -p dmlogd-tests --bin sim -- --seed {seed}");
+            eprintln!("replay: cargo run -p dmlogd-tests --bin sim -- --seed {seed} (or --raft-seed)");
             ExitCode::FAILURE
         }
     }
