@@ -2,7 +2,7 @@
 //! the one entry point for commands ([`Machine::apply`]) and one for
 //! queries ([`Machine::read`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use wire::{Answer, Uuid};
@@ -248,11 +248,6 @@ impl Machine {
     /// Rebuilds a machine from [`Machine::snapshot`] bytes.
     pub fn restore(bytes: &[u8]) -> Result<Machine, SnapshotError> {
         Ok(postcard::from_bytes(bytes)?)
-    }
-
-    /// Nodes whose instances hold marks or assignments, for diagnostics.
-    pub fn nodes_with_marks(&self) -> BTreeSet<NodeId> {
-        self.logs.values().flat_map(|l| l.marks.values().flatten().map(|i| i.node)).collect()
     }
 }
 

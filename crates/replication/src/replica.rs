@@ -102,16 +102,46 @@ impl<L: LeaderLink> Replica<L> {
     /// writes hang (openraft 0.9); the deadline bounds every attempt, and a
     /// timeout means the outcome is unknown.
     pub async fn propose(&self, p: Proposal, deadline: Instant) -> Result<Outcomes, ReplicaError> {
+        self.with_leader(
+            deadline,
+            || propose_local(&self.raft, p.clone()),
+            |leader| self.link.propose(leader, p.clone()),
+        )
+        .await
+    }
+
+    /// Answers `r` linearizably, forwarding to the leader.
+    pub async fn read(&self, r: ReadRequest, deadline: Instant) -> Result<Result<Answer, Errno>, ReplicaError> {
+        self.with_leader(
+            deadline,
+            || read_local(&self.raft, &self.state, &r),
+            |leader| self.link.read(leader, r.clone()),
+        )
+        .await
+    }
+
+    /// Tries `local`; if another node leads, tries `forward` there; with no
+    /// leader known, backs off and tries again, until `deadline`.
+    async fn with_leader<T, LF, FF>(
+        &self,
+        deadline: Instant,
+        local: impl Fn() -> LF,
+        forward: impl Fn(NodeId) -> FF,
+    ) -> Result<T, ReplicaError>
+    where
+        LF: Future<Output = Result<T, Local>>,
+        FF: Future<Output = Result<T, ForwardError>>,
+    {
         loop {
             let attempt = async {
-                let leader = match propose_local(&self.raft, p.clone()).await {
-                    Ok(out) => return Ok(Some(out)),
+                let leader = match local().await {
+                    Ok(v) => return Ok(Some(v)),
                     Err(Local::Fatal(e)) => return Err(ReplicaError::Fatal(e)),
                     Err(Local::Forward(leader)) => leader,
                 };
                 if let Some(leader) = leader.filter(|l| *l != self.id) {
-                    match self.link.propose(leader, p.clone()).await {
-                        Ok(out) => return Ok(Some(out)),
+                    match forward(leader).await {
+                        Ok(v) => return Ok(Some(v)),
                         Err(ForwardError::Fatal(e)) => return Err(ReplicaError::Fatal(e)),
                         Err(_) => {}
                     }
@@ -119,39 +149,7 @@ impl<L: LeaderLink> Replica<L> {
                 Ok(None)
             };
             match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(Some(out))) => return Ok(out),
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(None)) => {}
-                Err(_) => return Err(ReplicaError::Timeout),
-            }
-            if Instant::now() + RETRY_BACKOFF > deadline {
-                return Err(ReplicaError::Timeout);
-            }
-            tokio::time::sleep(RETRY_BACKOFF).await;
-        }
-    }
-
-    /// Answers `r` linearizably, forwarding to the leader.
-    pub async fn read(&self, r: ReadRequest, deadline: Instant) -> Result<Result<Answer, Errno>, ReplicaError> {
-        loop {
-            let attempt = async {
-                match read_local(&self.raft, &self.state, &r).await {
-                    Ok(answer) => Ok(Some(answer)),
-                    Err(Local::Fatal(e)) => Err(ReplicaError::Fatal(e)),
-                    Err(Local::Forward(leader)) => {
-                        if let Some(leader) = leader.filter(|l| *l != self.id) {
-                            match self.link.read(leader, r.clone()).await {
-                                Ok(answer) => return Ok(Some(answer)),
-                                Err(ForwardError::Fatal(e)) => return Err(ReplicaError::Fatal(e)),
-                                Err(_) => {}
-                            }
-                        }
-                        Ok(None)
-                    }
-                }
-            };
-            match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(Some(answer))) => return Ok(answer),
+                Ok(Ok(Some(v))) => return Ok(v),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(None)) => {}
                 Err(_) => return Err(ReplicaError::Timeout),
