@@ -192,11 +192,20 @@ impl Cluster {
 
     fn effects(&mut self, effects: &[Effect]) {
         for e in effects {
-            if let Effect::KickKernel { node, .. } = e
-                && let Some(Node { kernel: Some(k), mirror, .. }) = self.nodes.get_mut(&node.0)
-            {
-                k.kick(*mirror);
-                self.kicks += 1;
+            match e {
+                Effect::KickKernel { node, .. } => {
+                    if let Some(Node { kernel: Some(k), mirror, .. }) = self.nodes.get_mut(&node.0) {
+                        k.kick(*mirror);
+                        self.kicks += 1;
+                    }
+                }
+                Effect::WakeRecovery { node, .. } => {
+                    // A read wakes kmirrord, whose pass asks for resync work.
+                    if let Some(Node { kernel: Some(k), mirror, .. }) = self.nodes.get_mut(&node.0) {
+                        k.read(*mirror, 0);
+                    }
+                }
+                Effect::PersistDiskLog { .. } => {}
             }
         }
     }

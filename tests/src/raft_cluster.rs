@@ -329,12 +329,11 @@ async fn drive(
         }
         while let Ok(applied) = effects.try_recv() {
             for e in applied.effects {
-                if let Effect::KickKernel { node, .. } = e
-                    && node.0 == id
-                {
-                    let mut k = lock(&kernel);
-                    let m = MirrorId(0);
-                    k.kick(m);
+                match e {
+                    Effect::KickKernel { node, .. } if node.0 == id => lock(&kernel).kick(MirrorId(0)),
+                    // A read wakes kmirrord, whose pass asks for resync work.
+                    Effect::WakeRecovery { node, .. } if node.0 == id => lock(&kernel).read(MirrorId(0), 0),
+                    _ => {}
                 }
             }
         }

@@ -183,6 +183,16 @@ pub enum Effect {
         /// The log.
         uuid: Uuid,
     },
+    /// `node`'s kernel should run a recovery pass: a suspending kernel's
+    /// writes wait for out-of-sync regions to be resynced, and an idle
+    /// kernel does not ask for resync work until something wakes it. The
+    /// node wakes it with I/O (a read of the mirror).
+    WakeRecovery {
+        /// The node to wake.
+        node: NodeId,
+        /// The log.
+        uuid: Uuid,
+    },
 }
 
 /// Why a request was refused; each maps to the errno the kernel sees.

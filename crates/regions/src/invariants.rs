@@ -227,9 +227,14 @@ pub fn i09_resync_answer(log: &Log, instance: Instance, region: Region) -> Resul
 
 /// I6 for an answer: a write to an out-of-sync region is held while some
 /// instance is able to recover it.
-pub fn i06_remote_recovering_answer(log: &Log, region: Region, is_recovering: bool) -> Result<(), Violation> {
-    let recoverable =
-        log.recovery_running() && !log.recovery_failed.contains(&region) && !log.unsettled.contains(&region);
+pub fn i06_remote_recovering_answer(
+    log: &Log,
+    instance: Instance,
+    region: Region,
+    is_recovering: bool,
+) -> Result<(), Violation> {
+    let unsettled_here = log.unsettled.contains(&region) && log.writes_behind_stale_hint(instance.node);
+    let recoverable = log.recovery_running() && !log.recovery_failed.contains(&region) && !unsettled_here;
     if !log.in_sync(region) && recoverable && !is_recovering {
         return fail("I6", log, Some(region), "write allowed to an out-of-sync region under recovery");
     }
@@ -252,7 +257,7 @@ pub fn check_answer(log: &Log, instance: Instance, query: Option<&Query>, answer
         (Some(Query::GetRegionSize), Answer::RegionSize(s)) => i13_region_size_answer(log, *s),
         (Some(Query::IsRemoteRecovering(r)), Answer::RemoteRecovering { is_recovering, in_sync_hint }) => {
             i07_in_sync_hint(log, *in_sync_hint)?;
-            i06_remote_recovering_answer(log, *r, *is_recovering)
+            i06_remote_recovering_answer(log, instance, *r, *is_recovering)
         }
         (None, Answer::ResyncWork(Some(r))) => i09_resync_answer(log, instance, *r),
         _ => Ok(()),

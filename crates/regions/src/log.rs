@@ -88,15 +88,26 @@ pub struct Log {
     /// Regions an eviction put out of sync while some survivor has not yet
     /// resumed. Such a kernel may write them without asking
     /// IS_REMOTE_RECOVERING (its hint is stale), so until every survivor
-    /// has resumed: no resync copy of them starts (it could race such a
-    /// write), writes to them are not held (a held write would stop the
-    /// very suspend that resets the hint), and IN_SYNC answers 1 for them,
-    /// so that those writes go to both legs and are marked rather than
-    /// leaving a NOSYNC entry in the writer's region hash that would outlive
-    /// the resync. Their legs can differ only in blocks of the evicted
-    /// node's unacknowledged writes, which may read back old or new, as
-    /// after any crash.
+    /// has resumed no resync copy of them starts (it could race such a
+    /// write). A kernel that has not resumed yet gets its writes to them
+    /// through (a held write would stop the very suspend that resets its
+    /// hint) and IN_SYNC = 1 for them, so that those writes go to both legs
+    /// and are marked rather than leaving a NOSYNC entry in its region hash
+    /// that would outlive the resync; its suspend drains them before it
+    /// resumes. A kernel that has resumed is held off them like any
+    /// out-of-sync region, so no write admitted this way is still on its
+    /// way when the regions become resync work. Their legs can differ only
+    /// in blocks of the evicted node's unacknowledged writes, which may
+    /// read back old or new, as after any crash.
     pub(crate) unsettled: BTreeSet<Region>,
+    /// Survivors still to be kicked, one at a time: while one kernel is
+    /// suspended the others stay resumed, so recovery keeps running and
+    /// writes to out-of-sync regions are held rather than written to the
+    /// default leg only (which would leave NOSYNC region-hash entries that
+    /// outlive another node's resync of the region).
+    pub(crate) kick_queue: Vec<NodeId>,
+    /// The survivor being kicked now.
+    pub(crate) kicking: Option<NodeId>,
 }
 
 impl Log {
@@ -119,6 +130,8 @@ impl Log {
             disk_failed: false,
             awaiting_resume: BTreeSet::new(),
             unsettled: BTreeSet::new(),
+            kick_queue: Vec::new(),
+            kicking: None,
         }
     }
 
@@ -365,20 +378,27 @@ impl Log {
         self.sync.next_zero(0).unwrap_or(self.region_count())
     }
 
-    /// IS_REMOTE_RECOVERING: writes to an out-of-sync region are held while
-    /// some instance can recover it (I6); with recovery halted everywhere
-    /// they pass, or a suspend would hang on its own writes.
-    pub fn is_remote_recovering(&self, r: Region) -> bool {
-        !self.sync.get(r.0)
-            && !self.recovery_failed.contains(&r)
-            && !self.unsettled.contains(&r)
-            && self.recovery_running()
+    /// Whether `node`'s kernel may still write unsettled regions behind a
+    /// stale hint (it has not resumed since the eviction).
+    pub fn writes_behind_stale_hint(&self, node: NodeId) -> bool {
+        self.awaiting_resume.contains(&node)
     }
 
-    /// IN_SYNC: the sync bit, except for unsettled regions (see
-    /// [`Log::unsettled`]).
-    pub fn in_sync_answer(&self, r: Region) -> bool {
-        self.sync.get(r.0) || self.unsettled.contains(&r)
+    /// IS_REMOTE_RECOVERING from `node`: writes to an out-of-sync region
+    /// are held while some instance can recover it (I6); with recovery
+    /// halted everywhere they pass, or a suspend would hang on its own
+    /// writes. An unsettled region is held only from kernels that already
+    /// resumed; the others still have to drain their writes to finish the
+    /// suspend that resets their hint (see [`Log::unsettled`]).
+    pub fn is_remote_recovering(&self, r: Region, node: NodeId) -> bool {
+        let unsettled_here = self.unsettled.contains(&r) && self.writes_behind_stale_hint(node);
+        !self.sync.get(r.0) && !self.recovery_failed.contains(&r) && !unsettled_here && self.recovery_running()
+    }
+
+    /// IN_SYNC from `node`: the sync bit, except for unsettled regions asked
+    /// by a kernel that has not resumed yet (see [`Log::unsettled`]).
+    pub fn in_sync_answer(&self, r: Region, node: NodeId) -> bool {
+        self.sync.get(r.0) || (self.unsettled.contains(&r) && self.writes_behind_stale_hint(node))
     }
 
     /// Nodes whose kernels must resume before an eviction's regions are
@@ -393,23 +413,63 @@ impl Log {
         &self.unsettled
     }
 
-    /// An eviction put `regions` out of sync behind the hints of `survivors`.
-    pub(crate) fn unsettle(&mut self, regions: &[Region], survivors: BTreeSet<NodeId>) {
+    /// An eviction put `regions` out of sync behind the hints of
+    /// `survivors`. Returns the survivor to kick now, if none is being
+    /// kicked already.
+    pub(crate) fn unsettle(&mut self, regions: &[Region], survivors: BTreeSet<NodeId>) -> Option<NodeId> {
         if survivors.is_empty() {
-            return;
+            return None;
         }
         self.unsettled.extend(regions.iter().copied());
-        self.awaiting_resume.extend(survivors);
+        for n in survivors {
+            if self.awaiting_resume.insert(n) {
+                self.kick_queue.push(n);
+            }
+        }
+        self.next_kick()
+    }
+
+    fn next_kick(&mut self) -> Option<NodeId> {
+        if self.kicking.is_some() || self.kick_queue.is_empty() {
+            return None;
+        }
+        let n = self.kick_queue.remove(0);
+        self.kicking = Some(n);
+        Some(n)
     }
 
     /// Node `n`'s kernel resumed (or `n` is gone): it no longer writes
     /// behind a stale hint. With every survivor resumed, the unsettled
-    /// regions become ordinary resync work.
-    pub(crate) fn node_settled(&mut self, n: NodeId) {
+    /// regions become ordinary resync work. Returns the next survivor to
+    /// kick, if any.
+    pub(crate) fn node_settled(&mut self, n: NodeId) -> Option<NodeId> {
         self.awaiting_resume.remove(&n);
+        self.kick_queue.retain(|q| *q != n);
+        if self.kicking == Some(n) {
+            self.kicking = None;
+        }
         if self.awaiting_resume.is_empty() {
             self.unsettled.clear();
         }
+        self.next_kick()
+    }
+
+    /// Whether some out-of-sync region could be handed out for resync now.
+    pub(crate) fn has_resync_work(&self) -> bool {
+        let taken: BTreeSet<Region> = self.assignments.values().copied().collect();
+        self.sync
+            .zeros_iter()
+            .map(Region)
+            .any(|r| !taken.contains(&r) && !self.recovery_failed.contains(&r) && !self.unsettled.contains(&r))
+    }
+
+    /// Nodes with a resumed instance, other than `except`.
+    pub(crate) fn resumed_nodes_except(&self, except: NodeId) -> BTreeSet<NodeId> {
+        self.instances
+            .iter()
+            .filter(|(i, s)| i.node != except && s.phase == Phase::Resumed)
+            .map(|(i, _)| i.node)
+            .collect()
     }
 
     /// Active instances on nodes other than `except`, one per node.

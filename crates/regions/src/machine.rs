@@ -129,15 +129,16 @@ impl Machine {
                 changed.extend(log.evict_instance(i));
             }
             // A node that is gone will not resume.
-            log.node_settled(node);
+            if let Some(next) = log.node_settled(node) {
+                effects.push(Effect::KickKernel { node: next, uuid: uuid.clone() });
+            }
             if !changed.is_empty() {
                 // Survivors' kernels cache an in_sync_hint and will not ask
-                // about these regions until they are resumed.
+                // about these regions until they are resumed, one at a time.
                 let survivors = log.active_nodes_except(node);
-                for n in &survivors {
-                    effects.push(Effect::KickKernel { node: *n, uuid: uuid.clone() });
+                if let Some(first) = log.unsettle(&changed, survivors) {
+                    effects.push(Effect::KickKernel { node: first, uuid: uuid.clone() });
                 }
-                log.unsettle(&changed, survivors);
                 if log.is_disk() {
                     effects.push(Effect::PersistDiskLog { uuid: uuid.clone(), version: log.clean_version });
                 }
@@ -213,7 +214,7 @@ impl Machine {
             }
             Query::InSync(r) => {
                 log.check_region(*r)?;
-                Answer::Bool(log.in_sync_answer(*r))
+                Answer::Bool(log.in_sync_answer(*r, instance.node))
             }
             Query::GetSyncCount => Answer::SyncCount(log.sync_count()),
             Query::StatusInfo => Answer::Text(match &inst.args.log_type {
@@ -226,7 +227,7 @@ impl Machine {
             Query::IsRemoteRecovering(r) => {
                 log.check_region(*r)?;
                 Answer::RemoteRecovering {
-                    is_recovering: log.is_remote_recovering(*r),
+                    is_recovering: log.is_remote_recovering(*r, instance.node),
                     in_sync_hint: log.in_sync_hint(),
                 }
             }
@@ -268,7 +269,15 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
             // flight before sending this; nothing of ours is being recovered.
             log.assignments.remove(&i);
             set_phase(log, Phase::Presuspended);
-            Applied::answer(Answer::Done)
+            // Its remaining writes to out-of-sync regions wait for a resync
+            // that only a resumed kernel can do, and only once woken.
+            let mut effects = Vec::new();
+            if log.has_resync_work() {
+                for n in log.resumed_nodes_except(i.node) {
+                    effects.push(Effect::WakeRecovery { node: n, uuid: log.uuid.clone() });
+                }
+            }
+            Applied { outcome: Ok(Answer::Done), effects }
         }
         KernelOp::Postsuspend => {
             log.assignments.remove(&i);
@@ -279,10 +288,13 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
             let first = log.activate(disk.as_ref());
             set_phase(log, Phase::Resumed);
             // This kernel's hint is reset: it asks about every region again.
-            log.node_settled(i.node);
+            let next = log.node_settled(i.node);
             // Regions whose recovery failed are tried again after a resume.
             log.recovery_failed.clear();
             let mut effects = Vec::new();
+            if let Some(next) = next {
+                effects.push(Effect::KickKernel { node: next, uuid: log.uuid.clone() });
+            }
             if first && log.is_disk() {
                 effects.push(Effect::PersistDiskLog { uuid: log.uuid.clone(), version: log.clean_version });
             }

@@ -424,7 +424,7 @@ fn eviction_turns_marks_into_resync_work_for_the_survivors() {
     h.ok(a, KernelOp::Flush { marks: regions(&[2, 6]) });
     h.ok(b, KernelOp::Mark(regions(&[6, 7])));
     let applied = h.apply(Command::NodeEvicted { node: NodeId(1) });
-    assert_eq!(kicked(&applied.effects), vec![2, 3], "survivors' kernels must re-read the hint");
+    assert_eq!(kicked(&applied.effects), vec![2], "survivors' kernels re-read the hint, one at a time");
     assert!(!h.m.log(&h.uuid).unwrap().in_sync(Region(2)) && h.in_sync(b, 7));
     // Until both survivors' kernels were resumed they may write regions 2
     // and 6 behind a stale hint: no copy starts, their writes are not held
@@ -435,11 +435,21 @@ fn eviction_turns_marks_into_resync_work_for_the_survivors() {
     assert!(h.q(c, Query::InSync(Region(2))) == Ok(Answer::Bool(true)));
     assert_eq!(h.sync_count(c), 6, "but the mirror is not reported in sync");
     assert_eq!(h.m.log(&h.uuid).unwrap().awaiting_resume().len(), 2);
-    for i in [b, c] {
-        h.ok(i, KernelOp::Presuspend);
-        h.ok(i, KernelOp::Postsuspend);
-        h.ok(i, KernelOp::Resume { disk: None });
-    }
+    // b is kicked; its RESUME asks for c to be kicked next.
+    h.ok(b, KernelOp::Presuspend);
+    h.ok(b, KernelOp::Postsuspend);
+    let resumed = h.full(b, KernelOp::Resume { disk: None });
+    assert_eq!(kicked(&resumed.effects), vec![3]);
+    // b has resumed: it is held off region 2 like any out-of-sync region,
+    // so no write of its can still be on its way when the region settles.
+    // c still writes behind its stale hint and is let through.
+    assert_eq!(h.recovering(b, 2), (true, 2));
+    assert!(!h.in_sync(b, 2));
+    assert_eq!(h.recovering(c, 2), (false, 2));
+    assert!(h.in_sync(c, 2));
+    h.ok(c, KernelOp::Presuspend);
+    h.ok(c, KernelOp::Postsuspend);
+    assert!(kicked(&h.full(c, KernelOp::Resume { disk: None }).effects).is_empty());
     assert!(h.m.log(&h.uuid).unwrap().unsettled().is_empty());
     assert!(!h.in_sync(b, 2), "settled: IN_SYNC is the sync bit again");
     // Region 6 is still marked by b: c recovers 2 first, 6 after b clears.
@@ -452,6 +462,32 @@ fn eviction_turns_marks_into_resync_work_for_the_survivors() {
     assert_eq!(h.sync_count(b), 8);
     // The evicted node is no longer heard.
     assert_eq!(h.op(a, KernelOp::Flush { marks: vec![] }), Err(Refusal::NotAMember(NodeId(1))));
+}
+
+#[test]
+fn a_suspending_kernel_wakes_the_resumed_ones_to_resync() {
+    let mut h = H::new(3);
+    let (a, b, c) = (inst(1, 1), inst(2, 1), inst(3, 1));
+    for i in [a, b, c] {
+        h.up(i, CORE);
+    }
+    // a's writes to out-of-sync regions are held while it suspends; only
+    // a resumed kernel can resync them, and an idle one must be woken.
+    let applied = h.full(a, KernelOp::Presuspend);
+    let woken: Vec<u64> = applied
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            regions::Effect::WakeRecovery { node, .. } => Some(node.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(woken, vec![2, 3]);
+    // Nothing to resync: nobody is woken.
+    let mut h = H::new(2);
+    h.up(inst(1, 1), CORE_NOSYNC);
+    h.up(inst(2, 1), CORE_NOSYNC);
+    assert!(h.full(inst(1, 1), KernelOp::Presuspend).effects.is_empty());
 }
 
 #[test]
