@@ -5,6 +5,7 @@
 
 use dmlogd_tests::raft_sim::run_seed;
 
+#[cfg(not(feature = "sim-canary"))]
 #[test]
 fn seeded_raft_runs_converge() {
     let seeds: u64 = std::env::var("DMLOGD_RAFT_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
@@ -15,9 +16,20 @@ fn seeded_raft_runs_converge() {
     }
 }
 
+#[cfg(not(feature = "sim-canary"))]
 #[test]
 fn a_seed_replays_exactly() {
     let a = run_seed(7).unwrap();
     let b = run_seed(7).unwrap();
     assert_eq!(a, b);
+}
+
+/// With the planted bug (marks dropped on their way into Raft), the
+/// simulation must notice within a few seeds.
+#[cfg(feature = "sim-canary")]
+#[test]
+fn the_planted_bug_is_caught() {
+    let caught = (0..50).find(|&seed| run_seed(seed).is_err());
+    assert!(caught.is_some(), "50 seeds ran clean with FLUSH marks dropped");
+    println!("planted bug caught by seed {caught:?}");
 }

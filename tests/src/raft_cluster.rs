@@ -75,6 +75,20 @@ fn raft_config() -> Arc<openraft::Config> {
 
 /// Answers one kernel datagram through the replica. `None` when the
 /// cluster did not answer in time (the kernel re-sends after 15 s).
+/// The planted bug of the `sim-canary` feature: a FLUSH's marks and a
+/// MARK's regions are dropped before they are proposed, so the kernel is
+/// told its marks are durable when they are not (I1).
+#[cfg(feature = "sim-canary")]
+fn plant_dropped_marks(c: regions::Command) -> regions::Command {
+    use regions::{Command, KernelOp};
+    match c {
+        Command::Kernel { uuid, instance, op: KernelOp::Flush { .. } | KernelOp::Mark(_) } => {
+            Command::Kernel { uuid, instance, op: KernelOp::Flush { marks: Vec::new() } }
+        }
+        other => other,
+    }
+}
+
 /// Debug trace of requests touching one region (`DMLOGD_TRACE_REGION`).
 pub static TRACE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -101,6 +115,8 @@ async fn answer(replica: &Replica<MemLink>, datagram: &[u8]) -> Option<Vec<u8>> 
     let deadline = Instant::now() + Duration::from_secs(10);
     let result = match route(Rn(replica.id), &msg) {
         Routed::Command(c) => {
+            #[cfg(feature = "sim-canary")]
+            let c = plant_dropped_marks(c);
             let out = replica.propose(Proposal { commands: vec![c] }, deadline).await.ok()?;
             out.0.into_iter().next()?.answer
         }
