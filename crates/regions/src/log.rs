@@ -334,13 +334,7 @@ impl Log {
         if let Some(&r) = self.assignments.get(&i) {
             return Some(r);
         }
-        let taken: BTreeSet<Region> = self.assignments.values().copied().collect();
-        let found = self.sync.zeros_iter().map(Region).find(|r| {
-            !taken.contains(r)
-                && !self.recovery_failed.contains(r)
-                && !self.unsettled.contains(r)
-                && self.marks.get(r).is_none_or(|who| who.iter().all(|m| *m == i))
-        });
+        let found = self.resync_candidates().find(|r| self.marks.get(r).is_none_or(|who| who.iter().all(|m| *m == i)));
         if let Some(r) = found {
             self.assignments.insert(i, r);
         }
@@ -456,11 +450,18 @@ impl Log {
 
     /// Whether some out-of-sync region could be handed out for resync now.
     pub(crate) fn has_resync_work(&self) -> bool {
+        self.resync_candidates().next().is_some()
+    }
+
+    /// Out-of-sync regions in increasing order that nobody recovers, whose
+    /// recovery has not failed since the last resume, and that are not
+    /// unsettled: what GET_RESYNC_WORK may hand out (marks aside).
+    fn resync_candidates(&self) -> impl Iterator<Item = Region> + '_ {
         let taken: BTreeSet<Region> = self.assignments.values().copied().collect();
         self.sync
             .zeros_iter()
             .map(Region)
-            .any(|r| !taken.contains(&r) && !self.recovery_failed.contains(&r) && !self.unsettled.contains(&r))
+            .filter(move |r| !taken.contains(r) && !self.recovery_failed.contains(r) && !self.unsettled.contains(r))
     }
 
     /// Nodes with a resumed instance, other than `except`.
