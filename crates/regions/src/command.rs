@@ -66,6 +66,13 @@ pub enum Command {
         /// The node.
         node: NodeId,
     },
+    /// The node left the cluster for good (removed by the admin): evicted
+    /// as by [`Command::NodeEvicted`], and its id is retired, never to be a
+    /// member again.
+    NodeRetired {
+        /// The node.
+        node: NodeId,
+    },
     /// The outcome of writing a `clustered-disk` log device, reported by the
     /// node that writes it; shown as the `A`/`D` health in STATUS_INFO.
     DiskLogHealth {
@@ -201,6 +208,9 @@ pub enum Refusal {
     /// The sending node is not (or no longer) a cluster member.
     #[error("node {0} is not a member of the cluster")]
     NotAMember(NodeId),
+    /// The node id was removed from the cluster and is never reused.
+    #[error("node id {0} is retired")]
+    Retired(NodeId),
     /// No log with this uuid.
     #[error("no log {0}")]
     UnknownLog(Uuid),
@@ -235,7 +245,9 @@ impl Refusal {
     /// The errno the kernel gets.
     pub fn errno(&self) -> Errno {
         match self {
-            Refusal::NotAMember(_) | Refusal::UnknownLog(_) | Refusal::UnknownInstance(_) => Errno::ENOENT,
+            Refusal::NotAMember(_) | Refusal::Retired(_) | Refusal::UnknownLog(_) | Refusal::UnknownInstance(_) => {
+                Errno::ENOENT
+            }
             Refusal::InstanceExists(_) => Errno::EEXIST,
             Refusal::RegionOutOfRange { .. } | Refusal::BadCtr(_) | Refusal::GeometryMismatch { .. } => Errno::EINVAL,
         }

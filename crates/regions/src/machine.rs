@@ -2,7 +2,7 @@
 //! the one entry point for commands ([`Machine::apply`]) and one for
 //! queries ([`Machine::read`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use wire::{Answer, Uuid};
@@ -25,6 +25,8 @@ pub struct Member {
 pub struct Machine {
     members: BTreeMap<NodeId, Member>,
     logs: BTreeMap<Uuid, Log>,
+    /// Ids of nodes removed from the cluster: never members again.
+    retired: BTreeSet<NodeId>,
 }
 
 /// A snapshot that could not be read.
@@ -41,6 +43,11 @@ impl Machine {
     /// Cluster members.
     pub fn members(&self) -> &BTreeMap<NodeId, Member> {
         &self.members
+    }
+
+    /// Whether `node`'s id was retired (removed from the cluster).
+    pub fn is_retired(&self, node: NodeId) -> bool {
+        self.retired.contains(&node)
     }
 
     /// All logs by uuid.
@@ -70,6 +77,11 @@ impl Machine {
         match command {
             Command::NodeJoined { node, incarnation } => self.node_joined(*node, *incarnation),
             Command::NodeEvicted { node } => self.node_evicted(*node),
+            Command::NodeRetired { node } => {
+                let applied = self.node_evicted(*node);
+                self.retired.insert(*node);
+                applied
+            }
             Command::DiskLogHealth { uuid, failed } => match self.logs.get_mut(uuid) {
                 Some(log) => {
                     log.disk_failed = *failed;
@@ -97,6 +109,9 @@ impl Machine {
     }
 
     fn node_joined(&mut self, node: NodeId, incarnation: u64) -> Applied {
+        if self.retired.contains(&node) {
+            return Applied::refuse(Refusal::Retired(node));
+        }
         let mut effects = Vec::new();
         match self.members.get(&node) {
             Some(m) if m.incarnation == incarnation => {}

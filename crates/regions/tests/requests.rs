@@ -586,3 +586,23 @@ fn a_million_region_log_costs_at_most_a_mebibyte_per_bitmap() {
     assert!(size <= 2 * (1 << 20), "{size} bytes for two bitmaps");
     assert!(size <= 2 * (1 << 17) + 1024, "one bit per region and kind: {size}");
 }
+
+#[test]
+fn a_retired_node_is_evicted_and_its_id_never_joins_again() {
+    let mut h = H::new(3);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE_NOSYNC);
+    h.up(b, CORE_NOSYNC);
+    h.ok(a, KernelOp::Flush { marks: regions(&[3]) });
+    let applied = h.apply(Command::NodeRetired { node: NodeId(1) });
+    assert!(applied.outcome.is_ok());
+    assert!(!h.m.members().contains_key(&NodeId(1)) && h.m.is_retired(NodeId(1)));
+    assert!(!h.m.log(&h.uuid).unwrap().in_sync(Region(3)), "its marks are resync work");
+    let again = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 7 });
+    assert_eq!(again.outcome, Err(regions::Refusal::Retired(NodeId(1))));
+    assert!(!h.m.members().contains_key(&NodeId(1)));
+    // Retiring twice changes nothing more.
+    let before = h.m.snapshot();
+    let _ = h.apply(Command::NodeRetired { node: NodeId(1) });
+    assert_eq!(h.m.snapshot(), before);
+}

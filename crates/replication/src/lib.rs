@@ -11,6 +11,10 @@
 //!   redb file, restored at start (openraft 0.9 does not do that itself).
 //! * [`Replica`]: propose and read from any node; followers forward to the
 //!   leader; reads are linearizable (read index).
+//! * [`grpc`]: the production transport (tonic), one channel per peer;
+//!   [`admin`]: the admin service for `dmlogctl`; both in `proto/dmlogd`.
+//! * [`membership`]: bootstrap, join, removal, leadership transfer.
+//! * [`node`]: opens the store and starts one Raft node.
 //! * [`memnet`]: an in-memory network with faults, for tests and simulation.
 //!
 //! openraft is 0.9.25 with `storage-v2` and `generic-snapshot-data`; every
@@ -20,12 +24,29 @@
 // openraft fixes the error type of every storage method; it is large.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
+pub mod grpc;
 mod log_store;
+pub mod membership;
 pub mod memnet;
+pub mod node;
 mod replica;
 pub mod runtime;
 mod state_machine;
 pub mod types;
+
+/// Code generated from `proto/dmlogd/*.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+pub mod pb {
+    /// `dmlogd.peer`: node-to-node traffic.
+    pub mod peer {
+        tonic::include_proto!("dmlogd.peer");
+    }
+    /// `dmlogd.admin`: the admin API.
+    pub mod admin {
+        tonic::include_proto!("dmlogd.admin");
+    }
+}
 
 pub use log_store::{FlushMode, FlushStats, LogStore, OpenError};
 pub use replica::{ForwardError, LeaderLink, ReadRequest, Replica, ReplicaError};

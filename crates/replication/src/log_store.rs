@@ -66,10 +66,18 @@ enum Write {
     Purge(u64, Vec<u8>, Ack),
 }
 
+/// The queue in front of the flusher.
+enum Queue {
+    Thread(mpsc::Sender<Write>),
+    Task(tokio::sync::mpsc::UnboundedSender<Write>),
+}
+
 struct Inner {
     mem: Mutex<Mem>,
-    queue: Mutex<Option<mpsc::Sender<Write>>>,
+    queue: Mutex<Option<Queue>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
+    /// The flusher task of [`FlushMode::Task`].
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stats: Arc<FlushStats>,
     /// Set in [`FlushMode::Inline`]: writes are done on the caller's task.
     inline: Option<Arc<Database>>,
@@ -83,11 +91,24 @@ pub enum FlushMode {
     /// On the calling task, one transaction per write: no thread, so a
     /// single-threaded simulation with paused time stays deterministic.
     Inline,
+    /// A flusher task on the current tokio runtime with group commit,
+    /// where every sync takes `sync_latency` (of tokio's clock). Dropping
+    /// the store loses every write not yet synced, as a power failure
+    /// would: the simulation's crashes use it.
+    Task {
+        /// Simulated time one sync takes.
+        sync_latency: std::time::Duration,
+    },
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the queue ends the flusher after it wrote what is queued.
+        // A flusher task is a simulated disk: what it has not synced is lost.
+        if let Some(t) = lock(&self.task).take() {
+            t.abort();
+        }
+        // Closing the queue ends the flusher thread after it wrote what is
+        // queued.
         drop(lock(&self.queue).take());
         if let Some(h) = lock(&self.flusher).take() {
             let _ = h.join();
@@ -175,13 +196,26 @@ impl LogStore {
                         .spawn(move || flush_loop(&db, &rx, &stats))
                         .map_err(db_err)?
                 };
-                let (queue, flusher) = (Mutex::new(Some(tx)), Mutex::new(Some(flusher)));
-                Inner { mem: Mutex::new(mem), queue, flusher, stats, inline: None }
+                let (queue, flusher) = (Mutex::new(Some(Queue::Thread(tx))), Mutex::new(Some(flusher)));
+                Inner { mem: Mutex::new(mem), queue, flusher, task: Mutex::new(None), stats, inline: None }
+            }
+            FlushMode::Task { sync_latency } => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let task = tokio::spawn(flush_task(db.clone(), rx, stats.clone(), sync_latency));
+                Inner {
+                    mem: Mutex::new(mem),
+                    queue: Mutex::new(Some(Queue::Task(tx))),
+                    flusher: Mutex::new(None),
+                    task: Mutex::new(Some(task)),
+                    stats,
+                    inline: None,
+                }
             }
             FlushMode::Inline => Inner {
                 mem: Mutex::new(mem),
                 queue: Mutex::new(None),
                 flusher: Mutex::new(None),
+                task: Mutex::new(None),
                 stats,
                 inline: Some(db.clone()),
             },
@@ -205,10 +239,12 @@ impl LogStore {
             complete(batch, &result, &self.inner.stats);
             return Ok(());
         }
-        match lock(&self.inner.queue).as_ref() {
-            Some(tx) => tx.send(w).map_err(|_| StorageIOError::write_logs(any("log flusher stopped")).into()),
-            None => Err(StorageIOError::write_logs(any("log store closed")).into()),
-        }
+        let sent = match lock(&self.inner.queue).as_ref() {
+            Some(Queue::Thread(tx)) => tx.send(w).is_ok(),
+            Some(Queue::Task(tx)) => tx.send(w).is_ok(),
+            None => false,
+        };
+        if sent { Ok(()) } else { Err(StorageIOError::write_logs(any("log flusher stopped")).into()) }
     }
 
     async fn queue_and_wait(&self, make: impl FnOnce(Ack) -> Write) -> Result<(), StorageError> {
@@ -239,6 +275,25 @@ fn flush_loop(db: &Database, rx: &mpsc::Receiver<Write>, stats: &FlushStats) {
         }
         let result = write_batch(db, &batch);
         complete(batch, &result, stats);
+    }
+}
+
+/// The flusher of [`FlushMode::Task`]: as [`flush_loop`], with a simulated
+/// sync time during which more writes queue up.
+async fn flush_task(
+    db: Arc<Database>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Write>,
+    stats: Arc<FlushStats>,
+    sync_latency: std::time::Duration,
+) {
+    while let Some(first) = rx.recv().await {
+        tokio::time::sleep(sync_latency).await;
+        let mut batch = vec![first];
+        while let Ok(next) = rx.try_recv() {
+            batch.push(next);
+        }
+        let result = write_batch(&db, &batch);
+        complete(batch, &result, &stats);
     }
 }
 

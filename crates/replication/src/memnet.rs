@@ -1,5 +1,6 @@
 //! An in-memory network between the Raft nodes of one process, with faults
-//! (cut links, isolated nodes, lost messages, delays), for tests and the
+//! (cut links, isolated nodes, lost requests and replies, duplicated and
+//! delayed messages, drawn from a seeded generator), for tests and the
 //! cluster simulation. Calls go straight to the target node's Raft handle.
 //! The production transport is gRPC; both implement the same openraft
 //! network traits and the same [`LeaderLink`].
@@ -13,18 +14,60 @@ use openraft::error::{Fatal, RPCError, RaftError, RemoteError, ReplicationClosed
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
 use openraft::{OptionalSend, Snapshot};
+use rand08::rngs::SmallRng;
+use rand08::{Rng, SeedableRng};
 use wire::{Answer, Errno};
 
+use crate::grpc::Campaign;
 use crate::replica::{ForwardError, LeaderLink, Local, ReadRequest, propose_local, read_local};
 use crate::state_machine::StateReader;
 use crate::types::{Node, NodeId, Outcomes, Proposal, Raft, TypeConfig, Vote};
 
-#[derive(Default)]
 struct Net {
     nodes: BTreeMap<NodeId, (Raft, StateReader)>,
     cut: BTreeSet<(NodeId, NodeId)>,
     isolated: BTreeSet<NodeId>,
     delay: Duration,
+    faults: Faults,
+    rng: SmallRng,
+}
+
+impl Default for Net {
+    fn default() -> Net {
+        Net {
+            nodes: BTreeMap::new(),
+            cut: BTreeSet::new(),
+            isolated: BTreeSet::new(),
+            delay: Duration::ZERO,
+            faults: Faults::default(),
+            rng: SmallRng::seed_from_u64(0),
+        }
+    }
+}
+
+/// Random message faults, each drawn per message.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Chance that a request is lost (the sender sees the link down).
+    pub drop_request: f64,
+    /// Chance that the request is delivered and handled but its reply is
+    /// lost (the sender cannot tell it from a lost request).
+    pub drop_reply: f64,
+    /// Chance that a Raft message is delivered a second time, later.
+    pub duplicate: f64,
+    /// Each message is delayed by a random time up to this, on top of the
+    /// fixed delay.
+    pub jitter: Duration,
+}
+
+/// What happens to one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Deliver,
+    DropRequest,
+    DropReply,
+    /// Delivered, and delivered again after this much more time.
+    Duplicate(Duration),
 }
 
 /// The network. Clones share it.
@@ -79,14 +122,44 @@ impl MemNet {
         self.lock().delay = d;
     }
 
-    /// The target's handles, if the link from `from` works.
-    fn route(&self, from: NodeId, to: NodeId) -> Result<((Raft, StateReader), Duration), LinkDown> {
-        let n = self.lock();
+    /// Sets the random message faults, drawn from a generator seeded with
+    /// `seed` (the same seed and the same order of messages give the same
+    /// faults).
+    pub fn set_faults(&self, faults: Faults, seed: u64) {
+        let mut n = self.lock();
+        n.faults = faults;
+        n.rng = SmallRng::seed_from_u64(seed);
+    }
+
+    /// The target's handles, the message's delay and its fate, if the link
+    /// from `from` works.
+    fn route(&self, from: NodeId, to: NodeId) -> Result<((Raft, StateReader), Duration, Fate), LinkDown> {
+        let mut n = self.lock();
         let down = n.isolated.contains(&from) || n.isolated.contains(&to) || n.cut.contains(&(from, to));
-        match n.nodes.get(&to) {
-            Some(h) if !down => Ok((h.clone(), n.delay)),
-            _ => Err(LinkDown(from, to)),
+        let Some(h) = n.nodes.get(&to).cloned().filter(|_| !down) else {
+            return Err(LinkDown(from, to));
+        };
+        let f = n.faults;
+        let mut delay = n.delay;
+        let mut fate = Fate::Deliver;
+        if f != Faults::default() {
+            let jitter = |rng: &mut SmallRng| {
+                let us = u64::try_from(f.jitter.as_micros()).unwrap_or(u64::MAX);
+                Duration::from_micros(if us == 0 { 0 } else { rng.gen_range(0..=us) })
+            };
+            delay += jitter(&mut n.rng);
+            let roll: f64 = n.rng.r#gen();
+            fate = if roll < f.drop_request {
+                Fate::DropRequest
+            } else if roll < f.drop_request + f.drop_reply {
+                Fate::DropReply
+            } else if roll < f.drop_request + f.drop_reply + f.duplicate {
+                Fate::Duplicate(jitter(&mut n.rng) + Duration::from_millis(1))
+            } else {
+                Fate::Deliver
+            };
         }
+        Ok((h, delay, fate))
     }
 
     /// The openraft network factory for node `from`.
@@ -122,12 +195,59 @@ pub struct MemLink {
 }
 
 impl MemLink {
-    async fn target(&self, to: NodeId) -> Result<(Raft, StateReader), LinkDown> {
-        let ((raft, state), delay) = self.net.route(self.from, to)?;
+    /// Routes one message; a lost request fails here, after its delay.
+    async fn target(&self, to: NodeId) -> Result<((Raft, StateReader), Fate), LinkDown> {
+        let ((raft, state), delay, fate) = self.net.route(self.from, to)?;
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        Ok((raft, state))
+        if fate == Fate::DropRequest {
+            return Err(LinkDown(self.from, to));
+        }
+        Ok(((raft, state), fate))
+    }
+
+    /// Delivers one Raft message with its fate: `call` is run once, or
+    /// twice for a duplicate (the copy later, its result ignored); a lost
+    /// reply turns a handled message into a link error.
+    async fn deliver<Req, Resp, E, Fut>(&self, req: Req, call: impl Fn(Raft, Req) -> Fut) -> Result<Resp, Lost<E>>
+    where
+        Req: Clone + Send + 'static,
+        Fut: Future<Output = Result<Resp, E>> + Send + 'static,
+        Resp: Send + 'static,
+        E: Send + 'static,
+    {
+        let ((raft, _), fate) = self.target(self.to).await.map_err(Lost::Link)?;
+        if let Fate::Duplicate(after) = fate {
+            let copy = call(raft.clone(), req.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = copy.await;
+            });
+        }
+        let result = call(raft, req).await.map_err(Lost::Remote)?;
+        if fate == Fate::DropReply {
+            return Err(Lost::Link(LinkDown(self.from, self.to)));
+        }
+        Ok(result)
+    }
+}
+
+/// A message that did not come back.
+enum Lost<E> {
+    Link(LinkDown),
+    Remote(E),
+}
+
+impl<E> Lost<E> {
+    fn rpc(self, to: NodeId) -> RPCError<NodeId, Node, E>
+    where
+        E: std::error::Error,
+    {
+        match self {
+            Lost::Link(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            Lost::Remote(e) => RPCError::RemoteError(RemoteError::new(to, e)),
+        }
     }
 }
 
@@ -139,13 +259,11 @@ impl RaftNetwork<TypeConfig> for MemLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let (raft, _) = self.target(self.to).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        raft.append_entries(rpc).await.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+        self.deliver(rpc, |raft, rpc| async move { raft.append_entries(rpc).await }).await.map_err(|e| e.rpc(self.to))
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, _option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
-        let (raft, _) = self.target(self.to).await.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        raft.vote(rpc).await.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+        self.deliver(rpc, |raft, rpc| async move { raft.vote(rpc).await }).await.map_err(|e| e.rpc(self.to))
     }
 
     async fn full_snapshot(
@@ -155,7 +273,8 @@ impl RaftNetwork<TypeConfig> for MemLink {
         _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let (raft, _) = self.target(self.to).await.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let ((raft, _), _) =
+            self.target(self.to).await.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
         raft.install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| StreamingError::RemoteError(RemoteError::new(self.to, e)))
@@ -171,12 +290,27 @@ fn forward_err(l: Local) -> ForwardError {
 
 impl LeaderLink for MemLink {
     async fn propose(&self, leader: NodeId, p: Proposal) -> Result<Outcomes, ForwardError> {
-        let (raft, _) = self.target(leader).await.map_err(|_| ForwardError::Unreachable(leader))?;
-        propose_local(&raft, p).await.map_err(forward_err)
+        let ((raft, _), fate) = self.target(leader).await.map_err(|_| ForwardError::Unreachable(leader))?;
+        let out = propose_local(&raft, p).await.map_err(forward_err)?;
+        if fate == Fate::DropReply {
+            // Committed, but the follower never hears: it retries, and the
+            // command is applied twice (every command is idempotent).
+            return Err(ForwardError::Unreachable(leader));
+        }
+        Ok(out)
     }
 
     async fn read(&self, leader: NodeId, r: ReadRequest) -> Result<Result<Answer, Errno>, ForwardError> {
-        let (raft, state) = self.target(leader).await.map_err(|_| ForwardError::Unreachable(leader))?;
-        read_local(&raft, &state, &r).await.map_err(forward_err)
+        let ((raft, state), fate) = self.target(leader).await.map_err(|_| ForwardError::Unreachable(leader))?;
+        let out = read_local(&raft, &state, &r).await.map_err(forward_err)?;
+        if fate == Fate::DropReply {
+            return Err(ForwardError::Unreachable(leader));
+        }
+        Ok(out)
+    }
+
+    async fn campaign(&self, to: NodeId, order: Campaign) -> Result<(), ForwardError> {
+        let ((raft, _), _) = self.target(to).await.map_err(|_| ForwardError::Unreachable(to))?;
+        crate::membership::obey(&raft, order).await
     }
 }

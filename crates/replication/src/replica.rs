@@ -19,6 +19,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::time::Instant;
 use wire::{Answer, Errno, Uuid};
 
+use crate::grpc::Campaign;
 use crate::state_machine::StateReader;
 use crate::types::{NodeId, Outcomes, Proposal, Raft};
 
@@ -34,7 +35,7 @@ pub struct ReadRequest {
 }
 
 /// Why a forwarded call failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ForwardError {
     /// The leader could not be reached.
     #[error("leader {0} unreachable")]
@@ -69,6 +70,8 @@ pub trait LeaderLink: Send + Sync + 'static {
         leader: NodeId,
         r: ReadRequest,
     ) -> impl Future<Output = Result<Result<Answer, Errno>, ForwardError>> + Send;
+    /// Gives node `to` a campaign order (leadership transfer).
+    fn campaign(&self, to: NodeId, order: Campaign) -> impl Future<Output = Result<(), ForwardError>> + Send;
 }
 
 /// How long to wait before retrying when no leader is known.
@@ -82,13 +85,25 @@ pub struct Replica<L: LeaderLink> {
     pub raft: Raft,
     /// Its applied state.
     pub state: StateReader,
-    link: L,
+    pub(crate) link: L,
+    /// Held for writing while leadership is handed over: proposals on this
+    /// node wait, so the log stops growing and the target can catch up.
+    pub(crate) gate: tokio::sync::RwLock<()>,
+    /// One membership change or transfer at a time.
+    pub(crate) changing: tokio::sync::Mutex<()>,
 }
 
 impl<L: LeaderLink> Replica<L> {
     /// Wraps a running Raft node.
     pub fn new(id: NodeId, raft: Raft, state: StateReader, link: L) -> Replica<L> {
-        Replica { id, raft, state, link }
+        Replica { id, raft, state, link, gate: tokio::sync::RwLock::new(()), changing: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Proposes on this node's Raft only (no forwarding), after any
+    /// leadership transfer under way.
+    pub(crate) async fn propose_here(&self, p: Proposal) -> Result<Outcomes, Local> {
+        let _open = self.gate.read().await;
+        propose_local(&self.raft, p).await
     }
 
     /// The leader this node currently knows of.
@@ -102,12 +117,7 @@ impl<L: LeaderLink> Replica<L> {
     /// writes hang (openraft 0.9); the deadline bounds every attempt, and a
     /// timeout means the outcome is unknown.
     pub async fn propose(&self, p: Proposal, deadline: Instant) -> Result<Outcomes, ReplicaError> {
-        self.with_leader(
-            deadline,
-            || propose_local(&self.raft, p.clone()),
-            |leader| self.link.propose(leader, p.clone()),
-        )
-        .await
+        self.with_leader(deadline, || self.propose_here(p.clone()), |leader| self.link.propose(leader, p.clone())).await
     }
 
     /// Answers `r` linearizably, forwarding to the leader.

@@ -1,0 +1,399 @@
+//! The production transport: gRPC (tonic 0.14) between the nodes.
+//!
+//! * [`GrpcNet`] is openraft's network factory. It keeps one lazily
+//!   connected HTTP/2 channel per peer address (a channel multiplexes every
+//!   call to that peer) and hands out [`GrpcLink`]s.
+//! * [`GrpcLink`] sends votes, appends and snapshots (a client stream of
+//!   1 MiB chunks), each call under a deadline; it also forwards proposals,
+//!   reads and campaign orders to the leader ([`LeaderLink`]).
+//! * [`PeerService`] is the server side. It refuses a call meant for
+//!   another node id, so a stale address cannot vote or commit.
+//!
+//! Payloads are openraft's serde types in postcard (see `proto/dmlogd/peer.proto`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{OptionalSend, Snapshot};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status, Streaming};
+use wire::{Answer, Errno};
+
+use crate::pb::peer::peer_client::PeerClient;
+use crate::pb::peer::peer_server::{Peer, PeerServer};
+use crate::pb::peer::{Envelope, SnapshotChunk, snapshot_chunk};
+use crate::replica::{ForwardError, LeaderLink, Local, ReadRequest, Replica, read_local};
+use crate::types::{Node, NodeId, Outcomes, Proposal, Raft, SnapshotMeta, TypeConfig, Vote, decode, encode};
+
+/// Largest message either side accepts: far above one snapshot chunk and
+/// one append batch.
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// Snapshot chunk size.
+pub const CHUNK: usize = 1 << 20;
+/// How long one snapshot chunk may wait for the receiver before the
+/// transfer is abandoned (openraft retries it).
+pub const CHUNK_DEADLINE: Duration = Duration::from_secs(10);
+/// Deadline of a forwarded proposal or read (the caller's own deadline
+/// also bounds it).
+pub const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// A campaign order, for leadership transfer (openraft 0.9 has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum Campaign {
+    /// Stand for election now.
+    Elect,
+    /// Do not start elections for this long (0: resume at once).
+    Hold {
+        /// Milliseconds.
+        millis: u64,
+    },
+}
+
+/// The network factory: one channel per peer, shared by every link to it.
+#[derive(Clone)]
+pub struct GrpcNet {
+    id: NodeId,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl GrpcNet {
+    /// The network of node `id`.
+    pub fn new(id: NodeId) -> GrpcNet {
+        GrpcNet { id, channels: Arc::default() }
+    }
+
+    /// The channel to `addr` (`host:port`), created lazily: no connection
+    /// is made until the first call, and a broken one is redialled.
+    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(addr.to_owned(), ch.clone());
+        Ok(ch)
+    }
+
+    fn client(&self, addr: &str) -> Result<PeerClient<Channel>, tonic::transport::Error> {
+        Ok(PeerClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// The link used by node `raft` to reach its leader, whoever that is.
+    pub fn leader_link(&self, raft: Raft) -> GrpcLeaderLink {
+        GrpcLeaderLink { net: self.clone(), raft }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNet {
+    type Network = GrpcLink;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> GrpcLink {
+        let client = self.client(&node.addr).map_err(|e| e.to_string());
+        GrpcLink { from: self.id, to: target, client }
+    }
+}
+
+/// A link to one peer.
+pub struct GrpcLink {
+    from: NodeId,
+    to: NodeId,
+    client: Result<PeerClient<Channel>, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TransportError(String);
+
+type RpcError = RPCError<NodeId, Node, RaftError<NodeId>>;
+
+/// How a failed call looks to openraft: an unreachable peer backs off, a
+/// transient failure is retried.
+fn status_to_rpc<E: std::error::Error>(s: &Status) -> RPCError<NodeId, Node, E> {
+    let e = TransportError(format!("{}: {}", s.code(), s.message()));
+    match s.code() {
+        Code::Unavailable | Code::FailedPrecondition | Code::Unimplemented => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        _ => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl GrpcLink {
+    fn envelope<T: Serialize>(&self, to: NodeId, v: &T) -> Result<Envelope, TransportError> {
+        let payload = encode(v).map_err(|e| TransportError(format!("encode: {e}")))?;
+        Ok(Envelope { from: self.from, to, payload })
+    }
+
+    fn client(&self) -> Result<PeerClient<Channel>, TransportError> {
+        self.client.clone().map_err(TransportError)
+    }
+
+    /// One unary Raft call under `ttl`.
+    async fn unary<Req, Resp>(
+        &mut self,
+        req: &Req,
+        ttl: Duration,
+        call: impl AsyncFnOnce(PeerClient<Channel>, Request<Envelope>) -> Result<Response<Envelope>, Status>,
+    ) -> Result<Resp, RpcError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        let env = self.envelope(self.to, req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let client = self.client().map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let mut request = Request::new(env);
+        request.set_timeout(ttl);
+        let reply = match tokio::time::timeout(ttl, call(client, request)).await {
+            Err(_) => return Err(RPCError::Network(NetworkError::new(&TransportError("deadline exceeded".into())))),
+            Ok(Err(s)) => return Err(status_to_rpc(&s)),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId>> =
+            decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GrpcLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        self.unary(&rpc, option.hard_ttl(), async |mut c, r| c.append_entries(r).await).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcError> {
+        self.unary(&rpc, option.hard_ttl(), async |mut c, r| c.vote(r).await).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let unreachable = |e: &TransportError| StreamingError::Unreachable(Unreachable::new(e));
+        let data = *snapshot.snapshot;
+        let head = SnapshotHead { vote, meta: snapshot.meta, len: data.len() as u64 };
+        let meta = self.envelope(self.to, &head).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let mut client = self.client().map_err(|e| unreachable(&e))?;
+        // A feeder task pushes the chunks; each one must be taken by the
+        // receiver within CHUNK_DEADLINE, or the stream ends short and the
+        // receiver refuses the incomplete snapshot.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let feeder = tokio::spawn(async move {
+            let first = SnapshotChunk { kind: Some(snapshot_chunk::Kind::Meta(meta)) };
+            if tx.send_timeout(first, CHUNK_DEADLINE).await.is_err() {
+                return;
+            }
+            for piece in data.chunks(CHUNK) {
+                let c = SnapshotChunk { kind: Some(snapshot_chunk::Kind::Data(piece.to_vec())) };
+                if tx.send_timeout(c, CHUNK_DEADLINE).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let result = tokio::select! {
+            r = client.install_snapshot(stream) => r,
+            closed = cancel => {
+                feeder.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+        };
+        feeder.abort();
+        let reply = result.map_err(|s| unreachable(&TransportError(format!("{}: {}", s.code(), s.message()))))?;
+        let out: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = decode(&reply.into_inner().payload)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&TransportError(e.to_string()))))?;
+        out.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.to, e)))
+    }
+}
+
+/// The first message of a snapshot stream.
+#[derive(Serialize, serde::Deserialize)]
+struct SnapshotHead {
+    vote: Vote,
+    meta: SnapshotMeta,
+    /// Total data length, so a stream cut short is recognised.
+    len: u64,
+}
+
+/// Forwards proposals, reads and campaign orders to the leader, found in
+/// the membership this node knows.
+#[derive(Clone)]
+pub struct GrpcLeaderLink {
+    net: GrpcNet,
+    raft: Raft,
+}
+
+impl GrpcLeaderLink {
+    fn addr(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// One forwarded call: `Result<T, ForwardError>` comes back.
+    async fn forward<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        to: NodeId,
+        req: &Req,
+        call: impl AsyncFnOnce(PeerClient<Channel>, Request<Envelope>) -> Result<Response<Envelope>, Status>,
+    ) -> Result<T, ForwardError> {
+        let addr = self.addr(to).ok_or(ForwardError::Unreachable(to))?;
+        let client = self.net.client(&addr).map_err(|_| ForwardError::Unreachable(to))?;
+        let payload = encode(req).map_err(|e| ForwardError::Fatal(e.to_string()))?;
+        let mut request = Request::new(Envelope { from: self.net.id, to, payload });
+        request.set_timeout(FORWARD_DEADLINE);
+        let reply = match tokio::time::timeout(FORWARD_DEADLINE, call(client, request)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(_)) | Err(_) => return Err(ForwardError::Unreachable(to)),
+        };
+        let out: Result<T, ForwardError> = decode(&reply.payload).map_err(|_| ForwardError::Unreachable(to))?;
+        out
+    }
+
+    /// Sends a campaign order to `to`.
+    pub async fn campaign(&self, to: NodeId, order: Campaign) -> Result<(), ForwardError> {
+        self.forward(to, &order, async |mut c, r| c.campaign(r).await).await
+    }
+}
+
+impl LeaderLink for GrpcLeaderLink {
+    async fn propose(&self, leader: NodeId, p: Proposal) -> Result<Outcomes, ForwardError> {
+        self.forward(leader, &p, async |mut c, r| c.propose(r).await).await
+    }
+
+    async fn read(&self, leader: NodeId, r: ReadRequest) -> Result<Result<Answer, Errno>, ForwardError> {
+        self.forward(leader, &r, async |mut c, req| c.read(req).await).await
+    }
+
+    async fn campaign(&self, to: NodeId, order: Campaign) -> Result<(), ForwardError> {
+        GrpcLeaderLink::campaign(self, to, order).await
+    }
+}
+
+/// The server side of `dmlogd.peer.Peer` for one node.
+pub struct PeerService {
+    replica: Arc<Replica<GrpcLeaderLink>>,
+}
+
+impl PeerService {
+    /// Serves `replica`'s node.
+    pub fn new(replica: Arc<Replica<GrpcLeaderLink>>) -> PeerService {
+        PeerService { replica }
+    }
+
+    /// The tonic service, with raised message limits.
+    pub fn into_server(self) -> PeerServer<PeerService> {
+        PeerServer::new(self).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    fn open<T: DeserializeOwned>(&self, env: &Envelope) -> Result<T, Status> {
+        if env.to != self.replica.id {
+            return Err(Status::failed_precondition(format!(
+                "this is node {}, not node {} (stale address?)",
+                self.replica.id, env.to
+            )));
+        }
+        decode(&env.payload).map_err(|e| Status::invalid_argument(format!("payload from node {}: {e}", env.from)))
+    }
+
+    fn seal<T: Serialize>(&self, to: NodeId, v: &T) -> Result<Response<Envelope>, Status> {
+        let payload = encode(v).map_err(|e| Status::internal(format!("encode: {e}")))?;
+        Ok(Response::new(Envelope { from: self.replica.id, to, payload }))
+    }
+
+    fn raft(&self) -> &Raft {
+        &self.replica.raft
+    }
+}
+
+fn forward_err(l: Local) -> ForwardError {
+    match l {
+        Local::Forward(_) => ForwardError::NotLeader,
+        Local::Fatal(e) => ForwardError::Fatal(e),
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn vote(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let env = request.into_inner();
+        let req: VoteRequest<NodeId> = self.open(&env)?;
+        let out = self.raft().vote(req).await;
+        self.seal(env.from, &out)
+    }
+
+    async fn append_entries(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let env = request.into_inner();
+        let req: AppendEntriesRequest<TypeConfig> = self.open(&env)?;
+        let out = self.raft().append_entries(req).await;
+        self.seal(env.from, &out)
+    }
+
+    async fn install_snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<Envelope>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.and_then(|c| c.kind);
+        let Some(snapshot_chunk::Kind::Meta(env)) = first else {
+            return Err(Status::invalid_argument("a snapshot stream starts with its metadata"));
+        };
+        let head: SnapshotHead = self.open(&env)?;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            match chunk.kind {
+                Some(snapshot_chunk::Kind::Data(d)) => data.extend_from_slice(&d),
+                _ => return Err(Status::invalid_argument("a second metadata message in a snapshot stream")),
+            }
+            if data.len() as u64 > head.len {
+                return Err(Status::invalid_argument("snapshot longer than announced"));
+            }
+        }
+        if data.len() as u64 != head.len {
+            return Err(Status::aborted(format!("snapshot cut short: {} of {} bytes", data.len(), head.len)));
+        }
+        let snapshot = Snapshot { meta: head.meta, snapshot: Box::new(data) };
+        let out = self.raft().install_full_snapshot(head.vote, snapshot).await;
+        self.seal(env.from, &out)
+    }
+
+    async fn propose(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let env = request.into_inner();
+        let p: Proposal = self.open(&env)?;
+        let out = self.replica.propose_here(p).await.map_err(forward_err);
+        self.seal(env.from, &out)
+    }
+
+    async fn read(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let env = request.into_inner();
+        let r: ReadRequest = self.open(&env)?;
+        let out = read_local(self.raft(), &self.replica.state, &r).await.map_err(forward_err);
+        self.seal(env.from, &out)
+    }
+
+    async fn campaign(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let env = request.into_inner();
+        let order: Campaign = self.open(&env)?;
+        let out = self.replica.obey(order).await;
+        self.seal(env.from, &out)
+    }
+}

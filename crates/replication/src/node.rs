@@ -1,0 +1,136 @@
+//! Starting one Raft node: its redb store, its state machine, its Raft
+//! core, and (for production) its gRPC server for peers and the admin.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::admin::AdminService;
+use crate::grpc::{GrpcLeaderLink, GrpcNet, PeerService};
+use crate::log_store::LogStore;
+use crate::membership::bootstrap;
+use crate::replica::Replica;
+use crate::state_machine::{AppliedEffects, StateMachine};
+use crate::types::{NodeId, Raft};
+
+/// Raft timing and log retention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftSettings {
+    /// Leader heartbeat, ms. Must exceed the p99 of one append round trip
+    /// including the follower's sync.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, ms. The upper bound is also the leader
+    /// lease a follower grants.
+    pub election_min_ms: u64,
+    /// See `election_min_ms`.
+    pub election_max_ms: u64,
+    /// A snapshot is taken after this many entries.
+    pub snapshot_every: u64,
+    /// Entries kept behind the last snapshot for slow followers.
+    pub keep_behind_snapshot: u64,
+}
+
+impl Default for RaftSettings {
+    /// LAN values: heartbeat 100 ms, elections 750–1500 ms.
+    fn default() -> RaftSettings {
+        RaftSettings {
+            heartbeat_ms: 100,
+            election_min_ms: 750,
+            election_max_ms: 1500,
+            snapshot_every: 10_000,
+            keep_behind_snapshot: 1_000,
+        }
+    }
+}
+
+impl RaftSettings {
+    /// The validated openraft configuration.
+    pub fn config(&self) -> Result<Arc<openraft::Config>, String> {
+        let c = openraft::Config {
+            cluster_name: "dmlogd".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_min_ms,
+            election_timeout_max: self.election_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
+            ..openraft::Config::default()
+        };
+        c.validate().map(Arc::new).map_err(|e| format!("raft settings: {e}"))
+    }
+}
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store did not open.
+    #[error(transparent)]
+    Store(#[from] crate::log_store::OpenError),
+    /// Bad settings, or Raft refused to start or bootstrap.
+    #[error("{0}")]
+    Raft(String),
+    /// The listening socket.
+    #[error("listen: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// A running node with its gRPC server.
+pub struct GrpcNode {
+    /// Its replica (propose, read, membership).
+    pub replica: Arc<Replica<GrpcLeaderLink>>,
+    /// Effects of every applied command, in log order.
+    pub effects: mpsc::UnboundedReceiver<AppliedEffects>,
+    /// The address the server listens on.
+    pub addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl GrpcNode {
+    /// Opens the store at `path`, starts Raft and serves peers and admin on
+    /// `listener`. With `initial` members, a pristine store is bootstrapped
+    /// with them (see [`bootstrap`]).
+    pub async fn start(
+        id: NodeId,
+        path: &Path,
+        listener: TcpListener,
+        settings: RaftSettings,
+        initial: Option<&BTreeMap<NodeId, String>>,
+    ) -> Result<GrpcNode, StartError> {
+        let (log, db) = LogStore::open(path)?;
+        let (tx, effects) = mpsc::unbounded_channel();
+        let sm = StateMachine::open(db).map_err(StartError::Raft)?.with_effects(tx);
+        let state = sm.reader();
+        let net = GrpcNet::new(id);
+        let raft = Raft::new(id, settings.config().map_err(StartError::Raft)?, net.clone(), log, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let replica = Arc::new(Replica::new(id, raft.clone(), state, net.leader_link(raft.clone())));
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .add_service(PeerService::new(replica.clone()).into_server())
+            .add_service(AdminService::new(replica.clone()).into_server())
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            });
+        let server = tokio::spawn(server);
+        if let Some(members) = initial {
+            bootstrap(&raft, members).await.map_err(StartError::Raft)?;
+        }
+        Ok(GrpcNode { replica, effects, addr, stop: Some(stop), server })
+    }
+
+    /// Stops the server and the Raft core.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.replica.raft.shutdown().await;
+        let _ = (&mut self.server).await;
+    }
+}
