@@ -53,10 +53,17 @@ pub struct RaftCluster {
 pub enum Storage {
     /// redb files in a directory, written by the group-commit thread.
     Dir(PathBuf),
-    /// redb's in-memory backend, written inline: no threads, so a
-    /// single-threaded runtime with paused time runs deterministically.
-    /// The databases outlive a node's crash (they are its "disk").
-    Memory(BTreeMap<u64, Arc<redb::Database>>),
+    /// redb's in-memory backend written by a flusher task whose every sync
+    /// takes `sync_latency` of simulated time: no threads, so a
+    /// single-threaded runtime with paused time runs deterministically. The
+    /// databases outlive a node's crash (they are its "disk"); the writes
+    /// still queued in the flusher are lost in the crash.
+    Memory {
+        /// The disks, by node.
+        dbs: BTreeMap<u64, Arc<redb::Database>>,
+        /// Simulated time of one sync.
+        sync_latency: Duration,
+    },
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -89,7 +96,8 @@ fn plant_dropped_marks(c: regions::Command) -> regions::Command {
     }
 }
 
-/// Debug trace of requests touching one region (`DMLOGD_TRACE_REGION`).
+/// Debug trace of requests touching one region (`DMLOGD_TRACE_REGION`;
+/// 18446744073709551615 traces every request).
 pub static TRACE: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn trace_region() -> Option<u64> {
@@ -98,6 +106,9 @@ fn trace_region() -> Option<u64> {
 
 fn touches(req: &wire::Request, r: u64) -> bool {
     use wire::Request as Q;
+    if r == u64::MAX {
+        return true;
+    }
     match req {
         Q::InSync(x) | Q::IsRemoteRecovering(x) | Q::SetRegionSync { region: x, .. } => x.0 == r,
         Q::MarkRegion(rs) | Q::ClearRegion(rs) | Q::Flush { marks: rs } => rs.iter().any(|x| x.0 == r),
@@ -179,7 +190,7 @@ impl RaftCluster {
     async fn boot(&mut self, id: u64) {
         let opened = match &mut self.storage {
             Storage::Dir(dir) => LogStore::open(&dir.join(format!("node{id}.redb"))),
-            Storage::Memory(dbs) => {
+            Storage::Memory { dbs, sync_latency } => {
                 let db = dbs
                     .entry(id)
                     .or_insert_with(|| {
@@ -188,7 +199,7 @@ impl RaftCluster {
                         Arc::new(db.unwrap_or_else(|e| panic!("in-memory redb: {e}")))
                     })
                     .clone();
-                LogStore::with_database(db, FlushMode::Inline)
+                LogStore::with_database(db, FlushMode::Task { sync_latency: *sync_latency })
             }
         };
         let (log, db) = opened.unwrap_or_else(|e| panic!("open store of node {id}: {e}"));
@@ -221,6 +232,9 @@ impl RaftCluster {
 
     /// The node (kernel and daemon) dies.
     pub async fn crash(&mut self, id: u64) {
+        if trace_region().is_some() {
+            lock(&TRACE).push(format!("{:?} n{id} CRASH", Instant::now()));
+        }
         if let Some(n) = self.nodes.remove(&id) {
             n.driver.abort();
             self.net.unregister(id);
@@ -236,6 +250,9 @@ impl RaftCluster {
     /// and its Raft node restarted from its store; it rejoins and loads the
     /// table again.
     pub async fn reboot(&mut self, id: u64) -> bool {
+        if trace_region().is_some() {
+            lock(&TRACE).push(format!("{:?} n{id} REBOOT", Instant::now()));
+        }
         if self.nodes.contains_key(&id) {
             return false;
         }
@@ -254,6 +271,9 @@ impl RaftCluster {
     /// Some live node proposes the eviction of `id` (the liveness layer's
     /// job, done by hand here).
     pub async fn evict(&self, id: u64) -> bool {
+        if trace_region().is_some() {
+            lock(&TRACE).push(format!("{:?} n{id} EVICT proposed", Instant::now()));
+        }
         let Some(n) = self.nodes.values().find(|n| n.id != id) else { return false };
         let p = Proposal { commands: vec![regions::Command::NodeEvicted { node: Rn(id) }] };
         n.replica.propose(p, Instant::now() + Duration::from_secs(10)).await.is_ok()
@@ -272,17 +292,30 @@ impl RaftCluster {
     /// kernel saw a violation.
     pub async fn verify(&self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
-        let idle = || self.nodes.values().all(|n| lock(&n.kernel).is_idle());
-        while !idle() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Settled: every kernel idle, every replica at the same applied
+        // index, and no kernel still to be kicked after an eviction (a kick
+        // reaches a follower's kernel only when it applies the entry).
+        let settled = || {
+            let applied: Vec<_> = self.nodes.values().map(|n| n.replica.state.last_applied()).collect();
+            self.nodes.values().all(|n| lock(&n.kernel).is_idle())
+                && applied.windows(2).all(|w| w[0] == w[1])
+                && self
+                    .nodes
+                    .values()
+                    .all(|n| n.replica.state.read(|m| m.logs().values().all(|l| l.awaiting_resume().is_empty())))
+        };
+        let wait_settled = async || {
+            let mut quiet = 0;
+            while quiet < 3 && Instant::now() < deadline {
+                quiet = if settled() { quiet + 1 } else { 0 };
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        wait_settled().await;
         for n in self.nodes.values() {
             lock(&n.kernel).status(n.mirror);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        while !idle() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_settled().await;
         let mut problems = Vec::new();
         for n in self.nodes.values() {
             let k = lock(&n.kernel);

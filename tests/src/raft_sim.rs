@@ -2,9 +2,11 @@
 //! (openraft, redb in memory, the in-memory network) with one simulated
 //! kernel each, on a single-threaded tokio runtime with paused time.
 //!
-//! One seed decides everything: the log flavour, the workload, which node
-//! is cut off from the others and when, which node crashes mid-write, and
-//! whether it comes back. Faults first (safety phase), then the network
+//! One seed decides everything: the log flavour, the workload, the sync
+//! latency of the simulated disks, the rates of lost requests, lost
+//! replies and late duplicates on the network, which node is cut off from
+//! the others and when, which node crashes mid-write (losing what its disk
+//! had not synced), and whether it comes back. Faults first (safety phase), then the network
 //! heals and the cluster must converge (liveness phase): every node's
 //! `dmsetup status` shows the mirror in sync, the legs are identical and
 //! every replica holds the same state. Every request is checked by the
@@ -18,6 +20,8 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+
+use replication::memnet::Faults;
 
 use crate::raft_cluster::{RaftCluster, Storage};
 
@@ -54,7 +58,19 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let log_args = if rng.random_bool(0.5) { "clustered-core 8 nosync" } else { "clustered-core 8" };
     let regions = 32;
-    let mut c = RaftCluster::start_with(Storage::Memory(BTreeMap::new()), 3, log_args, regions).await;
+    // Every sync takes 0.1–2 ms; unsynced writes die with their node.
+    let sync_latency = Duration::from_micros(rng.random_range(100..2000));
+    let storage = Storage::Memory { dbs: BTreeMap::new(), sync_latency };
+    let mut c = RaftCluster::start_with(storage, 3, log_args, regions).await;
+    // Lost requests, lost replies, late duplicates and jitter on every
+    // message, from the seed.
+    let faults = Faults {
+        drop_request: rng.random_range(0.0..0.02),
+        drop_reply: rng.random_range(0.0..0.02),
+        duplicate: rng.random_range(0.0..0.05),
+        jitter: Duration::from_micros(rng.random_range(0..3000)),
+    };
+    c.net.set_faults(faults, rng.random());
     let mut summary = SimSummary { seed, crashed: None, rebooted: false, partitions: 0, sim_ms: 0, fingerprint: 0 };
 
     // Safety phase: writes from every node, with a node cut off now and then.
@@ -123,6 +139,8 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     }
 
     // Liveness phase: no more faults; the cluster must converge.
+    c.net.heal();
+    c.net.set_faults(Faults::default(), 0);
     let verdict = c.verify(Duration::from_secs(120)).await;
     summary.sim_ms = c.now_ms();
     let mut h = DefaultHasher::new();

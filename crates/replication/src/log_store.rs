@@ -35,7 +35,7 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote, any, decode, en
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
-const VOTE: &str = "vote";
+pub(crate) const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
@@ -58,10 +58,14 @@ struct Mem {
 
 type Ack = oneshot::Sender<Result<(), io::Error>>;
 
+/// The latest commit index not yet written. It needs no sync of its own: a
+/// commit index that lags is safe (openraft re-learns it from the leader),
+/// so it rides along with the next batch.
+type Pending = Arc<Mutex<Option<Vec<u8>>>>;
+
 enum Write {
     Append(Vec<(u64, Vec<u8>)>, LogFlushed<TypeConfig>),
     Vote(Vec<u8>, Ack),
-    Committed(Vec<u8>),
     Truncate(u64, Ack),
     Purge(u64, Vec<u8>, Ack),
 }
@@ -74,6 +78,7 @@ enum Queue {
 
 struct Inner {
     mem: Mutex<Mem>,
+    committed: Pending,
     queue: Mutex<Option<Queue>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
     /// The flusher task of [`FlushMode::Task`].
@@ -185,25 +190,28 @@ impl LogStore {
             }
         }
         let stats = Arc::new(FlushStats::default());
+        let committed: Pending = Arc::default();
         let inner = match mode {
             FlushMode::Thread => {
                 let (tx, rx) = mpsc::channel();
                 let flusher = {
                     let db = db.clone();
                     let stats = stats.clone();
+                    let committed = committed.clone();
                     std::thread::Builder::new()
                         .name("raft-log-flusher".into())
-                        .spawn(move || flush_loop(&db, &rx, &stats))
+                        .spawn(move || flush_loop(&db, &rx, &stats, &committed))
                         .map_err(db_err)?
                 };
                 let (queue, flusher) = (Mutex::new(Some(Queue::Thread(tx))), Mutex::new(Some(flusher)));
-                Inner { mem: Mutex::new(mem), queue, flusher, task: Mutex::new(None), stats, inline: None }
+                Inner { mem: Mutex::new(mem), committed, queue, flusher, task: Mutex::new(None), stats, inline: None }
             }
             FlushMode::Task { sync_latency } => {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let task = tokio::spawn(flush_task(db.clone(), rx, stats.clone(), sync_latency));
+                let task = tokio::spawn(flush_task(db.clone(), rx, stats.clone(), committed.clone(), sync_latency));
                 Inner {
                     mem: Mutex::new(mem),
+                    committed,
                     queue: Mutex::new(Some(Queue::Task(tx))),
                     flusher: Mutex::new(None),
                     task: Mutex::new(Some(task)),
@@ -213,6 +221,7 @@ impl LogStore {
             }
             FlushMode::Inline => Inner {
                 mem: Mutex::new(mem),
+                committed,
                 queue: Mutex::new(None),
                 flusher: Mutex::new(None),
                 task: Mutex::new(None),
@@ -235,7 +244,7 @@ impl LogStore {
     fn queue(&self, w: Write) -> Result<(), StorageError> {
         if let Some(db) = &self.inner.inline {
             let batch = vec![w];
-            let result = write_batch(db, &batch);
+            let result = write_batch(db, &batch, &self.inner.committed);
             complete(batch, &result, &self.inner.stats);
             return Ok(());
         }
@@ -267,14 +276,18 @@ fn encode_err(e: postcard::Error) -> StorageError {
 }
 
 /// The flusher: one redb transaction and one sync per batch of queued writes.
-fn flush_loop(db: &Database, rx: &mpsc::Receiver<Write>, stats: &FlushStats) {
+fn flush_loop(db: &Database, rx: &mpsc::Receiver<Write>, stats: &FlushStats, committed: &Pending) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(next) = rx.try_recv() {
             batch.push(next);
         }
-        let result = write_batch(db, &batch);
+        let result = write_batch(db, &batch, committed);
         complete(batch, &result, stats);
+    }
+    // The store is closing: the last commit index goes down too.
+    if lock(committed).is_some() {
+        let _ = write_batch(db, &[], committed);
     }
 }
 
@@ -284,6 +297,7 @@ async fn flush_task(
     db: Arc<Database>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Write>,
     stats: Arc<FlushStats>,
+    committed: Pending,
     sync_latency: std::time::Duration,
 ) {
     while let Some(first) = rx.recv().await {
@@ -292,7 +306,7 @@ async fn flush_task(
         while let Ok(next) = rx.try_recv() {
             batch.push(next);
         }
-        let result = write_batch(&db, &batch);
+        let result = write_batch(&db, &batch, &committed);
         complete(batch, &result, &stats);
     }
 }
@@ -308,16 +322,18 @@ fn complete(batch: Vec<Write>, result: &Result<(), String>, stats: &FlushStats) 
             Write::Vote(_, ack) | Write::Truncate(_, ack) | Write::Purge(_, _, ack) => {
                 let _ = ack.send(r);
             }
-            Write::Committed(_) => {}
         }
     }
 }
 
-fn write_batch(db: &Database, batch: &[Write]) -> Result<(), String> {
+fn write_batch(db: &Database, batch: &[Write], committed: &Pending) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
         let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        if let Some(bytes) = lock(committed).take() {
+            meta.insert(COMMITTED, bytes.as_slice()).map_err(|e| e.to_string())?;
+        }
         for w in batch {
             match w {
                 Write::Append(entries, _) => {
@@ -327,9 +343,6 @@ fn write_batch(db: &Database, batch: &[Write]) -> Result<(), String> {
                 }
                 Write::Vote(bytes, _) => {
                     meta.insert(VOTE, bytes.as_slice()).map_err(|e| e.to_string())?;
-                }
-                Write::Committed(bytes) => {
-                    meta.insert(COMMITTED, bytes.as_slice()).map_err(|e| e.to_string())?;
                 }
                 Write::Truncate(from, _) => {
                     log.retain_in(*from.., |_, _| false).map_err(|e| e.to_string())?;
@@ -392,7 +405,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Lazy: a committed index that lags is safe; the next flush carries it.
         let bytes = encode(&committed).map_err(encode_err)?;
         self.mem().committed = committed;
-        self.queue(Write::Committed(bytes))
+        *lock(&self.inner.committed) = Some(bytes);
+        if let Some(db) = &self.inner.inline {
+            write_batch(db, &[], &self.inner.committed).map_err(|e| StorageIOError::write_logs(any(e)))?;
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

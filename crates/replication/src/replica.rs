@@ -74,6 +74,9 @@ pub trait LeaderLink: Send + Sync + 'static {
     fn campaign(&self, to: NodeId, order: Campaign) -> impl Future<Output = Result<(), ForwardError>> + Send;
 }
 
+/// How long a read waits for the restart floor before the caller retries.
+const FLOOR_WAIT: Duration = Duration::from_secs(2);
+
 /// How long to wait before retrying when no leader is known.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -197,7 +200,18 @@ pub(crate) async fn read_local(
     r: &ReadRequest,
 ) -> Result<Result<Answer, Errno>, Local> {
     match raft.ensure_linearizable().await {
-        Ok(_) => Ok(state.read(|m| m.read(&r.uuid, r.instance, &r.query).map_err(|e| e.errno()))),
+        Ok(_) => {
+            let (term, floor) = state.read_floor();
+            let same_term = raft.metrics().borrow().current_term == term;
+            if same_term && state.last_applied().map_or(0, |l| l.index) < floor {
+                let waited =
+                    raft.wait(Some(FLOOR_WAIT)).applied_index_at_least(Some(floor), "read floor after restart").await;
+                if waited.is_err() {
+                    return Err(Local::Forward(None));
+                }
+            }
+            Ok(state.read(|m| m.read(&r.uuid, r.instance, &r.query).map_err(|e| e.errno())))
+        }
         Err(RaftError::Fatal(e)) => Err(Local::Fatal(e.to_string())),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(Local::Forward(f.leader_id)),
         // Leadership not confirmed by a quorum: ask again later.

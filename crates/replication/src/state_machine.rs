@@ -16,13 +16,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::log_store::META;
+use crate::log_store::{LOG, META, VOTE};
 use crate::types::{
-    Entry, LogId, Outcome, Outcomes, SnapshotMeta, StorageError, StoredMembership, TypeConfig, any, decode, encode,
+    Entry, LogId, Outcome, Outcomes, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote, any, decode,
+    encode,
 };
 
 const SNAPSHOT: &str = "snapshot";
@@ -57,6 +58,7 @@ pub struct StateMachine {
     state: Arc<Mutex<State>>,
     snapshots_built: Arc<AtomicU64>,
     effects: Option<mpsc::UnboundedSender<AppliedEffects>>,
+    read_floor: Arc<(u64, u64)>,
 }
 
 /// Read access to a node's applied state, for answering queries after a
@@ -64,6 +66,9 @@ pub struct StateMachine {
 #[derive(Clone)]
 pub struct StateReader {
     state: Arc<Mutex<State>>,
+    /// The term and last log index this node held when it started (see
+    /// [`StateReader::read_floor`]).
+    floor: Arc<(u64, u64)>,
 }
 
 impl StateReader {
@@ -75,6 +80,20 @@ impl StateReader {
     /// The last applied log id.
     pub fn last_applied(&self) -> Option<LogId> {
         lock(&self.state).last_applied
+    }
+
+    /// The term this node was in when it started, and the index reads in
+    /// that term must wait for: its last log index at start.
+    ///
+    /// openraft 0.9 restores a leader after a restart without a new
+    /// election, so without the blank entry whose commit would prove its
+    /// commit index, and its read index is then the commit index loaded
+    /// from disk, which may lag. Every entry that leader committed before
+    /// is in its own log, so waiting until that log is applied makes its
+    /// reads linearizable again. In any later term the new leader's blank
+    /// entry does that job and the floor no longer applies.
+    pub fn read_floor(&self) -> (u64, u64) {
+        *self.floor
     }
 }
 
@@ -89,6 +108,31 @@ fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, String> {
     decode(bytes.value()).map(Some).map_err(|e| e.to_string())
 }
 
+/// The term of the stored vote (0 for none).
+fn start_term(db: &Database) -> Result<u64, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let meta = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.to_string()),
+    };
+    let Some(bytes) = meta.get(VOTE).map_err(|e| e.to_string())? else { return Ok(0) };
+    let vote: Vote = decode(bytes.value()).map_err(|e| e.to_string())?;
+    Ok(vote.leader_id().term)
+}
+
+/// The index of the last stored log entry (0 for an empty log).
+fn last_log_index(db: &Database) -> Result<u64, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let log = match txn.open_table(LOG) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.to_string()),
+    };
+    let last = log.last().map_err(|e| e.to_string())?;
+    Ok(last.map_or(0, |(k, _)| k.value()))
+}
+
 fn write_snapshot(db: &Database, s: &StoredSnapshot) -> Result<(), String> {
     let bytes = encode(s).map_err(|e| e.to_string())?;
     let txn = db.begin_write().map_err(|e| e.to_string())?;
@@ -98,7 +142,8 @@ fn write_snapshot(db: &Database, s: &StoredSnapshot) -> Result<(), String> {
 
 impl StateMachine {
     /// Opens the state machine on the log store's database, restoring the
-    /// last snapshot if there is one.
+    /// last snapshot if there is one, and sets the read floor to the last
+    /// index of the stored log (see [`StateReader::read_floor`]).
     pub fn open(db: Arc<Database>) -> Result<StateMachine, String> {
         let mut state = State::default();
         if let Some(s) = read_snapshot(&db)? {
@@ -106,17 +151,19 @@ impl StateMachine {
             state.last_applied = s.meta.last_log_id;
             state.membership = s.meta.last_membership.clone();
         }
+        let floor = (start_term(&db)?, last_log_index(&db)?);
         Ok(StateMachine {
             db,
             state: Arc::new(Mutex::new(state)),
             snapshots_built: Arc::new(AtomicU64::new(0)),
+            read_floor: Arc::new(floor),
             effects: None,
         })
     }
 
     /// A reader of this state machine's applied state.
     pub fn reader(&self) -> StateReader {
-        StateReader { state: self.state.clone() }
+        StateReader { state: self.state.clone(), floor: self.read_floor.clone() }
     }
 
     /// Sends the effects of every applied command to `tx`.
