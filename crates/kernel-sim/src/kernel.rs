@@ -252,6 +252,16 @@ impl Kernel {
         (0..self.mirrors.len()).map(MirrorId).collect()
     }
 
+    /// Whether a write bio of mirror `mi` is waiting for a log reply
+    /// (IS_REMOTE_RECOVERING or IN_SYNC on its way through kmirrord): it is
+    /// in flight for dm core, and a suspend waits for it like any other.
+    fn bio_awaits_reply(&self, mi: usize) -> bool {
+        self.outstanding.values().any(|o| {
+            o.mirror == mi
+                && matches!(o.purpose, Purpose::RemoteRecovering(_) | Purpose::GetState(_) | Purpose::Alloc(..))
+        })
+    }
+
     /// Whether nothing is outstanding, queued, in flight or scheduled.
     pub fn is_idle(&self) -> bool {
         self.outstanding.is_empty()
@@ -386,6 +396,7 @@ impl Kernel {
     /// Runs one step of a thread, starting new work when it is idle.
     fn step_thread(&mut self, mi: usize, who: Who) -> bool {
         let now = self.now_ms;
+        let bio_awaits_reply = self.bio_awaits_reply(mi);
         let m = &mut self.mirrors[mi];
         if m.thread(who).waiting.is_some() {
             return false;
@@ -407,12 +418,13 @@ impl Kernel {
                 m.thread(who).steps.push_front(step);
                 return false;
             }
-            Step::WaitIoDrained if !m.io_drained() => {
+            Step::WaitIoDrained if !m.io_drained() || bio_awaits_reply => {
                 m.thread(who).steps.push_front(step);
                 return false;
             }
             Step::WaitRecoveryIdle | Step::WaitIoDrained => {}
             Step::StopRecovery => m.recovery_enabled = false,
+            Step::BlockIo => m.io_blocked = true,
             Step::ForceDelayedFlush => {
                 if m.delayed_flush_at.take().is_some() {
                     m.thread(who).steps.push_front(Step::Send(Request::Flush { marks: vec![] }, Purpose::Log(false)));
@@ -676,6 +688,7 @@ impl Kernel {
                 }
                 m.recovery_enabled = true;
                 m.woken = true;
+                m.io_blocked = false;
                 let held = std::mem::take(&mut m.held);
                 m.writes.extend(held);
             }
@@ -846,7 +859,12 @@ fn start_work(m: &mut Mirror, who: Who, create_gap_ms: u64) -> bool {
 
 fn job_steps(m: &mut Mirror, job: Job, create_gap_ms: u64) -> Vec<Step> {
     let suspend = |with_io_wait: bool| {
-        let mut v = vec![Step::StopRecovery, Step::WaitRecoveryIdle, Step::Send(Request::Presuspend, Purpose::Suspend)];
+        let mut v = vec![
+            Step::BlockIo,
+            Step::StopRecovery,
+            Step::WaitRecoveryIdle,
+            Step::Send(Request::Presuspend, Purpose::Suspend),
+        ];
         if with_io_wait {
             v.push(Step::WaitIoDrained);
         }

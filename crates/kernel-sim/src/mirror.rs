@@ -122,6 +122,8 @@ pub(crate) enum Step {
     WaitRecoveryIdle,
     WaitIoDrained,
     ForceDelayedFlush,
+    /// dm core starts holding new bios: a suspend has begun.
+    BlockIo,
     Suspended,
     PrepareResume,
 }
@@ -175,6 +177,8 @@ pub(crate) struct Mirror {
     pub writes: VecDeque<Bio>,
     pub requeued: Vec<(u64, Bio)>,
     pub held: Vec<Bio>,
+    /// Set when a suspend begins, cleared by RESUME: new bios are held.
+    pub io_blocked: bool,
     pub batch: Vec<(Bio, RState)>,
     pub inflight: Vec<InFlight>,
     pub delayed_flush_at: Option<u64>,
@@ -211,6 +215,7 @@ impl Mirror {
             writes: VecDeque::new(),
             requeued: Vec::new(),
             held: Vec::new(),
+            io_blocked: false,
             batch: Vec::new(),
             inflight: Vec::new(),
             delayed_flush_at: None,
@@ -235,7 +240,7 @@ impl Mirror {
 
     /// Accepts I/O: dm holds bios while the device is suspended.
     pub fn accepts_io(&self) -> bool {
-        self.life == Life::Active && !self.jobs.contains(&Job::Suspend)
+        self.life == Life::Active && !self.io_blocked && !self.jobs.contains(&Job::Suspend)
     }
 
     /// Whether no write bio is anywhere between its arrival and its
