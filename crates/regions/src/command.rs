@@ -123,6 +123,11 @@ pub enum KernelOp {
         /// In sync (recovered) or not (failure).
         in_sync: bool,
     },
+    /// IS_REMOTE_RECOVERING as the kernel's write path asks it: answered as
+    /// [`Query::IsRemoteRecovering`], and a state change when the answer
+    /// lets an unmarked write go to the default leg only (see
+    /// `Log::halted_passes`).
+    IsRemoteRecovering(Region),
 }
 
 /// The read-only kernel requests.

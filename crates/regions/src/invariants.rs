@@ -183,10 +183,23 @@ pub fn check_log(log: &Log) -> Result<(), Violation> {
     i02_marked_regions_not_clean(log)?;
     i03_clean_implies_in_sync(log)?;
     i06_one_recoverer_per_region(log)?;
+    i06_no_copy_under_an_unmarked_write(log)?;
     i08_sync_count_in_range(log)?;
     i09_assignments_recoverable(log)?;
     i11_instances_share_geometry(log)?;
     i13_geometry_valid(log)
+}
+
+/// I6: no instance is copying a region another instance was let write
+/// unmarked to the default leg while recovery was halted, before that
+/// writer drained its writes.
+pub fn i06_no_copy_under_an_unmarked_write(log: &Log) -> Result<(), Violation> {
+    for (i, r) in log.assignments() {
+        if log.passed_to_another(*r, *i) {
+            return fail("I6", log, Some(*r), format!("{i} copies it while another kernel may write it unmarked"));
+        }
+    }
+    Ok(())
 }
 
 /// Every state invariant of the machine.

@@ -49,7 +49,9 @@ pub fn route(node: NodeId, msg: &Message) -> Routed {
         Request::GetSyncCount => query(Query::GetSyncCount),
         Request::StatusInfo => query(Query::StatusInfo),
         Request::StatusTable => query(Query::StatusTable),
-        Request::IsRemoteRecovering(r) => query(Query::IsRemoteRecovering(*r)),
+        // A command: its answer may let an unmarked write through, which
+        // the state must remember (see `Log::halted_passes`).
+        Request::IsRemoteRecovering(r) => cmd(KernelOp::IsRemoteRecovering(*r)),
     }
 }
 

@@ -108,6 +108,15 @@ pub struct Log {
     pub(crate) kick_queue: Vec<NodeId>,
     /// The survivor being kicked now.
     pub(crate) kicking: Option<NodeId>,
+    /// Out-of-sync regions an instance was told nobody recovers while no
+    /// instance anywhere was resumed (recovery halted: holding the write
+    /// would hang that kernel's own suspend). Its kernel then writes them
+    /// to the default leg only, unmarked, and nothing says when that write
+    /// ends but the instance's next POSTSUSPEND (a suspend drains every
+    /// write). Until then no other instance is handed such a region: a copy
+    /// racing that write would leave the legs different and the region in
+    /// sync.
+    pub(crate) halted_passes: BTreeMap<Instance, BTreeSet<Region>>,
 }
 
 impl Log {
@@ -132,6 +141,7 @@ impl Log {
             unsettled: BTreeSet::new(),
             kick_queue: Vec::new(),
             kicking: None,
+            halted_passes: BTreeMap::new(),
         }
     }
 
@@ -265,6 +275,7 @@ impl Log {
         let rs = self.marked_by(i);
         self.clear(i, &rs);
         self.assignments.remove(&i);
+        self.halted_passes.remove(&i);
         self.instances.remove(&i);
     }
 
@@ -288,6 +299,8 @@ impl Log {
         }
         // A dead recoverer's region stays out of sync and is handed out again.
         self.assignments.remove(&i);
+        // Its unmarked writes died with it.
+        self.halted_passes.remove(&i);
         self.instances.remove(&i);
         changed
     }
@@ -334,7 +347,9 @@ impl Log {
         if let Some(&r) = self.assignments.get(&i) {
             return Some(r);
         }
-        let found = self.resync_candidates().find(|r| self.marks.get(r).is_none_or(|who| who.iter().all(|m| *m == i)));
+        let found = self.resync_candidates().find(|r| {
+            self.marks.get(r).is_none_or(|who| who.iter().all(|m| *m == i)) && !self.passed_to_another(*r, i)
+        });
         if let Some(r) = found {
             self.assignments.insert(i, r);
         }
@@ -446,6 +461,29 @@ impl Log {
             self.unsettled.clear();
         }
         self.next_kick()
+    }
+
+    /// Whether an instance other than `i` may have an unmarked write to `r`
+    /// on its way (see [`Log::halted_passes`]).
+    pub(crate) fn passed_to_another(&self, r: Region, i: Instance) -> bool {
+        self.halted_passes.iter().any(|(who, rs)| *who != i && rs.contains(&r))
+    }
+
+    /// IS_REMOTE_RECOVERING from `i` on its write path: the answer, and a
+    /// record of the pass when it lets an unmarked default-leg-only write
+    /// through because recovery is halted everywhere.
+    pub(crate) fn remote_recovering_for_write(&mut self, r: Region, i: Instance) -> bool {
+        let recovering = self.is_remote_recovering(r, i.node);
+        let nosync_write = !recovering && !self.in_sync_answer(r, i.node);
+        if nosync_write && !self.recovery_running() {
+            self.halted_passes.entry(i).or_default().insert(r);
+        }
+        recovering
+    }
+
+    /// Instance `i`'s kernel drained its writes (POSTSUSPEND) or is gone.
+    pub(crate) fn drop_halted_passes(&mut self, i: Instance) -> bool {
+        self.halted_passes.remove(&i).is_some()
     }
 
     /// Whether some out-of-sync region could be handed out for resync now.

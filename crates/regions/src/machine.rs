@@ -297,7 +297,14 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
         KernelOp::Postsuspend => {
             log.assignments.remove(&i);
             set_phase(log, Phase::Suspended);
-            Applied::answer(Answer::Done)
+            // Its writes are drained: regions it wrote unmarked may be copied.
+            let mut effects = Vec::new();
+            if log.drop_halted_passes(i) && log.has_resync_work() {
+                for n in log.resumed_nodes_except(i.node) {
+                    effects.push(Effect::WakeRecovery { node: n, uuid: log.uuid.clone() });
+                }
+            }
+            Applied { outcome: Ok(Answer::Done), effects }
         }
         KernelOp::Resume { disk } => {
             let first = log.activate(disk.as_ref());
@@ -341,6 +348,13 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
             Applied { outcome: Ok(Answer::Done), effects }
         }
         KernelOp::GetResyncWork => Applied::answer(Answer::ResyncWork(log.resync_work(i))),
+        KernelOp::IsRemoteRecovering(r) => {
+            if let Err(e) = log.check_region(*r) {
+                return Applied::refuse(e);
+            }
+            let is_recovering = log.remote_recovering_for_write(*r, i);
+            Applied::answer(Answer::RemoteRecovering { is_recovering, in_sync_hint: log.in_sync_hint() })
+        }
         KernelOp::SetRegionSync { region, in_sync } => {
             if let Err(e) = log.check_region(*region) {
                 return Applied::refuse(e);

@@ -606,3 +606,36 @@ fn a_retired_node_is_evicted_and_its_id_never_joins_again() {
     let _ = h.apply(Command::NodeRetired { node: NodeId(1) });
     assert_eq!(h.m.snapshot(), before);
 }
+
+/// I6 with recovery halted: an unmarked default-leg write let through
+/// while no kernel anywhere was resumed keeps its region from being copied
+/// by another node until the writer's POSTSUSPEND (its writes drained).
+#[test]
+fn a_write_let_through_while_recovery_is_halted_blocks_that_regions_copy_until_the_writer_drains() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE);
+    h.up(b, CORE);
+    // Both kernels suspend: a is between PRESUSPEND and POSTSUSPEND (its
+    // writes still draining), b is suspended. Recovery is halted.
+    h.ok(b, KernelOp::Presuspend);
+    h.ok(b, KernelOp::Postsuspend);
+    h.ok(a, KernelOp::Presuspend);
+    let answer = h.op(a, KernelOp::IsRemoteRecovering(Region(0))).unwrap();
+    assert_eq!(answer, Answer::RemoteRecovering { is_recovering: false, in_sync_hint: 0 }, "a suspend must not hang");
+    assert!(!h.in_sync(a, 0), "so a writes region 0 to the default leg only, unmarked");
+    // b resumes: region 0 is not copied while a's write may be on its way.
+    h.ok(b, KernelOp::Resume { disk: None });
+    assert_eq!(h.work(b), Some(1));
+    h.ok(b, KernelOp::SetRegionSync { region: Region(1), in_sync: true });
+    assert_eq!(h.work(b), Some(2), "region 0 is still held back");
+    h.ok(b, KernelOp::SetRegionSync { region: Region(2), in_sync: true });
+    // a's POSTSUSPEND means its writes are drained: b is woken and may copy.
+    let applied = h.full(a, KernelOp::Postsuspend);
+    assert!(applied.effects.contains(&Effect::WakeRecovery { node: NodeId(2), uuid: h.uuid.clone() }));
+    assert_eq!(h.work(b), Some(0));
+    // While recovery runs somewhere, the same question holds the write and
+    // records nothing.
+    let answer = h.op(a, KernelOp::IsRemoteRecovering(Region(3))).unwrap();
+    assert_eq!(answer, Answer::RemoteRecovering { is_recovering: true, in_sync_hint: 0 });
+}
