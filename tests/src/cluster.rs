@@ -205,7 +205,7 @@ impl Cluster {
                         k.read(*mirror, 0);
                     }
                 }
-                Effect::PersistDiskLog { .. } => {}
+                Effect::PersistDiskLog { .. } | Effect::LeaseRenewed { .. } => {}
             }
         }
     }

@@ -12,10 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use kernel_sim::{Config as KernelConfig, Kernel, Legs, MirrorId, SharedLegs, Table};
+use node::liveness::{LeaseTable, SelfFence, Timing, Verdict};
 use openraft::BasicNode;
 use regions::{Effect, NodeId as Rn, Routed, kernel_answer, route};
 use replication::memnet::{MemLink, MemNet};
 use replication::{AppliedEffects, FlushMode, LogStore, Proposal, Raft, ReadRequest, Replica, StateMachine};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -32,6 +34,43 @@ pub struct RaftNode {
     /// Its mirror.
     pub mirror: MirrorId,
     driver: JoinHandle<()>,
+    /// The liveness task (leases, eviction, fencing), if automatic.
+    live: Option<JoinHandle<()>>,
+    /// Set when the node fenced itself (the fence action rebooted it).
+    pub down: Arc<AtomicBool>,
+    /// The leader's lease table of this node.
+    table: Arc<Mutex<LeaseTable>>,
+}
+
+/// Automatic liveness in the simulation: leases renewed through Raft, the
+/// leader evicting nodes unseen for `dead_after`, nodes fencing themselves
+/// after `fence_after`. The fence action is a reboot: the kernel dies with
+/// its writes in flight and the daemon stops.
+#[derive(Clone, Debug)]
+pub struct LivenessConfig {
+    /// The timings (validated).
+    pub timing: Timing,
+    /// Each node's clock rate (local ms per real ms), by node id; 1.0 if absent.
+    pub rates: BTreeMap<u64, f64>,
+}
+
+/// What the liveness layer did, at simulated milliseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LiveEvent {
+    /// A node fenced itself (and its kernel died).
+    Fenced {
+        /// The node.
+        node: u64,
+        /// When.
+        at_ms: u64,
+    },
+    /// The leader's eviction of a node committed.
+    Evicted {
+        /// The node.
+        node: u64,
+        /// When.
+        at_ms: u64,
+    },
 }
 
 /// The cluster.
@@ -47,6 +86,9 @@ pub struct RaftCluster {
     storage: Storage,
     start: Instant,
     incarnations: BTreeMap<u64, u64>,
+    liveness: Option<LivenessConfig>,
+    /// Fences and evictions, in order.
+    pub events: Arc<Mutex<Vec<LiveEvent>>>,
 }
 
 /// Where the nodes keep their Raft state.
@@ -74,7 +116,7 @@ fn raft_config() -> Arc<openraft::Config> {
     let c = openraft::Config {
         heartbeat_interval: 50,
         election_timeout_min: 300,
-        election_timeout_max: 600,
+        election_timeout_max: 900,
         ..openraft::Config::default()
     };
     Arc::new(c.validate().unwrap_or_else(|e| panic!("raft config: {e}")))
@@ -152,6 +194,17 @@ impl RaftCluster {
 
     /// Like [`RaftCluster::start`], with the given storage.
     pub async fn start_with(storage: Storage, n: u64, log_args: &str, regions: u64) -> RaftCluster {
+        RaftCluster::start_live(storage, n, log_args, regions, None).await
+    }
+
+    /// Like [`RaftCluster::start_with`], with automatic liveness.
+    pub async fn start_live(
+        storage: Storage,
+        n: u64,
+        log_args: &str,
+        regions: u64,
+        liveness: Option<LivenessConfig>,
+    ) -> RaftCluster {
         let net = MemNet::new();
         let uuid = Uuid::new("LVM-raft-sim").unwrap_or_else(|| unreachable!());
         let table = Table { uuid, target_sectors: regions * 8, log_args: log_args.into(), integrated_flush: false };
@@ -164,6 +217,8 @@ impl RaftCluster {
             storage,
             start: Instant::now(),
             incarnations: BTreeMap::new(),
+            liveness,
+            events: Arc::default(),
         };
         for id in 1..=n {
             c.boot(id).await;
@@ -183,8 +238,97 @@ impl RaftCluster {
             let node = &c.nodes[&id];
             let _ = node.replica.propose(join, Instant::now() + Duration::from_secs(10)).await;
             lock(&node.kernel).create(c.table.clone(), c.legs.clone());
+            c.start_liveness(id, 1);
         }
         c
+    }
+
+    /// Starts node `id`'s liveness task (automatic mode only).
+    fn start_liveness(&mut self, id: u64, incarnation: u64) {
+        let Some(cfg) = self.liveness.clone() else { return };
+        let rate = cfg.rates.get(&id).copied().unwrap_or(1.0);
+        let start = self.start;
+        let events = self.events.clone();
+        let net = self.net.clone();
+        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let task = Live {
+            id,
+            incarnation,
+            replica: n.replica.clone(),
+            kernel: n.kernel.clone(),
+            down: n.down.clone(),
+            table: n.table.clone(),
+            timing: cfg.timing,
+            rate,
+            start,
+            events,
+            net,
+        };
+        n.live = Some(tokio::spawn(task.run()));
+    }
+
+    /// Removes nodes that fenced themselves (their machines rebooted), so
+    /// they can be booted again. Returns their ids.
+    pub async fn reap_fenced(&mut self) -> Vec<u64> {
+        let down: Vec<u64> = self.nodes.values().filter(|n| n.down.load(Ordering::SeqCst)).map(|n| n.id).collect();
+        for id in &down {
+            if let Some(n) = self.nodes.remove(id) {
+                n.driver.abort();
+                if let Some(l) = &n.live {
+                    l.abort();
+                }
+                self.net.unregister(*id);
+                let _ = n.replica.raft.shutdown().await;
+            }
+        }
+        down
+    }
+
+    /// Each node's Raft state, for failure reports.
+    pub fn raft_states(&self) -> String {
+        let mut out = Vec::new();
+        for n in self.nodes.values() {
+            let m = n.replica.raft.metrics().borrow().clone();
+            out.push(format!(
+                "n{} {:?} term {} leader {:?} last_log {:?} applied {:?} voters {:?} down {}",
+                n.id,
+                m.state,
+                m.current_term,
+                m.current_leader,
+                m.last_log_index,
+                m.last_applied.map(|l| l.index),
+                m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+                n.down.load(Ordering::SeqCst)
+            ));
+        }
+        out.join("; ")
+    }
+
+    /// Waits until node `id` is evicted (automatic mode), up to `limit`.
+    pub async fn wait_evicted(&self, id: u64, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if lock(&self.events).iter().any(|e| matches!(e, LiveEvent::Evicted { node, .. } if *node == id)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Liveness checks over the events: every node evicted while its
+    /// kernel was up had fenced before the eviction committed.
+    pub fn check_fencing(&self, crashed: &BTreeMap<u64, u64>) -> Result<(), String> {
+        let events = lock(&self.events).clone();
+        for (i, e) in events.iter().enumerate() {
+            let LiveEvent::Evicted { node, at_ms } = e else { continue };
+            let fenced = events[..i].iter().any(|f| matches!(f, LiveEvent::Fenced { node: n, .. } if n == node));
+            let crashed_before = crashed.get(node).is_some_and(|t| t <= at_ms);
+            if !fenced && !crashed_before {
+                return Err(format!("n{node} evicted at {at_ms} ms while its kernel could still write"));
+            }
+        }
+        Ok(())
     }
 
     async fn boot(&mut self, id: u64) {
@@ -214,8 +358,12 @@ impl RaftCluster {
         let mut k = Kernel::new(KernelConfig::default(), u32::try_from(id * 100_000).unwrap_or(0), id << 40);
         k.advance_to(self.now_ms());
         let kernel = Arc::new(Mutex::new(k));
-        let driver = tokio::spawn(drive(id, replica.clone(), kernel.clone(), rx, self.start));
-        self.nodes.insert(id, RaftNode { id, replica, kernel, mirror: MirrorId(0), driver });
+        let table = Arc::new(Mutex::new(LeaseTable::new()));
+        let rate = self.liveness.as_ref().and_then(|l| l.rates.get(&id).copied()).unwrap_or(1.0);
+        let down = Arc::new(AtomicBool::new(false));
+        let driver =
+            tokio::spawn(drive(id, replica.clone(), kernel.clone(), rx, self.start, table.clone(), rate, down.clone()));
+        self.nodes.insert(id, RaftNode { id, replica, kernel, mirror: MirrorId(0), driver, live: None, down, table });
     }
 
     /// Milliseconds since the start.
@@ -237,6 +385,9 @@ impl RaftCluster {
         }
         if let Some(n) = self.nodes.remove(&id) {
             n.driver.abort();
+            if let Some(l) = &n.live {
+                l.abort();
+            }
             self.net.unregister(id);
             let _ = n.replica.raft.shutdown().await;
             let kernel = Arc::try_unwrap(n.kernel).ok().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
@@ -257,14 +408,18 @@ impl RaftCluster {
             return false;
         }
         self.boot(id).await;
-        let inc = self.incarnations.entry(id).or_insert(1);
-        *inc += 1;
-        let join = Proposal { commands: vec![regions::Command::NodeJoined { node: Rn(id), incarnation: *inc }] };
+        let inc = {
+            let e = self.incarnations.entry(id).or_insert(1);
+            *e += 1;
+            *e
+        };
+        let join = Proposal { commands: vec![regions::Command::NodeJoined { node: Rn(id), incarnation: inc }] };
         let Some(node) = self.nodes.get(&id) else { return false };
         if node.replica.propose(join, Instant::now() + Duration::from_secs(30)).await.is_err() {
             return false;
         }
         lock(&node.kernel).create(self.table.clone(), self.legs.clone());
+        self.start_liveness(id, inc);
         true
     }
 
@@ -345,6 +500,9 @@ impl RaftCluster {
     pub async fn shutdown(self) {
         for n in self.nodes.into_values() {
             n.driver.abort();
+            if let Some(l) = &n.live {
+                l.abort();
+            }
             let _ = n.replica.raft.shutdown().await;
         }
     }
@@ -353,14 +511,21 @@ impl RaftCluster {
 /// The node loop: moves the kernel's clock, sends its requests through the
 /// replica (each in its own task, so the kernel's threads overlap as in the
 /// real kernel), and acts on effects addressed to this node.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     id: u64,
     replica: Arc<Replica<MemLink>>,
     kernel: Arc<Mutex<Kernel>>,
     mut effects: mpsc::UnboundedReceiver<AppliedEffects>,
     start: Instant,
+    table: Arc<Mutex<LeaseTable>>,
+    rate: f64,
+    down: Arc<AtomicBool>,
 ) {
     loop {
+        if down.load(Ordering::SeqCst) {
+            return;
+        }
         let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let requests = {
             let mut k = lock(&kernel);
@@ -382,10 +547,124 @@ async fn drive(
                     Effect::KickKernel { node, .. } if node.0 == id => lock(&kernel).kick(MirrorId(0)),
                     // A read wakes kmirrord, whose pass asks for resync work.
                     Effect::WakeRecovery { node, .. } if node.0 == id => lock(&kernel).read(MirrorId(0), 0),
+                    Effect::LeaseRenewed { node } => lock(&table).renewed(node, local_ms(start, rate)),
                     _ => {}
                 }
             }
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A node's monotonic clock: simulated milliseconds at its own rate.
+fn local_ms(start: Instant, rate: f64) -> u64 {
+    (start.elapsed().as_secs_f64() * 1e3 * rate) as u64
+}
+
+/// One node's liveness task: renews its lease through Raft, fences itself
+/// when the lease runs out, and on the leader evicts nodes whose leases ran
+/// out (see `node::liveness`).
+struct Live {
+    id: u64,
+    incarnation: u64,
+    replica: Arc<Replica<MemLink>>,
+    kernel: Arc<Mutex<Kernel>>,
+    down: Arc<AtomicBool>,
+    table: Arc<Mutex<LeaseTable>>,
+    timing: Timing,
+    rate: f64,
+    start: Instant,
+    events: Arc<Mutex<Vec<LiveEvent>>>,
+    net: MemNet,
+}
+
+impl Live {
+    fn sim_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn run(self) {
+        let t = self.timing;
+        let local = || local_ms(self.start, self.rate);
+        let fence = Arc::new(Mutex::new(SelfFence::new(local())));
+        let evicting: Arc<Mutex<std::collections::BTreeSet<u64>>> = Arc::default();
+        let mut next_renew = 0;
+        // A local tick is tick_ms of this node's clock.
+        let tick = Duration::from_secs_f64(t.tick_ms as f64 / 1e3 / self.rate);
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = local();
+            if now >= next_renew {
+                next_renew = now + t.renew_every_ms;
+                let (replica, fence) = (self.replica.clone(), fence.clone());
+                let renew = regions::Command::Renew { node: Rn(self.id), incarnation: self.incarnation };
+                let deadline = Instant::now() + Duration::from_millis(2 * t.renew_every_ms);
+                tokio::spawn(async move {
+                    let out = replica.propose(Proposal { commands: vec![renew] }, deadline).await;
+                    match out {
+                        Ok(out) if out.0.first().is_some_and(|o| o.answer.is_ok()) => lock(&fence).committed(now),
+                        other => {
+                            if trace_region().is_some() {
+                                let id = replica.id;
+                                lock(&TRACE).push(format!("{:?} n{id} renewal failed: {other:?}", Instant::now()));
+                            }
+                        }
+                    }
+                });
+            }
+            if lock(&fence).check(now, &t) == Verdict::Fence {
+                // The fence action: a reboot. The kernel dies with its
+                // writes in flight; the daemon stops.
+                let at_ms = self.sim_ms();
+                self.down.store(true, Ordering::SeqCst);
+                lock(&self.events).push(LiveEvent::Fenced { node: self.id, at_ms });
+                if trace_region().is_some() {
+                    lock(&TRACE).push(format!("{:?} n{} FENCED", Instant::now(), self.id));
+                }
+                let dead = std::mem::replace(&mut *lock(&self.kernel), Kernel::new(KernelConfig::default(), 0, 0));
+                dead.crash();
+                self.net.unregister(self.id);
+                return;
+            }
+            self.leader_duty(now, &evicting);
+        }
+    }
+
+    /// On the leader: evict every member unseen for `dead_after`.
+    fn leader_duty(&self, now: u64, evicting: &Arc<Mutex<std::collections::BTreeSet<u64>>>) {
+        let leads = self.replica.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        let expired = {
+            let mut table = lock(&self.table);
+            match (leads, table.leading()) {
+                (true, false) => table.became_leader(now),
+                (false, true) => table.stepped_down(),
+                _ => {}
+            }
+            if !leads {
+                return;
+            }
+            let members: Vec<Rn> = self.replica.state.read(|m| m.members().keys().copied().collect());
+            table.set_members(members, now);
+            table.expired(Rn(self.id), now, &self.timing)
+        };
+        for n in expired {
+            if !lock(evicting).insert(n.0) {
+                continue;
+            }
+            let (replica, evicting, events, start) =
+                (self.replica.clone(), evicting.clone(), self.events.clone(), self.start);
+            tokio::spawn(async move {
+                if trace_region().is_some() {
+                    lock(&TRACE).push(format!("{:?} n{} EVICT proposed by the leader", Instant::now(), n.0));
+                }
+                let p = Proposal { commands: vec![regions::Command::NodeEvicted { node: n }] };
+                let ok = replica.propose(p, Instant::now() + Duration::from_secs(5)).await.is_ok();
+                if ok {
+                    let at_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    lock(&events).push(LiveEvent::Evicted { node: n.0, at_ms });
+                }
+                lock(&evicting).remove(&n.0);
+            });
+        }
     }
 }

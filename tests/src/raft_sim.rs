@@ -23,7 +23,9 @@ use rand::{Rng, SeedableRng};
 
 use replication::memnet::Faults;
 
-use crate::raft_cluster::{RaftCluster, Storage};
+use node::liveness::Timing;
+
+use crate::raft_cluster::{LivenessConfig, RaftCluster, Storage};
 
 /// What a seed did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub struct SimSummary {
     pub rebooted: bool,
     /// Partitions injected.
     pub partitions: u32,
+    /// Nodes that fenced themselves (cut off past their lease).
+    pub fenced: u32,
     /// Simulated milliseconds.
     pub sim_ms: u64,
     /// A hash of the final replicated state and the legs: equal for equal
@@ -61,7 +65,24 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     // Every sync takes 0.1–2 ms; unsynced writes die with their node.
     let sync_latency = Duration::from_micros(rng.random_range(100..2000));
     let storage = Storage::Memory { dbs: BTreeMap::new(), sync_latency };
-    let mut c = RaftCluster::start_with(storage, 3, log_args, regions).await;
+    // Leases: every node's clock runs at its own rate within the drift
+    // bound; the timing satisfies the fencing inequality by a seed-chosen
+    // slack.
+    let mut timing = Timing {
+        renew_every_ms: 200,
+        tick_ms: 50,
+        fence_after_ms: 4_000,
+        fence_action_max_ms: 100,
+        dead_after_ms: 0,
+        clock_drift_ppm: 10_000,
+        election_max_ms: 900,
+    };
+    timing.dead_after_ms = timing.least_dead_after_ms() + rng.random_range(0..500);
+    timing.validate().map_err(|e| e.to_string())?;
+    let rates: BTreeMap<u64, f64> = (1..=3).map(|id| (id, 1.0 + rng.random_range(-0.0099..0.0099))).collect();
+    let liveness = LivenessConfig { timing, rates };
+    let mut c = RaftCluster::start_live(storage, 3, log_args, regions, Some(liveness)).await;
+    let mut crashed: BTreeMap<u64, u64> = BTreeMap::new();
     // Lost requests, lost replies, late duplicates and jitter on every
     // message, from the seed.
     let faults = Faults {
@@ -71,7 +92,8 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
         jitter: Duration::from_micros(rng.random_range(0..3000)),
     };
     c.net.set_faults(faults, rng.random());
-    let mut summary = SimSummary { seed, crashed: None, rebooted: false, partitions: 0, sim_ms: 0, fingerprint: 0 };
+    let mut summary =
+        SimSummary { seed, crashed: None, rebooted: false, partitions: 0, fenced: 0, sim_ms: 0, fingerprint: 0 };
 
     // Safety phase: writes from every node, with a node cut off now and then.
     let mut cut_until: Option<(u64, u64)> = None;
@@ -86,18 +108,35 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
             Some((_, until)) if c.now_ms() >= until => {
                 c.net.heal();
                 cut_until = None;
+                // A node that fenced while cut off rebooted; it comes back.
+                for id in c.reap_fenced().await {
+                    summary.fenced += 1;
+                    if !c.reboot(id).await {
+                        return Err(format!("n{id} could not rejoin after its fence"));
+                    }
+                }
             }
             None if rng.random_range(0..100) < 3 => {
                 let victim = rng.random_range(1..=3);
                 c.net.isolate(victim);
                 summary.partitions += 1;
-                cut_until = Some((victim, c.now_ms() + rng.random_range(100..2000)));
+                cut_until = Some((victim, c.now_ms() + rng.random_range(100..5000)));
             }
             _ => {}
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     c.net.heal();
+    // A node cut off near the end may fence just after the heal (its lease
+    // ran out meanwhile): wait a lease, then bring fenced nodes back, so
+    // the crash below is the only fault (three nodes survive one).
+    tokio::time::sleep(Duration::from_millis(timing.fence_after_ms + 500)).await;
+    for id in c.reap_fenced().await {
+        summary.fenced += 1;
+        if !c.reboot(id).await {
+            return Err(format!("n{id} could not rejoin after its fence"));
+        }
+    }
 
     // A node dies mid-write; the cluster evicts it; maybe it comes back.
     if rng.random_bool(0.7) {
@@ -109,18 +148,12 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
             c.write(victim, rng.random_range(0..regions));
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        crashed.insert(victim, c.now_ms());
         c.crash(victim).await;
         summary.crashed = Some(victim);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..500))).await;
-        let mut evicted = false;
-        for _ in 0..10 {
-            if c.evict(victim).await {
-                evicted = true;
-                break;
-            }
-        }
-        if !evicted {
-            return Err(format!("the eviction of n{victim} never committed"));
+        // The leader notices the silence and evicts it.
+        if !c.wait_evicted(victim, Duration::from_secs(30)).await {
+            return Err(format!("n{victim} was never evicted; {}", c.raft_states()));
         }
         for _ in 0..rng.random_range(10..60) {
             for id in c.nodes.keys().copied().collect::<Vec<_>>() {
@@ -141,7 +174,13 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     // Liveness phase: no more faults; the cluster must converge.
     c.net.heal();
     c.net.set_faults(Faults::default(), 0);
-    let verdict = c.verify(Duration::from_secs(120)).await;
+    for id in c.reap_fenced().await {
+        summary.fenced += 1;
+        if !c.reboot(id).await {
+            return Err(format!("n{id} could not rejoin after its fence"));
+        }
+    }
+    let verdict = c.verify(Duration::from_secs(120)).await.and_then(|()| c.check_fencing(&crashed));
     summary.sim_ms = c.now_ms();
     let mut h = DefaultHasher::new();
     if let Some(n) = c.nodes.values().next() {

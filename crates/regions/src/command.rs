@@ -66,6 +66,16 @@ pub enum Command {
         /// The node.
         node: NodeId,
     },
+    /// A node renews its liveness lease. Changes nothing in the machine;
+    /// refused if the node is not a member (it was evicted: it must rejoin,
+    /// re-mark and re-register its tables before it serves its kernel
+    /// again). Its [`Effect::LeaseRenewed`] tells the leader's lease clock.
+    Renew {
+        /// The node.
+        node: NodeId,
+        /// Its kernel's boot identity, as it joined.
+        incarnation: u64,
+    },
     /// The node left the cluster for good (removed by the admin): evicted
     /// as by [`Command::NodeEvicted`], and its id is retired, never to be a
     /// member again.
@@ -194,6 +204,11 @@ pub enum Effect {
         node: NodeId,
         /// The log.
         uuid: Uuid,
+    },
+    /// `node` renewed its lease (the leader restarts its timer).
+    LeaseRenewed {
+        /// The node.
+        node: NodeId,
     },
     /// `node`'s kernel should run a recovery pass: a suspending kernel's
     /// writes wait for out-of-sync regions to be resynced, and an idle

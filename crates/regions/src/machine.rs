@@ -77,6 +77,12 @@ impl Machine {
         match command {
             Command::NodeJoined { node, incarnation } => self.node_joined(*node, *incarnation),
             Command::NodeEvicted { node } => self.node_evicted(*node),
+            Command::Renew { node, incarnation } => match self.members.get(node) {
+                Some(m) if m.incarnation == *incarnation => {
+                    Applied { outcome: Ok(Answer::Done), effects: vec![Effect::LeaseRenewed { node: *node }] }
+                }
+                _ => Applied::refuse(Refusal::NotAMember(*node)),
+            },
             Command::NodeRetired { node } => {
                 let applied = self.node_evicted(*node);
                 self.retired.insert(*node);
