@@ -14,6 +14,7 @@ use std::time::Duration;
 use kernel_sim::{Config as KernelConfig, Kernel, Legs, MirrorId, SharedLegs, Table};
 use node::liveness::{LeaseTable, SelfFence, Timing, Verdict};
 use openraft::BasicNode;
+use rand::SeedableRng;
 use regions::{Effect, NodeId as Rn, Routed, kernel_answer, route};
 use replication::memnet::{MemLink, MemNet};
 use replication::{AppliedEffects, FlushMode, LogStore, Proposal, Raft, ReadRequest, Replica, StateMachine};
@@ -52,6 +53,9 @@ pub struct LivenessConfig {
     pub timing: Timing,
     /// Each node's clock rate (local ms per real ms), by node id; 1.0 if absent.
     pub rates: BTreeMap<u64, f64>,
+    /// Seeds the nodes' election timeouts (pre-vote driven by the
+    /// liveness task instead of openraft's timer).
+    pub seed: u64,
 }
 
 /// What the liveness layer did, at simulated milliseconds.
@@ -263,6 +267,7 @@ impl RaftCluster {
             start,
             events,
             net,
+            seed: cfg.seed ^ (id << 32) ^ incarnation,
         };
         n.live = Some(tokio::spawn(task.run()));
     }
@@ -350,11 +355,12 @@ impl RaftCluster {
         let (tx, rx) = mpsc::unbounded_channel();
         let sm = StateMachine::open(db).unwrap_or_else(|e| panic!("{e}")).with_effects(tx);
         let state = sm.reader();
-        let raft = Raft::new(id, raft_config(), self.net.factory(id), log, sm)
+        let raft = Raft::new(id, raft_config(), self.net.factory(id), log.clone(), sm)
             .await
             .unwrap_or_else(|e| panic!("raft {id}: {e}"));
         self.net.register(id, raft.clone(), state.clone());
-        let replica = Arc::new(Replica::new(id, raft, state, self.net.link(id)));
+        let replica = Arc::new(Replica::new(id, raft, state, self.net.link(id)).with_log(log));
+        self.net.register_replica(id, &replica);
         let mut k = Kernel::new(KernelConfig::default(), u32::try_from(id * 100_000).unwrap_or(0), id << 40);
         k.advance_to(self.now_ms());
         let kernel = Arc::new(Mutex::new(k));
@@ -576,6 +582,7 @@ struct Live {
     start: Instant,
     events: Arc<Mutex<Vec<LiveEvent>>>,
     net: MemNet,
+    seed: u64,
 }
 
 impl Live {
@@ -591,6 +598,15 @@ impl Live {
         let mut next_renew = 0;
         // A local tick is tick_ms of this node's clock.
         let tick = Duration::from_secs_f64(t.tick_ms as f64 / 1e3 / self.rate);
+        // Elections go through pre-vote from here on.
+        self.replica.take_over_elections();
+        let config = self.replica.raft.config().clone();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(self.seed);
+        let mut quiet = || {
+            use rand::Rng;
+            Duration::from_millis(rng.random_range(config.election_timeout_min..=config.election_timeout_max))
+        };
+        let mut wait = quiet();
         loop {
             tokio::time::sleep(tick).await;
             let now = local();
@@ -627,6 +643,23 @@ impl Live {
                 return;
             }
             self.leader_duty(now, &evicting);
+            let before = self.replica.leader_contact_age();
+            let started = self.replica.campaign_if_leaderless(wait).await;
+            let due = started || before >= wait && !self.replica.raft.metrics().borrow().state.is_leader();
+            if started && trace_region().is_some() {
+                let m = self.replica.raft.metrics().borrow().clone();
+                lock(&TRACE).push(format!(
+                    "{:?} n{} campaign due: started {started}; {:?} term {} leader {:?}",
+                    Instant::now(),
+                    self.id,
+                    m.state,
+                    m.current_term,
+                    m.current_leader
+                ));
+            }
+            if due {
+                wait = quiet();
+            }
         }
     }
 

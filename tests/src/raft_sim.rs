@@ -80,7 +80,7 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     timing.dead_after_ms = timing.least_dead_after_ms() + rng.random_range(0..500);
     timing.validate().map_err(|e| e.to_string())?;
     let rates: BTreeMap<u64, f64> = (1..=3).map(|id| (id, 1.0 + rng.random_range(-0.0099..0.0099))).collect();
-    let liveness = LivenessConfig { timing, rates };
+    let liveness = LivenessConfig { timing, rates, seed: rng.random() };
     let mut c = RaftCluster::start_live(storage, 3, log_args, regions, Some(liveness)).await;
     let mut crashed: BTreeMap<u64, u64> = BTreeMap::new();
     // Lost requests, lost replies, late duplicates and jitter on every

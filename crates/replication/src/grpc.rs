@@ -31,7 +31,7 @@ use crate::pb::peer::peer_client::PeerClient;
 use crate::pb::peer::peer_server::{Peer, PeerServer};
 use crate::pb::peer::{Envelope, SnapshotChunk, snapshot_chunk};
 use crate::replica::{ForwardError, LeaderLink, Local, ReadRequest, Replica, read_local};
-use crate::types::{Node, NodeId, Outcomes, Proposal, Raft, SnapshotMeta, TypeConfig, Vote, decode, encode};
+use crate::types::{LogId, Node, NodeId, Outcomes, Proposal, Raft, SnapshotMeta, TypeConfig, Vote, decode, encode};
 
 /// Largest message either side accepts: far above one snapshot chunk and
 /// one append batch.
@@ -290,6 +290,10 @@ impl LeaderLink for GrpcLeaderLink {
     async fn campaign(&self, to: NodeId, order: Campaign) -> Result<(), ForwardError> {
         GrpcLeaderLink::campaign(self, to, order).await
     }
+
+    async fn pre_vote(&self, to: NodeId, last_log: Option<LogId>) -> Result<bool, ForwardError> {
+        self.forward(to, &last_log, async |mut c, r| c.pre_vote(r).await).await
+    }
 }
 
 /// The server side of `dmlogd.peer.Peer` for one node.
@@ -394,6 +398,13 @@ impl Peer for PeerService {
         let env = request.into_inner();
         let order: Campaign = self.open(&env)?;
         let out = self.replica.obey(order).await;
+        self.seal(env.from, &out)
+    }
+
+    async fn pre_vote(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let env = request.into_inner();
+        let last_log: Option<LogId> = self.open(&env)?;
+        let out: Result<bool, ForwardError> = Ok(self.replica.answer_pre_vote(last_log).await);
         self.seal(env.from, &out)
     }
 }

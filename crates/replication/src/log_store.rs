@@ -232,6 +232,13 @@ impl LogStore {
         Ok((LogStore { inner: Arc::new(inner) }, db))
     }
 
+    /// The id of the last entry (appended, not necessarily durable yet), or
+    /// of the last purged one when the log is empty.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        let mem = self.mem();
+        mem.entries.values().next_back().map(|e| e.log_id).or(mem.last_purged)
+    }
+
     /// The flusher's counters.
     pub fn flush_stats(&self) -> Arc<FlushStats> {
         self.inner.stats.clone()

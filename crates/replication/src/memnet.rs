@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use openraft::error::{Fatal, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
@@ -19,12 +19,13 @@ use rand08::{Rng, SeedableRng};
 use wire::{Answer, Errno};
 
 use crate::grpc::Campaign;
-use crate::replica::{ForwardError, LeaderLink, Local, ReadRequest, propose_local, read_local};
+use crate::replica::{ForwardError, LeaderLink, Local, ReadRequest, Replica, propose_local, read_local};
 use crate::state_machine::StateReader;
-use crate::types::{Node, NodeId, Outcomes, Proposal, Raft, TypeConfig, Vote};
+use crate::types::{LogId, Node, NodeId, Outcomes, Proposal, Raft, TypeConfig, Vote};
 
 struct Net {
     nodes: BTreeMap<NodeId, (Raft, StateReader)>,
+    replicas: BTreeMap<NodeId, Weak<Replica<MemLink>>>,
     cut: BTreeSet<(NodeId, NodeId)>,
     isolated: BTreeSet<NodeId>,
     delay: Duration,
@@ -36,6 +37,7 @@ impl Default for Net {
     fn default() -> Net {
         Net {
             nodes: BTreeMap::new(),
+            replicas: BTreeMap::new(),
             cut: BTreeSet::new(),
             isolated: BTreeSet::new(),
             delay: Duration::ZERO,
@@ -95,9 +97,16 @@ impl MemNet {
         self.lock().nodes.insert(id, (raft, state));
     }
 
+    /// Makes node `id`'s replica answer pre-votes.
+    pub fn register_replica(&self, id: NodeId, replica: &Arc<Replica<MemLink>>) {
+        self.lock().replicas.insert(id, Arc::downgrade(replica));
+    }
+
     /// Removes node `id` (it crashed).
     pub fn unregister(&self, id: NodeId) {
-        self.lock().nodes.remove(&id);
+        let mut n = self.lock();
+        n.nodes.remove(&id);
+        n.replicas.remove(&id);
     }
 
     /// Cuts `id` off from every other node, both ways.
@@ -307,6 +316,17 @@ impl LeaderLink for MemLink {
             return Err(ForwardError::Unreachable(leader));
         }
         Ok(out)
+    }
+
+    async fn pre_vote(&self, to: NodeId, last_log: Option<LogId>) -> Result<bool, ForwardError> {
+        let (_, fate) = self.target(to).await.map_err(|_| ForwardError::Unreachable(to))?;
+        let replica = self.net.lock().replicas.get(&to).and_then(Weak::upgrade);
+        let Some(replica) = replica else { return Err(ForwardError::Unreachable(to)) };
+        let yes = replica.answer_pre_vote(last_log).await;
+        if fate == Fate::DropReply {
+            return Err(ForwardError::Unreachable(to));
+        }
+        Ok(yes)
     }
 
     async fn campaign(&self, to: NodeId, order: Campaign) -> Result<(), ForwardError> {

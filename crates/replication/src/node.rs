@@ -106,10 +106,10 @@ impl GrpcNode {
         let sm = StateMachine::open(db).map_err(StartError::Raft)?.with_effects(tx);
         let state = sm.reader();
         let net = GrpcNet::new(id);
-        let raft = Raft::new(id, settings.config().map_err(StartError::Raft)?, net.clone(), log, sm)
+        let raft = Raft::new(id, settings.config().map_err(StartError::Raft)?, net.clone(), log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let replica = Arc::new(Replica::new(id, raft.clone(), state, net.leader_link(raft.clone())));
+        let replica = Arc::new(Replica::new(id, raft.clone(), state, net.leader_link(raft.clone())).with_log(log));
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()

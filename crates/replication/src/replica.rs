@@ -21,7 +21,7 @@ use wire::{Answer, Errno, Uuid};
 
 use crate::grpc::Campaign;
 use crate::state_machine::StateReader;
-use crate::types::{NodeId, Outcomes, Proposal, Raft};
+use crate::types::{LogId, NodeId, Outcomes, Proposal, Raft};
 
 /// A read request: one kernel query for one log instance.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -72,6 +72,9 @@ pub trait LeaderLink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Result<Answer, Errno>, ForwardError>> + Send;
     /// Gives node `to` a campaign order (leadership transfer).
     fn campaign(&self, to: NodeId, order: Campaign) -> impl Future<Output = Result<(), ForwardError>> + Send;
+    /// Asks node `to` whether it would vote for a candidate whose log ends
+    /// at `last_log` (see [`Replica::campaign_if_leaderless`]).
+    fn pre_vote(&self, to: NodeId, last_log: Option<LogId>) -> impl Future<Output = Result<bool, ForwardError>> + Send;
 }
 
 /// How long a read waits for the restart floor before the caller retries.
@@ -94,12 +97,110 @@ pub struct Replica<L: LeaderLink> {
     pub(crate) gate: tokio::sync::RwLock<()>,
     /// One membership change or transfer at a time.
     pub(crate) changing: tokio::sync::Mutex<()>,
+    /// When a proposal of this node last committed: the last proof that a
+    /// leader with a quorum was there (renewals keep it fresh).
+    leader_contact: std::sync::Mutex<Instant>,
+    /// The node's log, for its last log id (pre-vote).
+    log: std::sync::Mutex<Option<crate::LogStore>>,
+    /// When this node last asked for pre-votes (its own backoff; not
+    /// evidence of a leader, so kept apart from `leader_contact`).
+    last_campaign: std::sync::Mutex<Option<Instant>>,
 }
 
 impl<L: LeaderLink> Replica<L> {
     /// Wraps a running Raft node.
     pub fn new(id: NodeId, raft: Raft, state: StateReader, link: L) -> Replica<L> {
-        Replica { id, raft, state, link, gate: tokio::sync::RwLock::new(()), changing: tokio::sync::Mutex::new(()) }
+        Replica {
+            id,
+            raft,
+            state,
+            link,
+            gate: tokio::sync::RwLock::new(()),
+            changing: tokio::sync::Mutex::new(()),
+            leader_contact: std::sync::Mutex::new(Instant::now()),
+            log: std::sync::Mutex::new(None),
+            last_campaign: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Gives the replica its log store (a clone), which pre-votes need.
+    pub fn with_log(self, log: crate::LogStore) -> Replica<L> {
+        *self.log.lock().unwrap_or_else(|e| e.into_inner()) = Some(log);
+        self
+    }
+
+    /// The last log id, if the log store was given.
+    fn last_log_id(&self) -> Result<Option<LogId>, ()> {
+        match &*self.log.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(l) => Ok(l.last_log_id()),
+            None => Err(()),
+        }
+    }
+
+    fn touch_leader_contact(&self) {
+        *self.leader_contact.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// How long since a proposal of this node last committed.
+    pub fn leader_contact_age(&self) -> Duration {
+        self.leader_contact.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+    }
+
+    /// Turns off openraft's own election timer: from now on this node
+    /// stands for election only through [`Replica::campaign_if_leaderless`],
+    /// which the caller runs on every tick.
+    pub fn take_over_elections(&self) {
+        self.raft.runtime_config().elect(false);
+    }
+
+    /// Pre-vote (openraft 0.9 has none). If this node is not the leader and
+    /// none of its proposals committed for `quiet`, it asks the other voters
+    /// whether they too have lost their leader and would vote for its log;
+    /// only with a majority of yes (itself included) does it start a real
+    /// election. A node cut off from the others therefore never raises its
+    /// term and cannot depose a working leader when it returns, and the
+    /// node with the most complete log is not outrun, round after round, by
+    /// a candidate that cannot win. Returns whether it started an election.
+    pub async fn campaign_if_leaderless(&self, quiet: Duration) -> bool {
+        let (leads, voters) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            (m.state == openraft::ServerState::Leader, voters)
+        };
+        let backing_off =
+            self.last_campaign.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t.elapsed() < quiet);
+        if leads || !voters.contains(&self.id) || self.leader_contact_age() < quiet || backing_off {
+            return false;
+        }
+        let Ok(mine) = self.last_log_id() else { return false };
+        let ask = Duration::from_millis(self.raft.config().election_timeout_min / 2);
+        let asks =
+            voters.iter().filter(|v| **v != self.id).map(|v| tokio::time::timeout(ask, self.link.pre_vote(*v, mine)));
+        let yes = 1 + futures_util::future::join_all(asks).await.iter().filter(|a| matches!(a, Ok(Ok(true)))).count();
+        // Whatever the outcome, a full quiet period passes before the next try.
+        *self.last_campaign.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        if yes * 2 > voters.len() {
+            return self.raft.trigger().elect().await.is_ok();
+        }
+        false
+    }
+
+    /// The answer to a pre-vote: yes if this node is not the leader, none of
+    /// its proposals committed for an election timeout either, and the
+    /// candidate's log is at least as complete as its own.
+    pub async fn answer_pre_vote(&self, candidate_last_log: Option<LogId>) -> bool {
+        let quiet = Duration::from_millis(self.raft.config().election_timeout_min);
+        if self.leader_contact_age() < quiet {
+            return false;
+        }
+        if self.raft.metrics().borrow().state == openraft::ServerState::Leader {
+            return false;
+        }
+        match self.last_log_id() {
+            Ok(mine) => candidate_last_log >= mine,
+            Err(()) => false,
+        }
     }
 
     /// Proposes on this node's Raft only (no forwarding), after any
@@ -120,7 +221,13 @@ impl<L: LeaderLink> Replica<L> {
     /// writes hang (openraft 0.9); the deadline bounds every attempt, and a
     /// timeout means the outcome is unknown.
     pub async fn propose(&self, p: Proposal, deadline: Instant) -> Result<Outcomes, ReplicaError> {
-        self.with_leader(deadline, || self.propose_here(p.clone()), |leader| self.link.propose(leader, p.clone())).await
+        let out = self
+            .with_leader(deadline, || self.propose_here(p.clone()), |leader| self.link.propose(leader, p.clone()))
+            .await;
+        if out.is_ok() {
+            self.touch_leader_contact();
+        }
+        out
     }
 
     /// Answers `r` linearizably, forwarding to the leader.
