@@ -4,7 +4,10 @@
 //! * [`liveness`]: leases, eviction of dead nodes and self-fencing, as pure
 //!   state machines with time as an input; the timing inequality that
 //!   makes fencing safe is checked by [`liveness::Timing::validate`].
+//! * [`fence`]: the fence actions (reboot, suspend, external command),
+//!   each bounded in time.
 
 #![deny(missing_docs)]
 
+pub mod fence;
 pub mod liveness;
