@@ -456,27 +456,29 @@ impl RaftCluster {
         // Settled: every kernel idle, every replica at the same applied
         // index, and no kernel still to be kicked after an eviction (a kick
         // reaches a follower's kernel only when it applies the entry).
+        // (Replicas are compared by state, not applied index: lease
+        // renewals commit all the time and change nothing.)
         let settled = || {
-            let applied: Vec<_> = self.nodes.values().map(|n| n.replica.state.last_applied()).collect();
+            let states: Vec<Vec<u8>> = self.nodes.values().map(|n| n.replica.state.read(|m| m.snapshot())).collect();
             self.nodes.values().all(|n| lock(&n.kernel).is_idle())
-                && applied.windows(2).all(|w| w[0] == w[1])
+                && states.windows(2).all(|w| w[0] == w[1])
                 && self
                     .nodes
                     .values()
                     .all(|n| n.replica.state.read(|m| m.logs().values().all(|l| l.awaiting_resume().is_empty())))
         };
-        let wait_settled = async || {
+        let wait_settled = async |deadline: Instant| {
             let mut quiet = 0;
             while quiet < 3 && Instant::now() < deadline {
                 quiet = if settled() { quiet + 1 } else { 0 };
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        wait_settled().await;
+        wait_settled(deadline).await;
         for n in self.nodes.values() {
             lock(&n.kernel).status(n.mirror);
         }
-        wait_settled().await;
+        wait_settled(Instant::now() + Duration::from_secs(30)).await;
         let mut problems = Vec::new();
         for n in self.nodes.values() {
             let k = lock(&n.kernel);
@@ -492,11 +494,12 @@ impl RaftCluster {
         }
         // Followers learn the last commit index with the next heartbeat.
         let applied = || self.nodes.values().map(|n| n.replica.state.last_applied()).collect::<Vec<_>>();
-        while !applied().windows(2).all(|w| w[0] == w[1]) && Instant::now() < deadline {
+        let snaps = || self.nodes.values().map(|n| n.replica.state.read(|m| m.snapshot())).collect::<Vec<_>>();
+        let until = Instant::now() + Duration::from_secs(30);
+        while !snaps().windows(2).all(|w| w[0] == w[1]) && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let snaps: Vec<Vec<u8>> = self.nodes.values().map(|n| n.replica.state.read(|m| m.snapshot())).collect();
-        if !snaps.windows(2).all(|w| w[0] == w[1]) {
+        if !snaps().windows(2).all(|w| w[0] == w[1]) {
             problems.push(format!("replicas differ at applied ids {:?}", applied()));
         }
         if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
