@@ -4,6 +4,8 @@
 //! * [`liveness`]: leases, eviction of dead nodes and self-fencing, as pure
 //!   state machines with time as an input; the timing inequality that
 //!   makes fencing safe is checked by [`liveness::Timing::validate`].
+//! * [`own_marks`]: the node's own tables and dirty regions as its kernel
+//!   sees them, to re-register and re-mark them after an eviction.
 //! * [`fence`]: the fence actions (reboot, suspend, external command),
 //!   each bounded in time.
 
@@ -11,3 +13,4 @@
 
 pub mod fence;
 pub mod liveness;
+pub mod own_marks;
