@@ -309,11 +309,14 @@ impl RaftCluster {
         out.join("; ")
     }
 
-    /// Waits until node `id` is evicted (automatic mode), up to `limit`.
-    pub async fn wait_evicted(&self, id: u64, limit: Duration) -> bool {
+    /// Waits until node `id` is evicted (automatic mode) at or after
+    /// simulated millisecond `since`, up to `limit`.
+    pub async fn wait_evicted(&self, id: u64, since: u64, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         while Instant::now() < until {
-            if lock(&self.events).iter().any(|e| matches!(e, LiveEvent::Evicted { node, .. } if *node == id)) {
+            let evicted =
+                |e: &LiveEvent| matches!(e, LiveEvent::Evicted { node, at_ms } if *node == id && *at_ms >= since);
+            if lock(&self.events).iter().any(evicted) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -565,6 +568,13 @@ async fn drive(
     }
 }
 
+/// Whether a safety feature is switched off for a demonstration run
+/// (`DMLOGD_SIM_BREAK=no-fence` or `no-prevote`): the seeded runs must
+/// then fail, which shows they test the feature.
+fn broken(feature: &str) -> bool {
+    std::env::var("DMLOGD_SIM_BREAK").is_ok_and(|v| v.split(',').any(|f| f == feature))
+}
+
 /// A node's monotonic clock: simulated milliseconds at its own rate.
 fn local_ms(start: Instant, rate: f64) -> u64 {
     (start.elapsed().as_secs_f64() * 1e3 * rate) as u64
@@ -602,7 +612,9 @@ impl Live {
         // A local tick is tick_ms of this node's clock.
         let tick = Duration::from_secs_f64(t.tick_ms as f64 / 1e3 / self.rate);
         // Elections go through pre-vote from here on.
-        self.replica.take_over_elections();
+        if !broken("no-prevote") {
+            self.replica.take_over_elections();
+        }
         let config = self.replica.raft.config().clone();
         let mut rng = rand::rngs::SmallRng::seed_from_u64(self.seed);
         let mut quiet = || {
@@ -631,7 +643,7 @@ impl Live {
                     }
                 });
             }
-            if lock(&fence).check(now, &t) == Verdict::Fence {
+            if lock(&fence).check(now, &t) == Verdict::Fence && !broken("no-fence") {
                 // The fence action: a reboot. The kernel dies with its
                 // writes in flight; the daemon stops.
                 let at_ms = self.sim_ms();

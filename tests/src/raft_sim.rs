@@ -127,6 +127,25 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     c.net.heal();
+    // Sometimes one node is cut off for longer than dead_after while every
+    // node keeps writing: it must fence before the others evict it and
+    // resync what it was writing.
+    if rng.random_bool(0.3) {
+        let victim = rng.random_range(1..=3u64);
+        c.net.isolate(victim);
+        summary.partitions += 1;
+        let until = c.now_ms() + timing.dead_after_ms + rng.random_range(500..1500);
+        while c.now_ms() < until {
+            for id in c.nodes.keys().copied().collect::<Vec<_>>() {
+                if rng.random_range(0..100) < 30 {
+                    // The victim's kernel rewrites regions it has marked.
+                    c.write(id, rng.random_range(0..8));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.net.heal();
+    }
     // A node cut off near the end may fence just after the heal (its lease
     // ran out meanwhile): wait a lease, then bring fenced nodes back, so
     // the crash below is the only fault (three nodes survive one).
@@ -148,11 +167,12 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
             c.write(victim, rng.random_range(0..regions));
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        crashed.insert(victim, c.now_ms());
+        let at = c.now_ms();
+        crashed.insert(victim, at);
         c.crash(victim).await;
         summary.crashed = Some(victim);
         // The leader notices the silence and evicts it.
-        if !c.wait_evicted(victim, Duration::from_secs(30)).await {
+        if !c.wait_evicted(victim, at, Duration::from_secs(30)).await {
             return Err(format!("n{victim} was never evicted; {}", c.raft_states()));
         }
         for _ in 0..rng.random_range(10..60) {
