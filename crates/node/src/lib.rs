@@ -6,6 +6,9 @@
 //!   makes fencing safe is checked by [`liveness::Timing::validate`].
 //! * [`own_marks`]: the node's own tables and dirty regions as its kernel
 //!   sees them, to re-register and re-mark them after an eviction.
+//! * [`router`]: kernel datagrams to replicated commands and reads and
+//!   back: one ordered lane per log table, one batched Raft entry for
+//!   everything queued.
 //! * [`fence`]: the fence actions (reboot, suspend, external command),
 //!   each bounded in time.
 
@@ -14,3 +17,4 @@
 pub mod fence;
 pub mod liveness;
 pub mod own_marks;
+pub mod router;

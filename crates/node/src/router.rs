@@ -1,0 +1,202 @@
+//! The request router: kernel datagrams in, replies out.
+//!
+//! * **Order.** Each log table (uuid, local id) has its own lane, a task
+//!   that handles that table's requests one at a time in arrival order, so
+//!   a CLEAR is applied before the FLUSH that follows it (I4). Different
+//!   tables run concurrently.
+//! * **Batching.** Lanes hand their commands to one proposer, which puts
+//!   everything queued at that moment into one Raft entry (one
+//!   [`replication::Proposal`]), so concurrent logs share a commit.
+//! * **No quorum.** A command or read that cannot complete is retried until
+//!   it does; the kernel gets no error that would fail its mirror, and
+//!   re-sends after 15 s, which queue behind the original in the same lane
+//!   and are answered again (every command is idempotent).
+//! * **Fenced.** A fenced node answers nothing (see `docs/fencing.md`).
+//! * **Bad input.** A datagram whose framing is broken is dropped (there is
+//!   no trustworthy seq to answer); one that frames but does not decode is
+//!   answered `-EINVAL`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use regions::{Command, NodeId, Routed, kernel_answer, route};
+use replication::{LeaderLink, Outcome, Proposal, ReadRequest, Replica, ReplicaError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use wire::{Errno, Frame, Luid, Message, Reply, Uuid};
+
+use crate::own_marks::OwnMarks;
+
+/// Where a reply goes: the transport's way back to the sender.
+pub type ReplyTo = Box<dyn FnOnce(Vec<u8>) + Send>;
+
+/// How long one attempt may take before it is tried again.
+const ATTEMPT: Duration = Duration::from_secs(5);
+/// Most commands in one Raft entry.
+const MAX_BATCH: usize = 256;
+
+struct Job {
+    msg: Message,
+    reply: ReplyTo,
+}
+
+type Pending = (Command, oneshot::Sender<Outcome>);
+
+/// The router of one node.
+pub struct Router<L: LeaderLink> {
+    replica: Arc<Replica<L>>,
+    node: NodeId,
+    fenced: Arc<AtomicBool>,
+    own: Mutex<OwnMarks>,
+    lanes: Mutex<HashMap<(Uuid, Luid), mpsc::UnboundedSender<Job>>>,
+    proposer: mpsc::UnboundedSender<Pending>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<L: LeaderLink> Router<L> {
+    /// A router for `replica`'s node; `fenced` stops all answers when set.
+    /// Must be called within a tokio runtime (it starts the proposer task).
+    pub fn new(replica: Arc<Replica<L>>, fenced: Arc<AtomicBool>) -> Arc<Router<L>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(propose_loop(replica.clone(), rx));
+        let node = NodeId(replica.id);
+        Arc::new(Router {
+            replica,
+            node,
+            fenced,
+            own: Mutex::new(OwnMarks::new()),
+            lanes: Mutex::default(),
+            proposer: tx,
+        })
+    }
+
+    /// What this node's kernel holds, from the requests answered so far.
+    pub fn own_marks(&self) -> OwnMarks {
+        lock(&self.own).clone()
+    }
+
+    /// Takes one datagram from the kernel; `reply` is called at most once.
+    pub fn handle(self: &Arc<Self>, datagram: &[u8], reply: ReplyTo) {
+        let Ok(frame) = Frame::parse(datagram) else {
+            tracing::debug!(len = datagram.len(), "dropped a datagram that does not frame");
+            return;
+        };
+        let msg = match frame.message() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "answered a malformed request with EINVAL");
+                if !self.fenced.load(Ordering::SeqCst) {
+                    reply(Reply::error(frame.header(), Errno::EINVAL).encode());
+                }
+                return;
+            }
+        };
+        let key = (msg.uuid.clone(), msg.luid());
+        let mut job = Job { msg, reply };
+        let mut lanes = lock(&self.lanes);
+        for _ in 0..2 {
+            let tx = lanes.entry(key.clone()).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(lane(self.clone(), rx));
+                tx
+            });
+            match tx.send(job) {
+                Ok(()) => return,
+                // The lane's task is gone: start a new one.
+                Err(mpsc::error::SendError(back)) => {
+                    lanes.remove(&key);
+                    job = back;
+                }
+            }
+        }
+    }
+
+    /// A table was destroyed: its lane ends once its queue is empty.
+    fn forget_lane(&self, uuid: &Uuid, luid: Luid) {
+        lock(&self.lanes).remove(&(uuid.clone(), luid));
+    }
+
+    /// One request, to its answer.
+    async fn answer(&self, msg: &Message) -> Option<Result<wire::Answer, Errno>> {
+        match route(self.node, msg) {
+            Routed::Command(c) => {
+                let (tx, rx) = oneshot::channel();
+                self.proposer.send((c, tx)).ok()?;
+                let outcome = rx.await.ok()?;
+                if let Some(why) = &outcome.refusal {
+                    tracing::info!(request = ?msg.request, %why, "refused");
+                }
+                Some(outcome.answer)
+            }
+            Routed::Query { uuid, instance, query } => {
+                let r = ReadRequest { uuid, instance, query };
+                loop {
+                    match self.replica.read(r.clone(), Instant::now() + ATTEMPT).await {
+                        Ok(a) => return Some(a),
+                        Err(ReplicaError::Timeout) => tracing::warn!("no quorum for a read; waiting"),
+                        Err(ReplicaError::Fatal(e)) => {
+                            tracing::error!(error = %e, "raft stopped");
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A table's lane: its requests one at a time, in order.
+async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(job) = rx.recv().await {
+        let Some(result) = router.answer(&job.msg).await else { continue };
+        if router.fenced.load(Ordering::SeqCst) {
+            continue;
+        }
+        let result = kernel_answer(&job.msg.request, result);
+        if result.is_ok() {
+            lock(&router.own).acknowledged(&job.msg.uuid, job.msg.luid(), &job.msg.request);
+            if job.msg.request == wire::Request::Dtr {
+                router.forget_lane(&job.msg.uuid, job.msg.luid());
+            }
+        }
+        match Reply::new(&job.msg, result) {
+            Ok(r) => (job.reply)(r.encode()),
+            Err(e) => tracing::error!(error = %e, "no valid reply for a request; the kernel will re-send"),
+        }
+    }
+}
+
+/// The proposer: everything queued goes into one entry; a batch whose
+/// outcome is unknown (no quorum before the attempt's deadline) is proposed
+/// again, which is safe because every command is idempotent.
+async fn propose_loop<L: LeaderLink>(replica: Arc<Replica<L>>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let proposal = Proposal { commands: batch.iter().map(|(c, _)| c.clone()).collect() };
+        let outcomes = loop {
+            match replica.propose(proposal.clone(), Instant::now() + ATTEMPT).await {
+                Ok(o) => break Some(o),
+                Err(ReplicaError::Timeout) => tracing::warn!(commands = batch.len(), "no quorum; proposing again"),
+                Err(ReplicaError::Fatal(e)) => {
+                    tracing::error!(error = %e, "raft stopped");
+                    break None;
+                }
+            }
+        };
+        let Some(outcomes) = outcomes else { continue };
+        for ((_, tx), outcome) in batch.into_iter().zip(outcomes.0) {
+            let _ = tx.send(outcome);
+        }
+    }
+}
