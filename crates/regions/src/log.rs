@@ -85,6 +85,12 @@ pub struct Log {
     /// regions out of sync behind their cached `in_sync_hint`, and have not
     /// resumed yet.
     pub(crate) awaiting_resume: BTreeSet<NodeId>,
+    /// Those of `awaiting_resume` whose kernel has suspended (POSTSUSPEND)
+    /// since: only a RESUME after such a suspend was prepared after the
+    /// eviction. A RESUME that was on its way during the eviction (its
+    /// kernel reset its hint before, and a GET_SYNC_COUNT answer may have
+    /// raised it to region_count since) settles nothing.
+    pub(crate) suspended_since: BTreeSet<NodeId>,
     /// Regions an eviction put out of sync while some survivor has not yet
     /// resumed. Such a kernel may write them without asking
     /// IS_REMOTE_RECOVERING (its hint is stale), so until every survivor
@@ -138,6 +144,7 @@ impl Log {
             clean_version: 0,
             disk_failed: false,
             awaiting_resume: BTreeSet::new(),
+            suspended_since: BTreeSet::new(),
             unsettled: BTreeSet::new(),
             kick_queue: Vec::new(),
             kicking: None,
@@ -431,6 +438,7 @@ impl Log {
         }
         self.unsettled.extend(regions.iter().copied());
         for n in survivors {
+            self.suspended_since.remove(&n);
             if self.awaiting_resume.insert(n) {
                 self.kick_queue.push(n);
             }
@@ -453,6 +461,7 @@ impl Log {
     /// kick, if any.
     pub(crate) fn node_settled(&mut self, n: NodeId) -> Option<NodeId> {
         self.awaiting_resume.remove(&n);
+        self.suspended_since.remove(&n);
         self.kick_queue.retain(|q| *q != n);
         if self.kicking == Some(n) {
             self.kicking = None;
@@ -484,6 +493,22 @@ impl Log {
     /// Instance `i`'s kernel drained its writes (POSTSUSPEND) or is gone.
     pub(crate) fn drop_halted_passes(&mut self, i: Instance) -> bool {
         self.halted_passes.remove(&i).is_some()
+    }
+
+    /// Node `n`'s kernel suspended (POSTSUSPEND).
+    pub(crate) fn node_suspended(&mut self, n: NodeId) {
+        if self.awaiting_resume.contains(&n) {
+            self.suspended_since.insert(n);
+        }
+    }
+
+    /// Node `n`'s kernel resumed: it settles if it suspended since it was
+    /// put behind a stale hint (see [`Log::suspended_since`]).
+    pub(crate) fn node_resumed(&mut self, n: NodeId) -> Option<NodeId> {
+        if self.awaiting_resume.contains(&n) && !self.suspended_since.contains(&n) {
+            return None;
+        }
+        self.node_settled(n)
     }
 
     /// Whether some out-of-sync region could be handed out for resync now.

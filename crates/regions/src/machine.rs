@@ -303,6 +303,7 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
         KernelOp::Postsuspend => {
             log.assignments.remove(&i);
             set_phase(log, Phase::Suspended);
+            log.node_suspended(i.node);
             // Its writes are drained: regions it wrote unmarked may be copied.
             let mut effects = Vec::new();
             if log.drop_halted_passes(i) && log.has_resync_work() {
@@ -315,8 +316,9 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
         KernelOp::Resume { disk } => {
             let first = log.activate(disk.as_ref());
             set_phase(log, Phase::Resumed);
-            // This kernel's hint is reset: it asks about every region again.
-            let next = log.node_settled(i.node);
+            // This kernel's hint is reset: it asks about every region again
+            // (unless this RESUME was prepared before the eviction).
+            let next = log.node_resumed(i.node);
             // Regions whose recovery failed are tried again after a resume.
             log.recovery_failed.clear();
             let mut effects = Vec::new();

@@ -639,3 +639,35 @@ fn a_write_let_through_while_recovery_is_halted_blocks_that_regions_copy_until_t
     let answer = h.op(a, KernelOp::IsRemoteRecovering(Region(3))).unwrap();
     assert_eq!(answer, Answer::RemoteRecovering { is_recovering: true, in_sync_hint: 0 });
 }
+
+/// A RESUME that was on its way during an eviction (a kernel re-send after
+/// a lost reply) was prepared before the eviction: its kernel may hold a
+/// hint raised since by a GET_SYNC_COUNT answer. Only a RESUME after a
+/// suspend settles the node.
+#[test]
+fn a_resume_not_preceded_by_a_suspend_since_the_eviction_settles_nothing() {
+    let mut h = H::new(3);
+    let (a, b, c) = (inst(1, 1), inst(2, 1), inst(3, 1));
+    for i in [a, b, c] {
+        h.up(i, CORE_NOSYNC);
+    }
+    h.ok(c, KernelOp::Flush { marks: regions(&[3]) });
+    let applied = h.apply(Command::NodeEvicted { node: NodeId(3) });
+    let first = kicked(&applied.effects);
+    assert_eq!(first.len(), 1);
+    let (kicked_first, other) = if first[0] == 1 { (a, b) } else { (b, a) };
+    h.ok(kicked_first, KernelOp::Presuspend);
+    h.ok(kicked_first, KernelOp::Postsuspend);
+    h.ok(kicked_first, KernelOp::Resume { disk: None });
+    // The other survivor's re-sent RESUME arrives: nothing settles.
+    h.ok(other, KernelOp::Resume { disk: None });
+    assert!(h.in_sync(other, 3), "its kernel may still write region 3 behind a stale hint");
+    assert_eq!(h.work(kicked_first), None, "region 3 is not copied yet");
+    // Its kick: suspend, then resume.
+    h.ok(other, KernelOp::Presuspend);
+    h.ok(other, KernelOp::Postsuspend);
+    h.ok(other, KernelOp::Resume { disk: None });
+    assert!(h.m.log(&h.uuid).unwrap().awaiting_resume().is_empty());
+    assert!(!h.in_sync(other, 3));
+    assert_eq!(h.work(kicked_first), Some(3));
+}
