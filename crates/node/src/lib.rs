@@ -9,6 +9,8 @@
 //! * [`router`]: kernel datagrams to replicated commands and reads and
 //!   back: one ordered lane per log table, one batched Raft entry for
 //!   everything queued.
+//! * [`transport`]: the Unix datagram transport (same bytes as netlink)
+//!   and the serve loop that joins a transport to the router.
 //! * [`fence`]: the fence actions (reboot, suspend, external command),
 //!   each bounded in time.
 
@@ -18,3 +20,4 @@ pub mod fence;
 pub mod liveness;
 pub mod own_marks;
 pub mod router;
+pub mod transport;

@@ -121,3 +121,58 @@ async fn garbage_is_dropped_a_bad_request_gets_einval_and_an_unknown_log_an_errn
     assert_eq!(error("unknown type"), (wire::Seq(5), -22));
     assert_eq!(error("unknown log"), (wire::Seq(5), -2), "ENOENT for a log nobody constructed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_in_another_socket_is_served_over_the_unix_transport() {
+    use node::transport::{UnixTransport, serve};
+    let replica = one_node().await;
+    let router = Router::new(replica, Arc::new(AtomicBool::new(false)));
+    let dir = tempfile::TempDir::new().unwrap();
+    let daemon = dir.path().join("dmlogd.sock");
+    let transport = Arc::new(UnixTransport::bind(&daemon).unwrap());
+    let server = tokio::spawn(serve(transport, router));
+    // The "kernel": its own bound socket, sending what the kernel sends.
+    let kernel_sock = tokio::net::UnixDatagram::bind(dir.path().join("kernel.sock")).unwrap();
+    let mut kernel = Kernel::new(Config::default(), 1, 0x77);
+    let regions = 32;
+    let table = Table {
+        uuid: Uuid::new("LVM-unix").unwrap(),
+        target_sectors: regions * 8,
+        log_args: "clustered-core 8".into(),
+        integrated_flush: false,
+    };
+    let legs = SharedLegs::new(Legs::new(regions, true));
+    let m = kernel.create(table, legs.clone());
+    let start = Instant::now();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut wrote = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        let now = u64::try_from(start.elapsed().as_millis()).unwrap();
+        kernel.advance_to(now);
+        for dg in kernel.take_requests() {
+            kernel_sock.send_to(&dg, &daemon).await.unwrap();
+        }
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), kernel_sock.recv(&mut buf)).await {
+            kernel.deliver(&buf[..n]);
+        }
+        if wrote < 50 && now > 500 {
+            kernel.write(m, wrote % regions);
+            wrote += 1;
+        }
+        if wrote == 50 && kernel.is_idle() {
+            let v = kernel.mirror(m).unwrap();
+            if v.status_sync_count == Some(regions) {
+                break;
+            }
+            if v.status_sync_count.is_none() || now % 1000 == 0 {
+                kernel.status(m);
+            }
+        }
+    }
+    let v = kernel.mirror(m).unwrap();
+    assert!(kernel.violations().is_empty(), "{:?}", kernel.violations());
+    assert_eq!(v.status_sync_count, Some(regions), "resynced and in sync over the socket");
+    assert_eq!(v.writes_done, 50);
+    assert!(legs.lock().identical());
+    server.abort();
+}
