@@ -11,6 +11,8 @@
 //!   everything queued.
 //! * [`transport`]: the Unix datagram transport (same bytes as netlink)
 //!   and the serve loop that joins a transport to the router.
+//! * [`netlink`]: the kernel transport, a `NETLINK_CONNECTOR` socket in
+//!   the dm-log group that hears only the kernel.
 //! * [`fence`]: the fence actions (reboot, suspend, external command),
 //!   each bounded in time.
 
@@ -18,6 +20,7 @@
 
 pub mod fence;
 pub mod liveness;
+pub mod netlink;
 pub mod own_marks;
 pub mod router;
 pub mod transport;

@@ -1,0 +1,113 @@
+//! The kernel transport: a `NETLINK_CONNECTOR` socket in the dm-log group.
+//!
+//! The socket is bound with no group bits and joins group 7 (`CN_IDX_DM`)
+//! with `NETLINK_ADD_MEMBERSHIP`; the kernel's `dm-log-userspace` sends its
+//! requests there and takes replies sent to port 0. Only datagrams from port
+//! 0 (the kernel) are accepted: any other process in the group could
+//! otherwise inject requests. The connector id ({7, 1}) is checked by
+//! [`wire::Frame::parse`] in the router. Replies go to port 0, one per
+//! datagram, in whatever order the router finishes them.
+
+use std::io;
+
+use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
+
+use crate::transport::Transport;
+
+/// `NETLINK_CONNECTOR`.
+pub const NETLINK_CONNECTOR: isize = 11;
+/// The connector index of device-mapper's userspace log (`CN_IDX_DM`), also
+/// the multicast group joined.
+pub const CN_IDX_DM: u32 = 7;
+/// Receive buffer asked for: bursts of requests from many mirrors must not
+/// overflow it (the kernel would wait 15 s for each dropped one).
+pub const RECEIVE_BUFFER: usize = 8 << 20;
+
+/// Why the connector could not be opened, in words an admin can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The kernel has no connector.
+    #[error(
+        "the netlink connector is not available ({0}); is the kernel built with CONFIG_CONNECTOR and dm-log-userspace loaded?"
+    )]
+    NoConnector(io::Error),
+    /// Joining the group needs privileges.
+    #[error(
+        "joining the device-mapper log group needs CAP_NET_ADMIN ({0}); run dmlogd as root (replies also need CAP_SYS_ADMIN)"
+    )]
+    NotPermitted(io::Error),
+    /// Anything else.
+    #[error("opening the netlink connector: {0}")]
+    Other(io::Error),
+}
+
+fn classify(e: io::Error) -> OpenError {
+    match e.raw_os_error() {
+        Some(93) | Some(97) => OpenError::NoConnector(e), // EPROTONOSUPPORT, EAFNOSUPPORT
+        Some(1) | Some(13) => OpenError::NotPermitted(e), // EPERM, EACCES
+        _ => OpenError::Other(e),
+    }
+}
+
+/// Whether a datagram from `sender_port` is taken: only the kernel's.
+pub fn from_kernel(sender_port: u32) -> bool {
+    sender_port == 0
+}
+
+/// The connector transport.
+pub struct NetlinkTransport {
+    socket: TokioSocket,
+}
+
+impl NetlinkTransport {
+    /// Opens the socket, joins the dm-log group and sizes the buffer. Needs
+    /// a tokio runtime.
+    pub fn open() -> Result<NetlinkTransport, OpenError> {
+        let mut socket = TokioSocket::new(NETLINK_CONNECTOR).map_err(classify)?;
+        socket.socket_mut().bind(&SocketAddr::new(0, 0)).map_err(classify)?;
+        socket.socket_ref().add_membership(CN_IDX_DM).map_err(classify)?;
+        if let Err(e) = socket.socket_ref().set_rx_buf_sz(RECEIVE_BUFFER) {
+            // Not fatal: the default buffer works for a few mirrors.
+            tracing::warn!(error = %e, "could not raise the netlink receive buffer; raise net.core.rmem_max");
+        }
+        Ok(NetlinkTransport { socket })
+    }
+}
+
+impl Transport for NetlinkTransport {
+    type Peer = ();
+
+    async fn recv(&self) -> io::Result<(Vec<u8>, ())> {
+        loop {
+            let (bytes, from) = self.socket.recv_from_full().await?;
+            if from_kernel(from.port_number()) {
+                return Ok((bytes, ()));
+            }
+            tracing::warn!(port = from.port_number(), "dropped a connector message that is not from the kernel");
+        }
+    }
+
+    async fn send(&self, bytes: &[u8], _peer: &()) -> io::Result<()> {
+        self.socket.send_to(bytes, &SocketAddr::new(0, 0)).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_kernel_is_heard() {
+        assert!(from_kernel(0));
+        assert!(!from_kernel(4242));
+    }
+
+    #[test]
+    fn open_errors_say_what_to_do() {
+        let no = classify(io::Error::from_raw_os_error(93)).to_string();
+        assert!(no.contains("CONFIG_CONNECTOR"), "{no}");
+        let perm = classify(io::Error::from_raw_os_error(1)).to_string();
+        assert!(perm.contains("CAP_NET_ADMIN"), "{perm}");
+        assert!(matches!(classify(io::Error::from_raw_os_error(5)), OpenError::Other(_)));
+    }
+}
