@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use kernel_sim::{Config as KernelConfig, Kernel, Legs, MirrorId, SharedLegs, Table};
-use node::liveness::{LeaseTable, SelfFence, Timing, Verdict};
+use node::live::{LiveConfig, LiveHooks, LiveTask, Renewals};
+use node::liveness::Timing;
 use openraft::BasicNode;
-use rand::SeedableRng;
 use regions::{Effect, NodeId as Rn, Routed, kernel_answer, route};
 use replication::memnet::{MemLink, MemNet};
 use replication::{AppliedEffects, FlushMode, LogStore, Proposal, Raft, ReadRequest, Replica, StateMachine};
@@ -39,8 +39,8 @@ pub struct RaftNode {
     live: Option<JoinHandle<()>>,
     /// Set when the node fenced itself (the fence action rebooted it).
     pub down: Arc<AtomicBool>,
-    /// The leader's lease table of this node.
-    table: Arc<Mutex<LeaseTable>>,
+    /// Where applied lease renewals go (the liveness task's lease table).
+    renewals: Arc<Mutex<Option<Renewals>>>,
 }
 
 /// Automatic liveness in the simulation: leases renewed through Raft, the
@@ -251,25 +251,19 @@ impl RaftCluster {
     fn start_liveness(&mut self, id: u64, incarnation: u64) {
         let Some(cfg) = self.liveness.clone() else { return };
         let rate = cfg.rates.get(&id).copied().unwrap_or(1.0);
-        let start = self.start;
-        let events = self.events.clone();
-        let net = self.net.clone();
-        let Some(n) = self.nodes.get_mut(&id) else { return };
-        let task = Live {
-            id,
-            incarnation,
-            replica: n.replica.clone(),
-            kernel: n.kernel.clone(),
-            down: n.down.clone(),
-            table: n.table.clone(),
+        let config = LiveConfig {
             timing: cfg.timing,
             rate,
-            start,
-            events,
-            net,
             seed: cfg.seed ^ (id << 32) ^ incarnation,
+            prevote: !broken("no-prevote"),
+            fence: !broken("no-fence"),
         };
-        n.live = Some(tokio::spawn(task.run()));
+        let (start, events, net) = (self.start, self.events.clone(), self.net.clone());
+        let Some(n) = self.nodes.get_mut(&id) else { return };
+        let task = LiveTask::new(n.replica.clone(), incarnation, config, start);
+        *lock(&n.renewals) = Some(task.renewals());
+        let hooks = SimHooks { id, kernel: n.kernel.clone(), down: n.down.clone(), events, net, start };
+        n.live = Some(tokio::spawn(task.run(Arc::new(hooks))));
     }
 
     /// Removes nodes that fenced themselves (their machines rebooted), so
@@ -367,12 +361,12 @@ impl RaftCluster {
         let mut k = Kernel::new(KernelConfig::default(), u32::try_from(id * 100_000).unwrap_or(0), id << 40);
         k.advance_to(self.now_ms());
         let kernel = Arc::new(Mutex::new(k));
-        let table = Arc::new(Mutex::new(LeaseTable::new()));
-        let rate = self.liveness.as_ref().and_then(|l| l.rates.get(&id).copied()).unwrap_or(1.0);
+        let renewals: Arc<Mutex<Option<Renewals>>> = Arc::default();
         let down = Arc::new(AtomicBool::new(false));
         let driver =
-            tokio::spawn(drive(id, replica.clone(), kernel.clone(), rx, self.start, table.clone(), rate, down.clone()));
-        self.nodes.insert(id, RaftNode { id, replica, kernel, mirror: MirrorId(0), driver, live: None, down, table });
+            tokio::spawn(drive(id, replica.clone(), kernel.clone(), rx, self.start, renewals.clone(), down.clone()));
+        self.nodes
+            .insert(id, RaftNode { id, replica, kernel, mirror: MirrorId(0), driver, live: None, down, renewals });
     }
 
     /// Milliseconds since the start.
@@ -523,15 +517,13 @@ impl RaftCluster {
 /// The node loop: moves the kernel's clock, sends its requests through the
 /// replica (each in its own task, so the kernel's threads overlap as in the
 /// real kernel), and acts on effects addressed to this node.
-#[allow(clippy::too_many_arguments)]
 async fn drive(
     id: u64,
     replica: Arc<Replica<MemLink>>,
     kernel: Arc<Mutex<Kernel>>,
     mut effects: mpsc::UnboundedReceiver<AppliedEffects>,
     start: Instant,
-    table: Arc<Mutex<LeaseTable>>,
-    rate: f64,
+    renewals: Arc<Mutex<Option<Renewals>>>,
     down: Arc<AtomicBool>,
 ) {
     loop {
@@ -559,7 +551,11 @@ async fn drive(
                     Effect::KickKernel { node, .. } if node.0 == id => lock(&kernel).kick(MirrorId(0)),
                     // A read wakes kmirrord, whose pass asks for resync work.
                     Effect::WakeRecovery { node, .. } if node.0 == id => lock(&kernel).read(MirrorId(0), 0),
-                    Effect::LeaseRenewed { node } => lock(&table).renewed(node, local_ms(start, rate)),
+                    Effect::LeaseRenewed { node } => {
+                        if let Some(r) = lock(&renewals).as_ref() {
+                            r.renewed(node);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -575,144 +571,42 @@ fn broken(feature: &str) -> bool {
     std::env::var("DMLOGD_SIM_BREAK").is_ok_and(|v| v.split(',').any(|f| f == feature))
 }
 
-/// A node's monotonic clock: simulated milliseconds at its own rate.
-fn local_ms(start: Instant, rate: f64) -> u64 {
-    (start.elapsed().as_secs_f64() * 1e3 * rate) as u64
-}
-
-/// One node's liveness task: renews its lease through Raft, fences itself
-/// when the lease runs out, and on the leader evicts nodes whose leases ran
-/// out (see `node::liveness`).
-struct Live {
+/// The simulation's side of a node's liveness task: the fence action is a
+/// reboot (the kernel dies with its writes in flight, the daemon stops).
+struct SimHooks {
     id: u64,
-    incarnation: u64,
-    replica: Arc<Replica<MemLink>>,
     kernel: Arc<Mutex<Kernel>>,
     down: Arc<AtomicBool>,
-    table: Arc<Mutex<LeaseTable>>,
-    timing: Timing,
-    rate: f64,
-    start: Instant,
     events: Arc<Mutex<Vec<LiveEvent>>>,
     net: MemNet,
-    seed: u64,
+    start: Instant,
 }
 
-impl Live {
+impl SimHooks {
     fn sim_ms(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
+}
 
-    async fn run(self) {
-        let t = self.timing;
-        let local = || local_ms(self.start, self.rate);
-        let fence = Arc::new(Mutex::new(SelfFence::new(local())));
-        let evicting: Arc<Mutex<std::collections::BTreeSet<u64>>> = Arc::default();
-        let mut next_renew = 0;
-        // A local tick is tick_ms of this node's clock.
-        let tick = Duration::from_secs_f64(t.tick_ms as f64 / 1e3 / self.rate);
-        // Elections go through pre-vote from here on.
-        if !broken("no-prevote") {
-            self.replica.take_over_elections();
-        }
-        let config = self.replica.raft.config().clone();
-        let mut rng = rand::rngs::SmallRng::seed_from_u64(self.seed);
-        let mut quiet = || {
-            use rand::Rng;
-            Duration::from_millis(rng.random_range(config.election_timeout_min..=config.election_timeout_max))
-        };
-        let mut wait = quiet();
-        loop {
-            tokio::time::sleep(tick).await;
-            let now = local();
-            if now >= next_renew {
-                next_renew = now + t.renew_every_ms;
-                let (replica, fence) = (self.replica.clone(), fence.clone());
-                let renew = regions::Command::Renew { node: Rn(self.id), incarnation: self.incarnation };
-                let deadline = Instant::now() + Duration::from_millis(2 * t.renew_every_ms);
-                tokio::spawn(async move {
-                    let out = replica.propose(Proposal { commands: vec![renew] }, deadline).await;
-                    match out {
-                        Ok(out) if out.0.first().is_some_and(|o| o.answer.is_ok()) => lock(&fence).committed(now),
-                        other => {
-                            if trace_region().is_some() {
-                                let id = replica.id;
-                                lock(&TRACE).push(format!("{:?} n{id} renewal failed: {other:?}", Instant::now()));
-                            }
-                        }
-                    }
-                });
-            }
-            if lock(&fence).check(now, &t) == Verdict::Fence && !broken("no-fence") {
-                // The fence action: a reboot. The kernel dies with its
-                // writes in flight; the daemon stops.
-                let at_ms = self.sim_ms();
-                self.down.store(true, Ordering::SeqCst);
-                lock(&self.events).push(LiveEvent::Fenced { node: self.id, at_ms });
-                if trace_region().is_some() {
-                    lock(&TRACE).push(format!("{:?} n{} FENCED", Instant::now(), self.id));
-                }
-                let dead = std::mem::replace(&mut *lock(&self.kernel), Kernel::new(KernelConfig::default(), 0, 0));
-                dead.crash();
-                self.net.unregister(self.id);
-                return;
-            }
-            self.leader_duty(now, &evicting);
-            let before = self.replica.leader_contact_age();
-            let started = self.replica.campaign_if_leaderless(wait).await;
-            let due = started || before >= wait && !self.replica.raft.metrics().borrow().state.is_leader();
-            if started && trace_region().is_some() {
-                let m = self.replica.raft.metrics().borrow().clone();
-                lock(&TRACE).push(format!(
-                    "{:?} n{} campaign due: started {started}; {:?} term {} leader {:?}",
-                    Instant::now(),
-                    self.id,
-                    m.state,
-                    m.current_term,
-                    m.current_leader
-                ));
-            }
-            if due {
-                wait = quiet();
-            }
-        }
+impl LiveHooks for SimHooks {
+    fn fence(&self) {
+        let at_ms = self.sim_ms();
+        self.down.store(true, Ordering::SeqCst);
+        lock(&self.events).push(LiveEvent::Fenced { node: self.id, at_ms });
+        self.trace(format!("n{} FENCED", self.id));
+        let dead = std::mem::replace(&mut *lock(&self.kernel), Kernel::new(KernelConfig::default(), 0, 0));
+        dead.crash();
+        self.net.unregister(self.id);
     }
 
-    /// On the leader: evict every member unseen for `dead_after`.
-    fn leader_duty(&self, now: u64, evicting: &Arc<Mutex<std::collections::BTreeSet<u64>>>) {
-        let leads = self.replica.raft.metrics().borrow().state == openraft::ServerState::Leader;
-        let expired = {
-            let mut table = lock(&self.table);
-            match (leads, table.leading()) {
-                (true, false) => table.became_leader(now),
-                (false, true) => table.stepped_down(),
-                _ => {}
-            }
-            if !leads {
-                return;
-            }
-            let members: Vec<Rn> = self.replica.state.read(|m| m.members().keys().copied().collect());
-            table.set_members(members, now);
-            table.expired(Rn(self.id), now, &self.timing)
-        };
-        for n in expired {
-            if !lock(evicting).insert(n.0) {
-                continue;
-            }
-            let (replica, evicting, events, start) =
-                (self.replica.clone(), evicting.clone(), self.events.clone(), self.start);
-            tokio::spawn(async move {
-                if trace_region().is_some() {
-                    lock(&TRACE).push(format!("{:?} n{} EVICT proposed by the leader", Instant::now(), n.0));
-                }
-                let p = Proposal { commands: vec![regions::Command::NodeEvicted { node: n }] };
-                let ok = replica.propose(p, Instant::now() + Duration::from_secs(5)).await.is_ok();
-                if ok {
-                    let at_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    lock(&events).push(LiveEvent::Evicted { node: n.0, at_ms });
-                }
-                lock(&evicting).remove(&n.0);
-            });
+    fn evicted(&self, node: Rn) {
+        let at_ms = self.sim_ms();
+        lock(&self.events).push(LiveEvent::Evicted { node: node.0, at_ms });
+    }
+
+    fn trace(&self, line: String) {
+        if trace_region().is_some() {
+            lock(&TRACE).push(format!("{:?} {line}", Instant::now()));
         }
     }
 }

@@ -4,6 +4,8 @@
 //! * [`liveness`]: leases, eviction of dead nodes and self-fencing, as pure
 //!   state machines with time as an input; the timing inequality that
 //!   makes fencing safe is checked by [`liveness::Timing::validate`].
+//! * [`live`]: the liveness task that runs them (renewals, fencing,
+//!   evictions on the leader, pre-vote elections), with hooks for the fence.
 //! * [`own_marks`]: the node's own tables and dirty regions as its kernel
 //!   sees them, to re-register and re-mark them after an eviction.
 //! * [`router`]: kernel datagrams to replicated commands and reads and
@@ -19,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod fence;
+pub mod live;
 pub mod liveness;
 pub mod netlink;
 pub mod own_marks;

@@ -1,0 +1,191 @@
+//! The liveness task of one node: the loop around [`crate::liveness`].
+//!
+//! Every tick (of the node's own clock) it renews the node's lease through
+//! Raft when due, fences the node when its lease has run out, on the leader
+//! evicts members whose leases ran out, and stands for election through
+//! pre-vote when no leader has answered for a randomised quiet period.
+//! What a fence does and who hears of evictions are [`LiveHooks`]: the
+//! daemon runs its fence action, the simulation kills its simulated kernel.
+//!
+//! The leader's lease table also needs every applied
+//! [`regions::Effect::LeaseRenewed`]; whoever consumes the node's applied
+//! effects calls [`Renewals::renewed`] (from [`LiveTask::renewals`]).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use regions::{Command, NodeId};
+use replication::{LeaderLink, Proposal, Replica};
+use tokio::time::Instant;
+
+use crate::liveness::{LeaseTable, SelfFence, Timing, Verdict};
+
+/// What the liveness task does outside itself.
+pub trait LiveHooks: Send + Sync + 'static {
+    /// The lease ran out: run the fence action now. The task ends after.
+    fn fence(&self);
+    /// The eviction of `node`, proposed by this node as leader, committed.
+    fn evicted(&self, _node: NodeId) {}
+    /// A line for debugging (renewal failures, campaigns).
+    fn trace(&self, _line: String) {}
+}
+
+/// How the task runs.
+#[derive(Clone, Copy, Debug)]
+pub struct LiveConfig {
+    /// The cluster's liveness timings (validated).
+    pub timing: Timing,
+    /// This node's clock rate relative to tokio's clock (1.0 but in the
+    /// simulation, which skews clocks).
+    pub rate: f64,
+    /// Seed of the election-timeout jitter.
+    pub seed: u64,
+    /// Drive elections through pre-vote (openraft's timer off).
+    pub prevote: bool,
+    /// Run the fence when the lease runs out (off only for a demonstration
+    /// that the simulation catches its absence).
+    pub fence: bool,
+}
+
+/// The liveness task of one node.
+pub struct LiveTask<L: LeaderLink> {
+    id: u64,
+    incarnation: u64,
+    replica: Arc<Replica<L>>,
+    table: Arc<Mutex<LeaseTable>>,
+    config: LiveConfig,
+    start: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<L: LeaderLink> LiveTask<L> {
+    /// The task of `replica`'s node, whose kernel joined with `incarnation`;
+    /// its clock starts at `start`.
+    pub fn new(replica: Arc<Replica<L>>, incarnation: u64, config: LiveConfig, start: Instant) -> LiveTask<L> {
+        LiveTask { id: replica.id, incarnation, replica, table: Arc::default(), config, start }
+    }
+
+    /// The node's clock, in milliseconds since `start`.
+    pub fn now(&self) -> u64 {
+        local_ms(self.start, self.config.rate)
+    }
+
+    /// A handle for the effects consumer: call it with every applied
+    /// `LeaseRenewed`.
+    pub fn renewals(&self) -> Renewals {
+        Renewals { table: self.table.clone(), start: self.start, rate: self.config.rate }
+    }
+
+    /// Runs until the node fences.
+    pub async fn run(self, hooks: Arc<dyn LiveHooks>) {
+        let t = self.config.timing;
+        let fence = Arc::new(Mutex::new(SelfFence::new(self.now())));
+        let evicting: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+        let mut next_renew = 0;
+        let tick = Duration::from_secs_f64(t.tick_ms as f64 / 1e3 / self.config.rate);
+        if self.config.prevote {
+            self.replica.take_over_elections();
+        }
+        let raft_config = self.replica.raft.config().clone();
+        let mut rng = SmallRng::seed_from_u64(self.config.seed);
+        let mut quiet = || {
+            Duration::from_millis(rng.random_range(raft_config.election_timeout_min..=raft_config.election_timeout_max))
+        };
+        let mut wait = quiet();
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = self.now();
+            if now >= next_renew {
+                next_renew = now + t.renew_every_ms;
+                self.renew(now, &fence, &hooks);
+            }
+            if lock(&fence).check(now, &t) == Verdict::Fence && self.config.fence {
+                hooks.fence();
+                return;
+            }
+            self.leader_duty(now, &evicting, &hooks);
+            if self.config.prevote {
+                let due = self.replica.leader_contact_age() >= wait
+                    && !self.replica.raft.metrics().borrow().state.is_leader();
+                if self.replica.campaign_if_leaderless(wait).await {
+                    hooks.trace(format!("n{} stood for election", self.id));
+                }
+                if due {
+                    wait = quiet();
+                }
+            }
+        }
+    }
+
+    /// Proposes a renewal sent at `now`; its commit extends the lease.
+    fn renew(&self, now: u64, fence: &Arc<Mutex<SelfFence>>, hooks: &Arc<dyn LiveHooks>) {
+        let (replica, fence, hooks) = (self.replica.clone(), fence.clone(), hooks.clone());
+        let renew = Command::Renew { node: NodeId(self.id), incarnation: self.incarnation };
+        let deadline = Instant::now() + Duration::from_millis(2 * self.config.timing.renew_every_ms);
+        tokio::spawn(async move {
+            match replica.propose(Proposal { commands: vec![renew] }, deadline).await {
+                Ok(out) if out.0.first().is_some_and(|o| o.answer.is_ok()) => lock(&fence).committed(now),
+                other => hooks.trace(format!("n{} renewal failed: {other:?}", replica.id)),
+            }
+        });
+    }
+
+    /// On the leader: evict every member unseen for `dead_after`.
+    fn leader_duty(&self, now: u64, evicting: &Arc<Mutex<BTreeSet<u64>>>, hooks: &Arc<dyn LiveHooks>) {
+        let leads = self.replica.raft.metrics().borrow().state.is_leader();
+        let expired = {
+            let mut table = lock(&self.table);
+            match (leads, table.leading()) {
+                (true, false) => table.became_leader(now),
+                (false, true) => table.stepped_down(),
+                _ => {}
+            }
+            if !leads {
+                return;
+            }
+            let members: Vec<NodeId> = self.replica.state.read(|m| m.members().keys().copied().collect());
+            table.set_members(members, now);
+            table.expired(NodeId(self.id), now, &self.config.timing)
+        };
+        for n in expired {
+            if !lock(evicting).insert(n.0) {
+                continue;
+            }
+            let (replica, evicting, hooks) = (self.replica.clone(), evicting.clone(), hooks.clone());
+            tokio::spawn(async move {
+                hooks.trace(format!("n{} EVICT proposed by the leader", n.0));
+                let p = Proposal { commands: vec![Command::NodeEvicted { node: n }] };
+                if replica.propose(p, Instant::now() + Duration::from_secs(5)).await.is_ok() {
+                    hooks.evicted(n);
+                }
+                lock(&evicting).remove(&n.0);
+            });
+        }
+    }
+}
+
+/// Feeds applied renewals to the leader's lease table.
+#[derive(Clone)]
+pub struct Renewals {
+    table: Arc<Mutex<LeaseTable>>,
+    start: Instant,
+    rate: f64,
+}
+
+impl Renewals {
+    /// `node` renewed (its `LeaseRenewed` was applied here).
+    pub fn renewed(&self, node: NodeId) {
+        lock(&self.table).renewed(node, local_ms(self.start, self.rate));
+    }
+}
+
+/// Milliseconds since `start` on a clock running at `rate`.
+pub fn local_ms(start: Instant, rate: f64) -> u64 {
+    (start.elapsed().as_secs_f64() * 1e3 * rate) as u64
+}
