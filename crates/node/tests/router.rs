@@ -38,6 +38,18 @@ async fn one_node() -> Arc<Replica<MemLink>> {
     replica
 }
 
+/// A `clustered-core` mirror of `regions` regions of 8 sectors that starts
+/// out of sync, and its legs.
+fn mirror(uuid: &str, regions: u64) -> (Table, SharedLegs) {
+    let table = Table {
+        uuid: Uuid::new(uuid).unwrap(),
+        target_sectors: regions * 8,
+        log_args: "clustered-core 8".into(),
+        integrated_flush: false,
+    };
+    (table, SharedLegs::new(Legs::new(regions, true)))
+}
+
 /// Moves the kernel's clock, sends its datagrams through the router and
 /// delivers the replies, until `until_ms`.
 async fn drive(kernel: &mut Kernel, router: &Arc<Router<MemLink>>, start: Instant, until_ms: u64) {
@@ -65,13 +77,7 @@ async fn a_kernel_resyncs_writes_and_reports_in_sync_through_the_router() {
     let router = Router::new(replica.clone(), Arc::new(AtomicBool::new(false)));
     let mut kernel = Kernel::new(Config::default(), 7, 0x1234);
     let regions = 64;
-    let table = Table {
-        uuid: Uuid::new("LVM-router").unwrap(),
-        target_sectors: regions * 8,
-        log_args: "clustered-core 8".into(),
-        integrated_flush: false,
-    };
-    let legs = SharedLegs::new(Legs::new(regions, true));
+    let (table, legs) = mirror("LVM-router", regions);
     let m = kernel.create(table, legs.clone());
     let start = Instant::now();
     drive(&mut kernel, &router, start, 2_000).await;
@@ -135,13 +141,7 @@ async fn a_kernel_in_another_socket_is_served_over_the_unix_transport() {
     let kernel_sock = tokio::net::UnixDatagram::bind(dir.path().join("kernel.sock")).unwrap();
     let mut kernel = Kernel::new(Config::default(), 1, 0x77);
     let regions = 32;
-    let table = Table {
-        uuid: Uuid::new("LVM-unix").unwrap(),
-        target_sectors: regions * 8,
-        log_args: "clustered-core 8".into(),
-        integrated_flush: false,
-    };
-    let legs = SharedLegs::new(Legs::new(regions, true));
+    let (table, legs) = mirror("LVM-unix", regions);
     let m = kernel.create(table, legs.clone());
     let start = Instant::now();
     let mut buf = vec![0u8; 16 * 1024];

@@ -69,27 +69,15 @@ async fn bring_up<L: replication::LeaderLink>(r: &Replica<L>, uuid: Uuid, node: 
     }
 }
 
-async fn flush_one<L: replication::LeaderLink>(
+/// One kernel command of table (`node`, `luid`) of log `uuid`, committed.
+async fn one<L: replication::LeaderLink>(
     r: &Replica<L>,
     uuid: Uuid,
     node: u64,
     luid: u64,
-    region: u64,
+    op: KernelOp,
 ) -> Result<(), Error> {
-    let p = Proposal { commands: vec![kernel(uuid, node, luid, KernelOp::Flush { marks: vec![Region(region)] })] };
-    r.propose(p, far()).await?;
-    Ok(())
-}
-
-async fn clear_one<L: replication::LeaderLink>(
-    r: &Replica<L>,
-    uuid: Uuid,
-    node: u64,
-    luid: u64,
-    region: u64,
-) -> Result<(), Error> {
-    let p = Proposal { commands: vec![kernel(uuid, node, luid, KernelOp::Clear(vec![Region(region)]))] };
-    r.propose(p, far()).await?;
+    r.propose(Proposal { commands: vec![kernel(uuid, node, luid, op)] }, far()).await?;
     Ok(())
 }
 
@@ -161,7 +149,7 @@ async fn main() -> Result<(), Error> {
         let mut samples = Vec::new();
         for i in 0..n as u64 {
             let t = std::time::Instant::now();
-            flush_one(r, uuid.clone(), node, 1, i % 1024).await?;
+            one(r, uuid.clone(), node, 1, KernelOp::Flush { marks: vec![Region(i % 1024)] }).await?;
             samples.push(t.elapsed());
         }
         let (p50, p99) = report(name, &mut samples);
@@ -193,8 +181,9 @@ async fn main() -> Result<(), Error> {
             let mut k = 0u64;
             while Instant::now() < stop {
                 let region = k % 1024;
-                flush_one(&replica, uuid.clone(), node, 100 + i, region).await?;
-                clear_one(&replica, uuid.clone(), node, 100 + i, region).await?;
+                let flush = KernelOp::Flush { marks: vec![Region(region)] };
+                one(&replica, uuid.clone(), node, 100 + i, flush).await?;
+                one(&replica, uuid.clone(), node, 100 + i, KernelOp::Clear(vec![Region(region)])).await?;
                 done.fetch_add(2, Ordering::Relaxed);
                 k += 1;
             }

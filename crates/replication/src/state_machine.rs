@@ -108,29 +108,18 @@ fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, String> {
     decode(bytes.value()).map(Some).map_err(|e| e.to_string())
 }
 
-/// The term of the stored vote (0 for none).
-fn start_term(db: &Database) -> Result<u64, String> {
+/// The term of the stored vote and the index of the last stored log entry
+/// (0 for none), read in one transaction: the read floor.
+fn start_point(db: &Database) -> Result<(u64, u64), String> {
     let txn = db.begin_read().map_err(|e| e.to_string())?;
-    let meta = match txn.open_table(META) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-        Err(e) => return Err(e.to_string()),
+    let meta = txn.open_table(META).map_err(|e| e.to_string())?;
+    let term = match meta.get(VOTE).map_err(|e| e.to_string())? {
+        Some(bytes) => decode::<Vote>(bytes.value()).map_err(|e| e.to_string())?.leader_id().term,
+        None => 0,
     };
-    let Some(bytes) = meta.get(VOTE).map_err(|e| e.to_string())? else { return Ok(0) };
-    let vote: Vote = decode(bytes.value()).map_err(|e| e.to_string())?;
-    Ok(vote.leader_id().term)
-}
-
-/// The index of the last stored log entry (0 for an empty log).
-fn last_log_index(db: &Database) -> Result<u64, String> {
-    let txn = db.begin_read().map_err(|e| e.to_string())?;
-    let log = match txn.open_table(LOG) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-        Err(e) => return Err(e.to_string()),
-    };
-    let last = log.last().map_err(|e| e.to_string())?;
-    Ok(last.map_or(0, |(k, _)| k.value()))
+    let log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+    let last = log.last().map_err(|e| e.to_string())?.map_or(0, |(k, _)| k.value());
+    Ok((term, last))
 }
 
 fn write_snapshot(db: &Database, s: &StoredSnapshot) -> Result<(), String> {
@@ -151,7 +140,7 @@ impl StateMachine {
             state.last_applied = s.meta.last_log_id;
             state.membership = s.meta.last_membership.clone();
         }
-        let floor = (start_term(&db)?, last_log_index(&db)?);
+        let floor = start_point(&db)?;
         Ok(StateMachine {
             db,
             state: Arc::new(Mutex::new(state)),
