@@ -1,0 +1,177 @@
+//! The daemon's configuration: a TOML file, command-line overrides, and
+//! an embedded default (a one-node cluster in `./dmlogd-data`) when there
+//! is neither. Every value is checked before anything starts; a bad one is
+//! one line on stderr and exit status 2.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use node::liveness::Timing;
+use serde::Deserialize;
+
+/// Where the kernel's requests come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// The netlink connector (production).
+    Netlink,
+    /// A Unix datagram socket at this path (tests, the demo).
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Kernel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Kernel, String> {
+        match s {
+            "netlink" => Ok(Kernel::Netlink),
+            _ => match s.strip_prefix("unix:") {
+                Some(p) if !p.is_empty() => Ok(Kernel::Unix(PathBuf::from(p))),
+                _ => Err(format!("kernel {s:?}: expected netlink or unix:<path>")),
+            },
+        }
+    }
+}
+
+/// The file's shape (every key optional; the default fills in).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// This node's id (1 or more).
+    pub id: Option<u64>,
+    /// Where the Raft store lives.
+    pub data_dir: Option<PathBuf>,
+    /// host:port for node-to-node and admin gRPC.
+    pub listen: Option<String>,
+    /// The initial members, id → host:port (this node included).
+    pub members: Option<BTreeMap<String, String>>,
+    /// `netlink` or `unix:<path>`.
+    pub kernel: Option<String>,
+    /// `reboot`, `suspend` or `command:<program> [args…]`.
+    pub fence: Option<String>,
+    /// Liveness timings.
+    pub timing: Option<Timing>,
+}
+
+/// The checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This node.
+    pub id: u64,
+    /// The store's directory.
+    pub data_dir: PathBuf,
+    /// The gRPC listen address.
+    pub listen: String,
+    /// The initial members.
+    pub members: BTreeMap<u64, String>,
+    /// The kernel transport.
+    pub kernel: Kernel,
+    /// The fence action.
+    pub fence: node::fence::FenceAction,
+    /// Liveness timings.
+    pub timing: Timing,
+}
+
+/// Overrides from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--id`.
+    pub id: Option<u64>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--member ID=ADDR`, repeated.
+    pub members: Vec<String>,
+    /// `--kernel`.
+    pub kernel: Option<String>,
+    /// `--fence`.
+    pub fence: Option<String>,
+}
+
+impl Config {
+    /// Builds and checks the configuration from a file's text (or none)
+    /// and the overrides.
+    pub fn build(file: Option<&str>, o: &Overrides) -> Result<Config, String> {
+        let f: File = match file {
+            Some(text) => toml::from_str(text).map_err(|e| format!("config: {}", e.message()))?,
+            None => File::default(),
+        };
+        let id = o.id.or(f.id).unwrap_or(1);
+        if id == 0 {
+            return Err("config: id must be 1 or more".into());
+        }
+        let listen = o.listen.clone().or(f.listen).unwrap_or_else(|| "127.0.0.1:7601".into());
+        if listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("config: listen {listen:?} is not host:port with a numeric host"));
+        }
+        let mut members = BTreeMap::new();
+        for (k, v) in f.members.unwrap_or_default() {
+            let n: u64 = k.parse().map_err(|_| format!("config: member id {k:?} is not a number"))?;
+            members.insert(n, v);
+        }
+        for m in &o.members {
+            let (k, v) = m.split_once('=').ok_or_else(|| format!("--member {m:?}: expected ID=HOST:PORT"))?;
+            let n: u64 = k.parse().map_err(|_| format!("--member {m:?}: {k:?} is not a number"))?;
+            members.insert(n, v.to_owned());
+        }
+        if members.is_empty() {
+            members.insert(id, listen.clone());
+        }
+        if !members.contains_key(&id) {
+            return Err(format!("config: this node ({id}) is not among the members {:?}", members.keys()));
+        }
+        let kernel = o.kernel.clone().or(f.kernel).unwrap_or_else(|| "netlink".into()).parse()?;
+        let fence = o.fence.clone().or(f.fence).unwrap_or_else(|| "reboot".into());
+        let fence = fence.parse().map_err(|e: node::fence::FenceError| e.to_string())?;
+        let timing = f.timing.unwrap_or_default();
+        timing.validate().map_err(|e| e.to_string())?;
+        let data_dir = o.data_dir.clone().or(f.data_dir).unwrap_or_else(|| PathBuf::from("dmlogd-data"));
+        Ok(Config { id, data_dir, listen, members, kernel, fence, timing })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_given_is_a_one_node_cluster() {
+        let c = Config::build(None, &Overrides::default()).unwrap();
+        assert_eq!(c.id, 1);
+        assert_eq!(c.members, BTreeMap::from([(1, "127.0.0.1:7601".to_owned())]));
+        assert_eq!(c.kernel, Kernel::Netlink);
+    }
+
+    #[test]
+    fn a_file_with_overrides() {
+        let text = r#"
+            id = 2
+            listen = "10.0.0.2:7601"
+            kernel = "unix:/run/dmlogd/kernel.sock"
+            [members]
+            1 = "10.0.0.1:7601"
+            2 = "10.0.0.2:7601"
+            3 = "10.0.0.3:7601"
+        "#;
+        let o = Overrides { fence: Some("command:/usr/sbin/fence_self".into()), ..Overrides::default() };
+        let c = Config::build(Some(text), &o).unwrap();
+        assert_eq!(c.id, 2);
+        assert_eq!(c.members.len(), 3);
+        assert_eq!(c.kernel, Kernel::Unix("/run/dmlogd/kernel.sock".into()));
+    }
+
+    #[test]
+    fn bad_values_are_one_clear_line() {
+        let bad = |text: &str, o: Overrides| Config::build(Some(text), &o).unwrap_err();
+        assert!(bad("id = 0", Overrides::default()).contains("id must be 1 or more"));
+        assert!(bad("colour = 3", Overrides::default()).contains("unknown field"));
+        assert!(bad("kernel = \"tcp\"", Overrides::default()).contains("expected netlink or unix"));
+        assert!(bad("id = 4\n[members]\n1 = \"a:1\"", Overrides::default()).contains("not among the members"));
+        let timing = "[timing]\nrenew_every_ms = 500\ntick_ms = 100\nfence_after_ms = 8000\nfence_action_max_ms = 2000\ndead_after_ms = 9000\nclock_drift_ppm = 10000\nelection_max_ms = 1500";
+        let e = bad(timing, Overrides::default());
+        assert!(e.contains("dead_after_ms (9000) must be at least 10305"), "{e}");
+        assert!(!e.contains('\n'));
+        let o = Overrides { members: vec!["x".into()], ..Overrides::default() };
+        assert!(bad("", o).contains("expected ID=HOST:PORT"));
+    }
+}
