@@ -66,9 +66,17 @@ impl NetlinkTransport {
         let mut socket = TokioSocket::new(NETLINK_CONNECTOR).map_err(classify)?;
         socket.socket_mut().bind(&SocketAddr::new(0, 0)).map_err(classify)?;
         socket.socket_ref().add_membership(CN_IDX_DM).map_err(classify)?;
-        if let Err(e) = socket.socket_ref().set_rx_buf_sz(RECEIVE_BUFFER) {
-            // Not fatal: the default buffer works for a few mirrors.
-            tracing::warn!(error = %e, "could not raise the netlink receive buffer; raise net.core.rmem_max");
+        // SO_RCVBUFFORCE passes net.core.rmem_max (it needs CAP_NET_ADMIN,
+        // which joining the group already required); SO_RCVBUF is the
+        // fallback, capped by rmem_max.
+        let forced =
+            nix::sys::socket::setsockopt(socket.socket_ref(), nix::sys::socket::sockopt::RcvBufForce, &RECEIVE_BUFFER);
+        if let Err(e) = forced {
+            tracing::warn!(error = %e, "SO_RCVBUFFORCE refused; asking SO_RCVBUF (raise net.core.rmem_max)");
+            if let Err(e) = socket.socket_ref().set_rx_buf_sz(RECEIVE_BUFFER) {
+                // Not fatal: the default buffer works for a few mirrors.
+                tracing::warn!(error = %e, "could not raise the netlink receive buffer");
+            }
         }
         Ok(NetlinkTransport { socket })
     }
