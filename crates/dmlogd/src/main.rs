@@ -216,6 +216,7 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     tracing::info!("stopping");
     server.abort();
     live.abort();
+    handoff(&replica).await;
     let _ = replica.raft.shutdown().await;
     effects.abort();
     Ok(())
@@ -229,6 +230,21 @@ async fn join(replica: &Arc<Replica<GrpcLeaderLink>>, incarnation: u64) {
             Ok(_) => return,
             Err(e) => tracing::warn!(error = %e, "waiting for the cluster to join"),
         }
+    }
+}
+
+/// A leader that stops hands leadership to another voter first, so the
+/// cluster does not wait an election timeout for a new one.
+async fn handoff(replica: &Arc<Replica<GrpcLeaderLink>>) {
+    if !replica.raft.metrics().borrow().state.is_leader() {
+        return;
+    }
+    let Some(to) = replica.members().into_iter().find(|m| m.voter && m.id != replica.id).map(|m| m.id) else {
+        return;
+    };
+    match replica.transfer_leader(to, Instant::now() + Duration::from_secs(10)).await {
+        Ok(leader) => tracing::info!(leader, "leadership handed over"),
+        Err(e) => tracing::warn!(error = %e, "could not hand leadership over; the others will elect"),
     }
 }
 

@@ -85,12 +85,15 @@ pub async fn bootstrap(raft: &Raft, members: &BTreeMap<NodeId, String>) -> Resul
     }
 }
 
-/// Carries out a campaign order on `raft`.
-pub(crate) async fn obey(raft: &Raft, order: Campaign) -> Result<(), ForwardError> {
+/// Carries out a campaign order on `raft`. `own_timer` says whether
+/// openraft's election timer is in use on this node (it is not once the
+/// liveness task drives elections through pre-vote); a hold that ends turns
+/// it back on only then.
+pub(crate) async fn obey(raft: &Raft, own_timer: bool, order: Campaign) -> Result<(), ForwardError> {
     match order {
         Campaign::Elect => raft.trigger().elect().await.map_err(|e| ForwardError::Fatal(e.to_string())),
         Campaign::Hold { millis: 0 } => {
-            raft.runtime_config().elect(true);
+            raft.runtime_config().elect(own_timer);
             Ok(())
         }
         Campaign::Hold { millis } => {
@@ -98,7 +101,7 @@ pub(crate) async fn obey(raft: &Raft, order: Campaign) -> Result<(), ForwardErro
             let raft = raft.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(millis)).await;
-                raft.runtime_config().elect(true);
+                raft.runtime_config().elect(own_timer);
             });
             Ok(())
         }
@@ -119,7 +122,7 @@ fn write_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Chang
 impl<L: LeaderLink> Replica<L> {
     /// Carries out a campaign order on this node.
     pub async fn obey(&self, order: Campaign) -> Result<(), ForwardError> {
-        obey(&self.raft, order).await
+        obey(&self.raft, self.uses_own_election_timer(), order).await
     }
 
     /// The members this node knows, voters and learners.
@@ -240,7 +243,7 @@ impl<L: LeaderLink> Replica<L> {
         for v in voters.iter().filter(|v| **v != to && **v != self.id) {
             let _ = self.link.campaign(*v, Campaign::Hold { millis: hold }).await;
         }
-        let _ = obey(&self.raft, Campaign::Hold { millis: hold }).await;
+        let _ = self.obey(Campaign::Hold { millis: hold }).await;
         // 3. Go quiet until the followers' lease on this leader has expired.
         self.raft.runtime_config().heartbeat(false);
         tokio::time::sleep(lease + beat).await;
@@ -263,7 +266,7 @@ impl<L: LeaderLink> Replica<L> {
         }
         // 5. Back to normal everywhere.
         self.raft.runtime_config().heartbeat(true);
-        let _ = obey(&self.raft, Campaign::Hold { millis: 0 }).await;
+        let _ = self.obey(Campaign::Hold { millis: 0 }).await;
         for v in voters.iter().filter(|v| **v != to && **v != self.id) {
             let _ = self.link.campaign(*v, Campaign::Hold { millis: 0 }).await;
         }

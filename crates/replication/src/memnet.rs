@@ -331,6 +331,8 @@ impl LeaderLink for MemLink {
 
     async fn campaign(&self, to: NodeId, order: Campaign) -> Result<(), ForwardError> {
         let ((raft, _), _) = self.target(to).await.map_err(|_| ForwardError::Unreachable(to))?;
-        crate::membership::obey(&raft, order).await
+        let replica = self.net.lock().replicas.get(&to).and_then(Weak::upgrade);
+        let own_timer = replica.is_none_or(|r| r.uses_own_election_timer());
+        crate::membership::obey(&raft, own_timer, order).await
     }
 }

@@ -105,6 +105,8 @@ pub struct Replica<L: LeaderLink> {
     /// When this node last asked for pre-votes (its own backoff; not
     /// evidence of a leader, so kept apart from `leader_contact`).
     last_campaign: std::sync::Mutex<Option<Instant>>,
+    /// Set once elections go through pre-vote (openraft's timer off).
+    prevote: std::sync::atomic::AtomicBool,
 }
 
 impl<L: LeaderLink> Replica<L> {
@@ -120,6 +122,7 @@ impl<L: LeaderLink> Replica<L> {
             leader_contact: std::sync::Mutex::new(Instant::now()),
             log: std::sync::Mutex::new(None),
             last_campaign: std::sync::Mutex::new(None),
+            prevote: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -150,7 +153,13 @@ impl<L: LeaderLink> Replica<L> {
     /// stands for election only through [`Replica::campaign_if_leaderless`],
     /// which the caller runs on every tick.
     pub fn take_over_elections(&self) {
+        self.prevote.store(true, std::sync::atomic::Ordering::SeqCst);
         self.raft.runtime_config().elect(false);
+    }
+
+    /// Whether openraft's own election timer is in use (no pre-vote).
+    pub fn uses_own_election_timer(&self) -> bool {
+        !self.prevote.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Pre-vote (openraft 0.9 has none). If this node is not the leader and
