@@ -15,6 +15,8 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Starts a one-node daemon on a Unix kernel socket in `dir` and waits
+/// until the socket is there.
 fn start(dir: &Path) -> (Child, std::path::PathBuf) {
     let sock = dir.join("kernel.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_dmlogd"))
@@ -30,6 +32,11 @@ fn start(dir: &Path) -> (Child, std::path::PathBuf) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < until, "the daemon never opened its socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     (child, sock)
 }
 
@@ -37,11 +44,6 @@ fn start(dir: &Path) -> (Child, std::path::PathBuf) {
 fn a_kernel_resyncs_and_writes_through_the_daemon_which_stops_on_sigterm() {
     let dir = tempfile::TempDir::new().unwrap();
     let (mut daemon, sock) = start(dir.path());
-    let until = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(Instant::now() < until, "the daemon never opened its socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let me = std::os::unix::net::UnixDatagram::bind(dir.path().join("me.sock")).unwrap();
     me.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
     let mut kernel = Kernel::new(Config::default(), 1, 0x99);
@@ -112,12 +114,7 @@ fn bad_configuration_is_one_line_and_status_2() {
 #[test]
 fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let dir = tempfile::TempDir::new().unwrap();
-    let (mut first, sock) = start(dir.path());
-    let until = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(Instant::now() < until);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut first, _sock) = start(dir.path());
     let out = Command::new(env!("CARGO_BIN_EXE_dmlogd"))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
