@@ -122,6 +122,11 @@ fn write_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Chang
 impl<L: LeaderLink> Replica<L> {
     /// Carries out a campaign order on this node.
     pub async fn obey(&self, order: Campaign) -> Result<(), ForwardError> {
+        // A hold also stops pre-vote campaigns and pre-vote grants here.
+        if let Campaign::Hold { millis } = order {
+            let until = (millis > 0).then(|| Instant::now() + Duration::from_millis(millis));
+            *self.held_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+        }
         obey(&self.raft, self.uses_own_election_timer(), order).await
     }
 

@@ -332,7 +332,9 @@ impl LeaderLink for MemLink {
     async fn campaign(&self, to: NodeId, order: Campaign) -> Result<(), ForwardError> {
         let ((raft, _), _) = self.target(to).await.map_err(|_| ForwardError::Unreachable(to))?;
         let replica = self.net.lock().replicas.get(&to).and_then(Weak::upgrade);
-        let own_timer = replica.is_none_or(|r| r.uses_own_election_timer());
-        crate::membership::obey(&raft, own_timer, order).await
+        match replica {
+            Some(r) => r.obey(order).await,
+            None => crate::membership::obey(&raft, true, order).await,
+        }
     }
 }

@@ -107,6 +107,9 @@ pub struct Replica<L: LeaderLink> {
     last_campaign: std::sync::Mutex<Option<Instant>>,
     /// Set once elections go through pre-vote (openraft's timer off).
     prevote: std::sync::atomic::AtomicBool,
+    /// Until when this node neither stands for election nor grants a
+    /// pre-vote (a leadership transfer to another node is under way).
+    pub(crate) held_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl<L: LeaderLink> Replica<L> {
@@ -123,6 +126,7 @@ impl<L: LeaderLink> Replica<L> {
             log: std::sync::Mutex::new(None),
             last_campaign: std::sync::Mutex::new(None),
             prevote: std::sync::atomic::AtomicBool::new(false),
+            held_until: std::sync::Mutex::new(None),
         }
     }
 
@@ -157,6 +161,11 @@ impl<L: LeaderLink> Replica<L> {
         self.raft.runtime_config().elect(false);
     }
 
+    /// Whether a transfer's hold is on (see `held_until`).
+    fn held(&self) -> bool {
+        self.held_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| Instant::now() < t)
+    }
+
     /// Whether openraft's own election timer is in use (no pre-vote).
     pub fn uses_own_election_timer(&self) -> bool {
         !self.prevote.load(std::sync::atomic::Ordering::SeqCst)
@@ -179,7 +188,7 @@ impl<L: LeaderLink> Replica<L> {
         };
         let backing_off =
             self.last_campaign.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t.elapsed() < quiet);
-        if leads || !voters.contains(&self.id) || self.leader_contact_age() < quiet || backing_off {
+        if leads || !voters.contains(&self.id) || self.leader_contact_age() < quiet || backing_off || self.held() {
             return false;
         }
         let Ok(mine) = self.last_log_id() else { return false };
@@ -200,7 +209,7 @@ impl<L: LeaderLink> Replica<L> {
     /// candidate's log is at least as complete as its own.
     pub async fn answer_pre_vote(&self, candidate_last_log: Option<LogId>) -> bool {
         let quiet = Duration::from_millis(self.raft.config().election_timeout_min);
-        if self.leader_contact_age() < quiet {
+        if self.leader_contact_age() < quiet || self.held() {
             return false;
         }
         if self.raft.metrics().borrow().state == openraft::ServerState::Leader {
