@@ -30,7 +30,7 @@ use wire::{Answer, Errno};
 use crate::pb::peer::peer_client::PeerClient;
 use crate::pb::peer::peer_server::{Peer, PeerServer};
 use crate::pb::peer::{Envelope, SnapshotChunk, snapshot_chunk};
-use crate::replica::{ForwardError, LeaderLink, Local, ReadRequest, Replica, read_local};
+use crate::replica::{ForwardError, LeaderLink, ReadRequest, Replica, read_local};
 use crate::types::{LogId, Node, NodeId, Outcomes, Proposal, Raft, SnapshotMeta, TypeConfig, Vote, decode, encode};
 
 /// Largest message either side accepts: far above one snapshot chunk and
@@ -332,13 +332,6 @@ impl PeerService {
     }
 }
 
-fn forward_err(l: Local) -> ForwardError {
-    match l {
-        Local::Forward(_) => ForwardError::NotLeader,
-        Local::Fatal(e) => ForwardError::Fatal(e),
-    }
-}
-
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn vote(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
@@ -383,14 +376,14 @@ impl Peer for PeerService {
     async fn propose(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let env = request.into_inner();
         let p: Proposal = self.open(&env)?;
-        let out = self.replica.propose_here(p).await.map_err(forward_err);
+        let out = self.replica.propose_here(p).await.map_err(ForwardError::from);
         self.seal(env.from, &out)
     }
 
     async fn read(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let env = request.into_inner();
         let r: ReadRequest = self.open(&env)?;
-        let out = read_local(self.raft(), &self.replica.state, &r).await.map_err(forward_err);
+        let out = read_local(self.raft(), &self.replica.state, &r).await.map_err(ForwardError::from);
         self.seal(env.from, &out)
     }
 

@@ -19,7 +19,7 @@ use rand08::{Rng, SeedableRng};
 use wire::{Answer, Errno};
 
 use crate::grpc::Campaign;
-use crate::replica::{ForwardError, LeaderLink, Local, ReadRequest, Replica, propose_local, read_local};
+use crate::replica::{ForwardError, LeaderLink, ReadRequest, Replica, propose_local, read_local};
 use crate::state_machine::StateReader;
 use crate::types::{LogId, Node, NodeId, Outcomes, Proposal, Raft, TypeConfig, Vote};
 
@@ -100,6 +100,11 @@ impl MemNet {
     /// Makes node `id`'s replica answer pre-votes.
     pub fn register_replica(&self, id: NodeId, replica: &Arc<Replica<MemLink>>) {
         self.lock().replicas.insert(id, Arc::downgrade(replica));
+    }
+
+    /// Node `id`'s replica, if registered and alive.
+    fn replica(&self, id: NodeId) -> Option<Arc<Replica<MemLink>>> {
+        self.lock().replicas.get(&id).and_then(Weak::upgrade)
     }
 
     /// Removes node `id` (it crashed).
@@ -290,17 +295,10 @@ impl RaftNetwork<TypeConfig> for MemLink {
     }
 }
 
-fn forward_err(l: Local) -> ForwardError {
-    match l {
-        Local::Forward(_) => ForwardError::NotLeader,
-        Local::Fatal(e) => ForwardError::Fatal(e),
-    }
-}
-
 impl LeaderLink for MemLink {
     async fn propose(&self, leader: NodeId, p: Proposal) -> Result<Outcomes, ForwardError> {
         let ((raft, _), fate) = self.target(leader).await.map_err(|_| ForwardError::Unreachable(leader))?;
-        let out = propose_local(&raft, p).await.map_err(forward_err)?;
+        let out = propose_local(&raft, p).await.map_err(ForwardError::from)?;
         if fate == Fate::DropReply {
             // Committed, but the follower never hears: it retries, and the
             // command is applied twice (every command is idempotent).
@@ -311,7 +309,7 @@ impl LeaderLink for MemLink {
 
     async fn read(&self, leader: NodeId, r: ReadRequest) -> Result<Result<Answer, Errno>, ForwardError> {
         let ((raft, state), fate) = self.target(leader).await.map_err(|_| ForwardError::Unreachable(leader))?;
-        let out = read_local(&raft, &state, &r).await.map_err(forward_err)?;
+        let out = read_local(&raft, &state, &r).await.map_err(ForwardError::from)?;
         if fate == Fate::DropReply {
             return Err(ForwardError::Unreachable(leader));
         }
@@ -320,8 +318,7 @@ impl LeaderLink for MemLink {
 
     async fn pre_vote(&self, to: NodeId, last_log: Option<LogId>) -> Result<bool, ForwardError> {
         let (_, fate) = self.target(to).await.map_err(|_| ForwardError::Unreachable(to))?;
-        let replica = self.net.lock().replicas.get(&to).and_then(Weak::upgrade);
-        let Some(replica) = replica else { return Err(ForwardError::Unreachable(to)) };
+        let Some(replica) = self.net.replica(to) else { return Err(ForwardError::Unreachable(to)) };
         let yes = replica.answer_pre_vote(last_log).await;
         if fate == Fate::DropReply {
             return Err(ForwardError::Unreachable(to));
@@ -331,8 +328,7 @@ impl LeaderLink for MemLink {
 
     async fn campaign(&self, to: NodeId, order: Campaign) -> Result<(), ForwardError> {
         let ((raft, _), _) = self.target(to).await.map_err(|_| ForwardError::Unreachable(to))?;
-        let replica = self.net.lock().replicas.get(&to).and_then(Weak::upgrade);
-        match replica {
+        match self.net.replica(to) {
             Some(r) => r.obey(order).await,
             None => crate::membership::obey(&raft, true, order).await,
         }

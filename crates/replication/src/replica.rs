@@ -308,6 +308,17 @@ pub(crate) enum Local {
     Fatal(String),
 }
 
+/// What a forwarding node learns when the node it asked could not do the
+/// call itself.
+impl From<Local> for ForwardError {
+    fn from(l: Local) -> ForwardError {
+        match l {
+            Local::Forward(_) => ForwardError::NotLeader,
+            Local::Fatal(e) => ForwardError::Fatal(e),
+        }
+    }
+}
+
 /// `client_write` on this node.
 pub(crate) async fn propose_local(raft: &Raft, p: Proposal) -> Result<Outcomes, Local> {
     match raft.client_write(p).await {
