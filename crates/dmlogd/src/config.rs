@@ -50,6 +50,10 @@ pub struct File {
     pub fence: Option<String>,
     /// Liveness timings.
     pub timing: Option<Timing>,
+    /// The admin API's Unix socket (default `<data_dir>/admin.sock`).
+    pub admin_socket: Option<PathBuf>,
+    /// host:port for Prometheus `/metrics` (off when absent).
+    pub metrics: Option<String>,
 }
 
 /// The checked configuration.
@@ -69,6 +73,13 @@ pub struct Config {
     pub fence: node::fence::FenceAction,
     /// Liveness timings.
     pub timing: Timing,
+    /// The admin API's Unix socket.
+    pub admin_socket: PathBuf,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// The kernel's boot identity, when given (tests and the demo, whose
+    /// simulated kernels "reboot" without the host rebooting).
+    pub incarnation: Option<u64>,
 }
 
 /// Overrides from the command line.
@@ -86,6 +97,12 @@ pub struct Overrides {
     pub kernel: Option<String>,
     /// `--fence`.
     pub fence: Option<String>,
+    /// `--admin-socket`.
+    pub admin_socket: Option<PathBuf>,
+    /// `--metrics`.
+    pub metrics: Option<String>,
+    /// `--incarnation`.
+    pub incarnation: Option<u64>,
 }
 
 impl Config {
@@ -126,7 +143,25 @@ impl Config {
         let timing = f.timing.unwrap_or_default();
         timing.validate().map_err(|e| e.to_string())?;
         let data_dir = o.data_dir.clone().or(f.data_dir).unwrap_or_else(|| PathBuf::from("dmlogd-data"));
-        Ok(Config { id, data_dir, listen, members, kernel, fence, timing })
+        let admin_socket = o.admin_socket.clone().or(f.admin_socket).unwrap_or_else(|| data_dir.join("admin.sock"));
+        let metrics = match o.metrics.clone().or(f.metrics) {
+            Some(m) => {
+                Some(m.parse().map_err(|_| format!("config: metrics {m:?} is not host:port with a numeric host"))?)
+            }
+            None => None,
+        };
+        Ok(Config {
+            id,
+            data_dir,
+            listen,
+            members,
+            kernel,
+            fence,
+            timing,
+            admin_socket,
+            metrics,
+            incarnation: o.incarnation,
+        })
     }
 }
 
@@ -140,6 +175,8 @@ mod tests {
         assert_eq!(c.id, 1);
         assert_eq!(c.members, BTreeMap::from([(1, "127.0.0.1:7601".to_owned())]));
         assert_eq!(c.kernel, Kernel::Netlink);
+        assert_eq!(c.admin_socket, PathBuf::from("dmlogd-data/admin.sock"));
+        assert_eq!(c.metrics, None);
     }
 
     #[test]
@@ -173,5 +210,8 @@ mod tests {
         assert!(!e.contains('\n'));
         let o = Overrides { members: vec!["x".into()], ..Overrides::default() };
         assert!(bad("", o).contains("expected ID=HOST:PORT"));
+        assert!(
+            bad("metrics = \"localhost\"", Overrides::default()).contains("metrics \"localhost\" is not host:port")
+        );
     }
 }

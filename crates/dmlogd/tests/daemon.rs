@@ -16,10 +16,11 @@ fn free_port() -> u16 {
 }
 
 /// Starts a one-node daemon on a Unix kernel socket in `dir` and waits
-/// until the socket is there.
-fn start(dir: &Path) -> (Child, std::path::PathBuf) {
+/// until the socket is there; `extra` are more arguments.
+fn start(dir: &Path, extra: &[&str]) -> (Child, std::path::PathBuf) {
     let sock = dir.join("kernel.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_dmlogd"))
+        .args(extra)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--listen")
@@ -43,7 +44,8 @@ fn start(dir: &Path) -> (Child, std::path::PathBuf) {
 #[test]
 fn a_kernel_resyncs_and_writes_through_the_daemon_which_stops_on_sigterm() {
     let dir = tempfile::TempDir::new().unwrap();
-    let (mut daemon, sock) = start(dir.path());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (mut daemon, sock) = start(dir.path(), &["--metrics", &metrics]);
     let me = std::os::unix::net::UnixDatagram::bind(dir.path().join("me.sock")).unwrap();
     me.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
     let mut kernel = Kernel::new(Config::default(), 1, 0x99);
@@ -88,6 +90,7 @@ fn a_kernel_resyncs_and_writes_through_the_daemon_which_stops_on_sigterm() {
     assert_eq!(v.status_sync_count, Some(regions));
     assert_eq!(v.writes_done, 20);
     assert!(legs.lock().identical());
+    look_through_dmlogctl_and_metrics(&dir.path().join("data").join("admin.sock"), &metrics, regions);
     // SIGTERM: a clean exit.
     let status = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
     assert!(status.success());
@@ -102,6 +105,71 @@ fn a_kernel_resyncs_and_writes_through_the_daemon_which_stops_on_sigterm() {
     assert!(code.success(), "{code:?}");
 }
 
+/// `dmlogctl` against the running daemon: status, logs and log in JSON
+/// agree with what the kernel did; the admin socket is root-only; the
+/// metrics endpoint counts the requests and shows the log in sync.
+fn look_through_dmlogctl_and_metrics(admin: &Path, metrics: &str, regions: u64) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(admin).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin socket mode {mode:o}");
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dmlogctl")).arg("--socket").arg(admin).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = ctl(&["status", "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["leader"], 1);
+    assert_eq!(status["healthy"], true);
+    assert_eq!(status["members"][0]["id"], 1);
+    let (code, out, err) = ctl(&["logs", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let logs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let log = &logs["logs"][0];
+    assert_eq!(log["uuid"], "LVM-daemon");
+    assert_eq!(log["log_type"], "clustered-core");
+    assert_eq!(
+        (log["regions"].as_u64(), log["in_sync"].as_u64(), log["dirty"].as_u64()),
+        (Some(regions), Some(regions), Some(0))
+    );
+    let (code, out, _) = ctl(&["log", "LVM-daemon", "--width", "8"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("region map"), "{out}");
+    assert!(out.lines().any(|l| l == "........"), "a clean map of 8-wide lines: {out}");
+    let (code, _, err) = ctl(&["log", "LVM-nobody"]);
+    assert_eq!(code, Some(2), "an unknown log is an error");
+    assert!(err.contains("LVM-nobody"), "{err}");
+    let (code, _, err) = Command::new(env!("CARGO_BIN_EXE_dmlogctl"))
+        .args(["--socket", "/nonexistent/admin.sock", "status"])
+        .output()
+        .map(|o| (o.status.code(), (), String::from_utf8_lossy(&o.stderr).into_owned()))
+        .unwrap();
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/nonexistent/admin.sock"), "{err}");
+    // Prometheus text from /metrics.
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(metrics).unwrap();
+    write!(tcp, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    let value = |prefix: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {body}"))
+    };
+    assert!(value("dmlogd_requests_total{request=\"MARK_REGION\"}") >= 1.0);
+    assert_eq!(value("dmlogd_is_leader "), 1.0);
+    assert_eq!(value("dmlogd_log_regions{uuid=\"LVM-daemon\",state=\"total\"}"), regions as f64);
+    assert_eq!(value("dmlogd_log_regions{uuid=\"LVM-daemon\",state=\"out_of_sync\"}"), 0.0);
+}
+
 #[test]
 fn bad_configuration_is_one_line_and_status_2() {
     let out = Command::new(env!("CARGO_BIN_EXE_dmlogd")).args(["--kernel", "tcp:1"]).output().unwrap();
@@ -114,7 +182,7 @@ fn bad_configuration_is_one_line_and_status_2() {
 #[test]
 fn a_second_daemon_on_the_same_data_dir_is_refused() {
     let dir = tempfile::TempDir::new().unwrap();
-    let (mut first, _sock) = start(dir.path());
+    let (mut first, _sock) = start(dir.path(), &[]);
     let out = Command::new(env!("CARGO_BIN_EXE_dmlogd"))
         .arg("--data-dir")
         .arg(dir.path().join("data"))

@@ -17,12 +17,19 @@
 //!   the dm-log group that hears only the kernel.
 //! * [`fence`]: the fence actions (reboot, suspend, external command),
 //!   each bounded in time.
+//! * [`kick`]: making this node's kernel pick up resync work after an
+//!   eviction (suspend and resume of the mirror).
+//! * [`admin`]: the admin API for `dmlogctl`, on a root-only Unix socket.
+//! * [`metrics`]: Prometheus metrics at `/metrics`.
 
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod fence;
+pub mod kick;
 pub mod live;
 pub mod liveness;
+pub mod metrics;
 pub mod netlink;
 pub mod own_marks;
 pub mod router;

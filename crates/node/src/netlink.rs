@@ -98,6 +98,15 @@ impl Transport for NetlinkTransport {
     async fn send(&self, bytes: &[u8], _peer: &()) -> io::Result<()> {
         self.socket.send_to(bytes, &SocketAddr::new(0, 0)).await.map(|_| ())
     }
+
+    async fn kick(&self, uuid: &wire::Uuid) -> Result<String, String> {
+        let uuid = uuid.clone();
+        match tokio::task::spawn_blocking(move || crate::kick::dm_kick(&uuid)).await {
+            Ok(Ok(names)) => Ok(format!("suspended and resumed {}", names.join(", "))),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("kick task: {e}")),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,13 @@ impl OwnMarks {
         }
     }
 
+    /// The logs this node's kernel has tables of.
+    pub fn uuids(&self) -> Vec<Uuid> {
+        let mut v: Vec<Uuid> = self.tables.keys().map(|(u, _)| u.clone()).collect();
+        v.dedup();
+        v
+    }
+
     /// Regions table (`uuid`, `luid`) may hold dirty.
     pub fn dirty(&self, uuid: &Uuid, luid: Luid) -> Vec<Region> {
         self.tables.get(&(uuid.clone(), luid)).map(|t| t.dirty.iter().copied().collect()).unwrap_or_default()

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use wire::{Errno, Frame, Luid, Message, Reply, Uuid};
 
+use crate::metrics::Metrics;
 use crate::own_marks::OwnMarks;
 
 /// Where a reply goes: the transport's way back to the sender.
@@ -40,6 +41,7 @@ const MAX_BATCH: usize = 256;
 struct Job {
     msg: Message,
     reply: ReplyTo,
+    arrived: Instant,
 }
 
 type Pending = (Command, oneshot::Sender<Outcome>);
@@ -52,6 +54,7 @@ pub struct Router<L: LeaderLink> {
     own: Mutex<OwnMarks>,
     lanes: Mutex<HashMap<(Uuid, Luid), mpsc::UnboundedSender<Job>>>,
     proposer: mpsc::UnboundedSender<Pending>,
+    metrics: Arc<Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -59,11 +62,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<L: LeaderLink> Router<L> {
-    /// A router for `replica`'s node; `fenced` stops all answers when set.
-    /// Must be called within a tokio runtime (it starts the proposer task).
-    pub fn new(replica: Arc<Replica<L>>, fenced: Arc<AtomicBool>) -> Arc<Router<L>> {
+    /// A router for `replica`'s node; `fenced` stops all answers when set;
+    /// requests and commits are counted in `metrics`. Must be called
+    /// within a tokio runtime (it starts the proposer task).
+    pub fn new(replica: Arc<Replica<L>>, fenced: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Arc<Router<L>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(propose_loop(replica.clone(), rx));
+        tokio::spawn(propose_loop(replica.clone(), rx, metrics.clone()));
         let node = NodeId(replica.id);
         Arc::new(Router {
             replica,
@@ -72,6 +76,7 @@ impl<L: LeaderLink> Router<L> {
             own: Mutex::new(OwnMarks::new()),
             lanes: Mutex::default(),
             proposer: tx,
+            metrics,
         })
     }
 
@@ -82,13 +87,16 @@ impl<L: LeaderLink> Router<L> {
 
     /// Takes one datagram from the kernel; `reply` is called at most once.
     pub fn handle(self: &Arc<Self>, datagram: &[u8], reply: ReplyTo) {
+        let arrived = Instant::now();
         let Ok(frame) = Frame::parse(datagram) else {
             tracing::debug!(len = datagram.len(), "dropped a datagram that does not frame");
+            self.metrics.malformed.inc();
             return;
         };
         let msg = match frame.message() {
             Ok(m) => m,
             Err(e) => {
+                self.metrics.malformed.inc();
                 tracing::warn!(error = %e, "answered a malformed request with EINVAL");
                 if !self.fenced.load(Ordering::SeqCst) {
                     reply(Reply::error(frame.header(), Errno::EINVAL).encode());
@@ -97,7 +105,7 @@ impl<L: LeaderLink> Router<L> {
             }
         };
         let key = (msg.uuid.clone(), msg.luid());
-        let mut job = Job { msg, reply };
+        let mut job = Job { msg, reply, arrived };
         let mut lanes = lock(&self.lanes);
         for _ in 0..2 {
             let tx = lanes.entry(key.clone()).or_insert_with(|| {
@@ -165,7 +173,10 @@ async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedRece
             }
         }
         match Reply::new(&job.msg, result) {
-            Ok(r) => (job.reply)(r.encode()),
+            Ok(r) => {
+                (job.reply)(r.encode());
+                router.metrics.answered(job.msg.request.request_type().name(), job.arrived.elapsed());
+            }
             Err(e) => tracing::error!(error = %e, "no valid reply for a request; the kernel will re-send"),
         }
     }
@@ -174,7 +185,11 @@ async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedRece
 /// The proposer: everything queued goes into one entry; a batch whose
 /// outcome is unknown (no quorum before the attempt's deadline) is proposed
 /// again, which is safe because every command is idempotent.
-async fn propose_loop<L: LeaderLink>(replica: Arc<Replica<L>>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn propose_loop<L: LeaderLink>(
+    replica: Arc<Replica<L>>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    metrics: Arc<Metrics>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -184,6 +199,7 @@ async fn propose_loop<L: LeaderLink>(replica: Arc<Replica<L>>, mut rx: mpsc::Unb
             }
         }
         let proposal = Proposal { commands: batch.iter().map(|(c, _)| c.clone()).collect() };
+        let started = Instant::now();
         let outcomes = loop {
             match replica.propose(proposal.clone(), Instant::now() + ATTEMPT).await {
                 Ok(o) => break Some(o),
@@ -195,6 +211,8 @@ async fn propose_loop<L: LeaderLink>(replica: Arc<Replica<L>>, mut rx: mpsc::Unb
             }
         };
         let Some(outcomes) = outcomes else { continue };
+        metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.batch_commands.observe(batch.len() as f64);
         for ((_, tx), outcome) in batch.into_iter().zip(outcomes.0) {
             let _ = tx.send(outcome);
         }

@@ -5,6 +5,7 @@
 //!   `dm_ulog_request`), so a kernel simulator in another process drives
 //!   the daemon through the same parser, router and replies. Replies go
 //!   back to the sender's socket address.
+//!   A kick ([`Transport::kick`]) is a notice datagram to that kernel.
 //! * The netlink connector transport is in [`crate::netlink`].
 //!
 //! [`serve`] connects a transport to a [`Router`]: one receive loop, one
@@ -12,11 +13,12 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use replication::LeaderLink;
 use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
+use wire::Uuid;
 
 use crate::router::Router;
 
@@ -31,12 +33,17 @@ pub trait Transport: Send + Sync + 'static {
     fn recv(&self) -> impl Future<Output = io::Result<(Vec<u8>, Self::Peer)>> + Send;
     /// Sends a reply to `peer`.
     fn send(&self, bytes: &[u8], peer: &Self::Peer) -> impl Future<Output = io::Result<()>> + Send;
+    /// Makes the kernel pick up resync work of log `uuid` (suspend and
+    /// resume its mirrors, see [`crate::kick`]); says what was done.
+    fn kick(&self, uuid: &Uuid) -> impl Future<Output = Result<String, String>> + Send;
 }
 
 /// The Unix datagram transport (tests, benches, the demo).
 pub struct UnixTransport {
     socket: UnixDatagram,
     path: PathBuf,
+    /// The last kernel heard from: where kick notices go.
+    kernel: Mutex<Option<PathBuf>>,
 }
 
 impl UnixTransport {
@@ -46,7 +53,7 @@ impl UnixTransport {
             std::fs::remove_file(path)?;
         }
         let socket = UnixDatagram::bind(path)?;
-        Ok(UnixTransport { socket, path: path.to_owned() })
+        Ok(UnixTransport { socket, path: path.to_owned(), kernel: Mutex::new(None) })
     }
 
     /// The socket's path.
@@ -70,6 +77,7 @@ impl Transport for UnixTransport {
             let (n, from) = self.socket.recv_from(&mut buf).await?;
             // An unbound sender cannot be answered: ignore it.
             if let Some(p) = from.as_pathname() {
+                *self.kernel.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.to_owned());
                 return Ok((buf[..n].to_vec(), p.to_owned()));
             }
         }
@@ -77,6 +85,14 @@ impl Transport for UnixTransport {
 
     async fn send(&self, bytes: &[u8], peer: &PathBuf) -> io::Result<()> {
         self.socket.send_to(bytes, peer).await.map(|_| ())
+    }
+
+    /// Sends a kick notice to the last simulated kernel heard from.
+    async fn kick(&self, uuid: &Uuid) -> Result<String, String> {
+        let to = self.kernel.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let to = to.ok_or("no kernel has spoken on this socket yet")?;
+        self.socket.send_to(&crate::kick::kick_notice(uuid), &to).await.map_err(|e| e.to_string())?;
+        Ok(format!("sent a kick notice to {}", to.display()))
     }
 }
 

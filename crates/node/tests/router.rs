@@ -74,7 +74,7 @@ async fn drive(kernel: &mut Kernel, router: &Arc<Router<MemLink>>, start: Instan
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_kernel_resyncs_writes_and_reports_in_sync_through_the_router() {
     let replica = one_node().await;
-    let router = Router::new(replica.clone(), Arc::new(AtomicBool::new(false)));
+    let router = Router::new(replica.clone(), Arc::new(AtomicBool::new(false)), Arc::default());
     let mut kernel = Kernel::new(Config::default(), 7, 0x1234);
     let regions = 64;
     let (table, legs) = mirror("LVM-router", regions);
@@ -102,7 +102,7 @@ async fn a_kernel_resyncs_writes_and_reports_in_sync_through_the_router() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn garbage_is_dropped_a_bad_request_gets_einval_and_an_unknown_log_an_errno() {
     let replica = one_node().await;
-    let router = Router::new(replica, Arc::new(AtomicBool::new(false)));
+    let router = Router::new(replica, Arc::new(AtomicBool::new(false)), Arc::default());
     let (tx, mut rx) = mpsc::unbounded_channel::<(&str, Vec<u8>)>();
     let send = |name: &'static str| {
         let tx = tx.clone();
@@ -132,7 +132,7 @@ async fn garbage_is_dropped_a_bad_request_gets_einval_and_an_unknown_log_an_errn
 async fn a_kernel_in_another_socket_is_served_over_the_unix_transport() {
     use node::transport::{UnixTransport, serve};
     let replica = one_node().await;
-    let router = Router::new(replica, Arc::new(AtomicBool::new(false)));
+    let router = Router::new(replica, Arc::new(AtomicBool::new(false)), Arc::default());
     let dir = tempfile::TempDir::new().unwrap();
     let daemon = dir.path().join("dmlogd.sock");
     let transport = Arc::new(UnixTransport::bind(&daemon).unwrap());

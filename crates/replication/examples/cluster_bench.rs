@@ -2,7 +2,7 @@
 //! the same machine in the same run.
 //!
 //! * Floor: a 4 KiB append + `fdatasync` on a plain file, and one loopback
-//!   gRPC round trip (the admin `Status` call).
+//!   gRPC round trip (a peer call addressed to another id, refused).
 //! * A 3-node cluster on loopback with real redb stores and real gRPC:
 //!   sequential FLUSH requests carrying one mark (the integrated-flush
 //!   path), from a kernel on the leader and from a kernel on a follower
@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use regions::{Command, Instance, KernelOp, NodeId as Rn};
 use replication::node::{GrpcNode, RaftSettings};
-use replication::pb::admin::StatusRequest;
-use replication::pb::admin::admin_client::AdminClient;
+use replication::pb::peer::Envelope;
+use replication::pb::peer::peer_client::PeerClient;
 use replication::{Proposal, Replica};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -127,12 +127,17 @@ async fn main() -> Result<(), Error> {
     }
 
     // Floor 2: a loopback gRPC round trip.
-    let mut admin = AdminClient::connect(format!("http://{}", nodes[&leader].addr)).await?;
+    // A call addressed to another id is refused before it touches any
+    // state: a pure round trip through tonic.
+    let mut peer = PeerClient::connect(format!("http://{}", nodes[&leader].addr)).await?;
     let mut samples = Vec::new();
     for _ in 0..n {
         let t = std::time::Instant::now();
-        admin.status(StatusRequest {}).await?;
+        let refused = peer.pre_vote(Envelope { from: 0, to: u64::MAX, payload: Vec::new() }).await;
         samples.push(t.elapsed());
+        if refused.is_ok() {
+            return Err("a call to another id was answered".into());
+        }
     }
     let (rtt50, rtt99) = report("floor: loopback gRPC round trip", &mut samples);
     let floor50 = sync50 + rtt50;

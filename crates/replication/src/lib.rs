@@ -12,7 +12,8 @@
 //! * [`Replica`]: propose and read from any node; followers forward to the
 //!   leader; reads are linearizable (read index).
 //! * [`grpc`]: the production transport (tonic), one channel per peer;
-//!   [`admin`]: the admin service for `dmlogctl`; both in `proto/dmlogd`.
+//!   both services are in `proto/dmlogd` (the admin service is served by
+//!   the `node` crate).
 //! * [`membership`]: bootstrap, join, removal, leadership transfer.
 //! * [`node`]: opens the store and starts one Raft node.
 //! * [`memnet`]: an in-memory network with faults, for tests and simulation.
@@ -24,7 +25,6 @@
 // openraft fixes the error type of every storage method; it is large.
 #![allow(clippy::result_large_err)]
 
-pub mod admin;
 pub mod grpc;
 mod log_store;
 pub mod membership;

@@ -1,5 +1,5 @@
 //! Starting one Raft node: its redb store, its state machine, its Raft
-//! core, and (for production) its gRPC server for peers and the admin.
+//! core, and (for production) its gRPC server for peers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +9,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::admin::AdminService;
 use crate::grpc::{GrpcLeaderLink, GrpcNet, PeerService};
 use crate::log_store::LogStore;
 use crate::membership::bootstrap;
@@ -91,7 +90,7 @@ pub struct GrpcNode {
 }
 
 impl GrpcNode {
-    /// Opens the store at `path`, starts Raft and serves peers and admin on
+    /// Opens the store at `path`, starts Raft and serves peers on
     /// `listener`. With `initial` members, a pristine store is bootstrapped
     /// with them (see [`bootstrap`]).
     pub async fn start(
@@ -114,7 +113,6 @@ impl GrpcNode {
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .add_service(PeerService::new(replica.clone()).into_server())
-            .add_service(AdminService::new(replica.clone()).into_server())
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
             });

@@ -1,0 +1,17 @@
+//! The `dmlogd` and `dmlogctl` programs, as a library so the demo and the
+//! multi-process tests share one harness.
+//!
+//! * [`config`]: the daemon's configuration (TOML, flags, embedded default).
+//! * [`daemon`]: the daemon itself.
+//! * [`ctl`]: the admin client and the text `dmlogctl` prints.
+//! * [`harness`]: real `dmlogd` processes on loopback driven by simulated
+//!   kernels, used by `dmlogd demo` and the tests.
+//! * [`demo`]: `dmlogd demo`.
+
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod demo;
+pub mod harness;

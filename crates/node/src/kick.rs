@@ -1,0 +1,155 @@
+//! Kicking this node's kernel: after an eviction turned regions out of
+//! sync, a kernel that had cached `in_sync_hint = region_count` does not
+//! ask for resync work again until its mirror is resumed (spec §3.3, the
+//! I10 caveat). The daemon therefore suspends and resumes every local
+//! mirror that uses the log; RESUME resets the cached hint and recovery
+//! starts.
+//!
+//! On a real host this is `dmsetup suspend` + `dmsetup resume` of the
+//! device-mapper devices whose table names the log's uuid (found in
+//! `dmsetup table`). `dmsetup` rather than a device-mapper ioctl crate:
+//! it is present wherever LVM mirrors are, and the crates that wrap the
+//! ioctls need libclang at build time. A suspend drains the mirror's
+//! in-flight writes, which need this daemon's answers, so the kick runs
+//! beside the router, never in its way.
+//!
+//! A simulated kernel on the Unix transport is kicked with a notice
+//! datagram instead ([`kick_notice`]); its driver suspends and resumes the
+//! simulated mirror.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wire::Uuid;
+
+/// How long one `dmsetup` call may take.
+pub const DMSETUP_LIMIT: Duration = Duration::from_secs(30);
+
+/// Prefix of a kick notice on the Unix transport; the log's uuid follows.
+pub const KICK_NOTICE: &[u8] = b"dmlogd-kick\n";
+
+/// The notice that asks a simulated kernel to suspend and resume the
+/// mirrors of `uuid`.
+pub fn kick_notice(uuid: &Uuid) -> Vec<u8> {
+    let mut v = KICK_NOTICE.to_vec();
+    v.extend_from_slice(uuid.to_string().as_bytes());
+    v
+}
+
+/// The uuid of a kick notice, or `None` for any other datagram.
+pub fn parse_kick_notice(datagram: &[u8]) -> Option<Uuid> {
+    let rest = datagram.strip_prefix(KICK_NOTICE)?;
+    Uuid::new(std::str::from_utf8(rest).ok()?)
+}
+
+/// The device-mapper devices, in `dmsetup table` output, whose mirror
+/// target uses the userspace log `uuid`.
+pub fn devices_using(table: &str, uuid: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in table.lines() {
+        let Some((name, rest)) = line.split_once(": ") else { continue };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        // start length mirror userspace <argc> <uuid> ...
+        let uses = words.len() > 5 && words[2] == "mirror" && words[3] == "userspace" && words[5] == uuid;
+        if uses && !out.iter().any(|n| n == name) {
+            out.push(name.to_owned());
+        }
+    }
+    out
+}
+
+/// Why a kick failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KickError {
+    /// `dmsetup` could not run, failed, or took too long.
+    #[error("dmsetup {args}: {why}")]
+    Dmsetup {
+        /// Its arguments.
+        args: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// No local device uses the log.
+    #[error("no device-mapper device uses log {0}")]
+    NoDevice(String),
+}
+
+/// Runs `dmsetup args`, returning its standard output, killed at `limit`.
+fn dmsetup(args: &[&str], limit: Duration) -> Result<String, KickError> {
+    let fail = |why: String| KickError::Dmsetup { args: args.join(" "), why };
+    let mut child = Command::new("dmsetup")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() >= limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!("no answer within {limit:?}")));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    if !out.status.success() {
+        return Err(fail(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The local mirrors using `uuid`, by `dmsetup table`.
+pub fn local_mirrors(uuid: &Uuid) -> Result<Vec<String>, KickError> {
+    let table = dmsetup(&["table"], DMSETUP_LIMIT)?;
+    Ok(devices_using(&table, &uuid.to_string()))
+}
+
+/// Suspends and resumes every local mirror using `uuid`; returns their
+/// names. Blocking: run it on a blocking thread.
+pub fn dm_kick(uuid: &Uuid) -> Result<Vec<String>, KickError> {
+    let names = local_mirrors(uuid)?;
+    if names.is_empty() {
+        return Err(KickError::NoDevice(uuid.to_string()));
+    }
+    for name in &names {
+        dmsetup(&["suspend", name], DMSETUP_LIMIT)?;
+        dmsetup(&["resume", name], DMSETUP_LIMIT)?;
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_are_found_by_their_log_uuid() {
+        let table = "\
+vg-data: 0 131072 mirror userspace 4 LVM-abc integrated_flush clustered-core 1024 2 253:1 0 253:2 0 1 handle_errors
+vg-other: 0 131072 mirror userspace 3 LVM-xyz clustered-core 1024 2 253:3 0 253:4 0 1 handle_errors
+vg-lin: 0 2048 linear 8:16 0
+vg-two: 0 1024 mirror userspace 3 LVM-abc clustered-core 1024 2 253:5 0 253:6 0
+vg-two: 1024 1024 mirror userspace 3 LVM-abc clustered-core 1024 2 253:5 0 253:6 0
+broken line without a colon
+vg-short: 0 8 mirror userspace
+";
+        assert_eq!(devices_using(table, "LVM-abc"), vec!["vg-data".to_owned(), "vg-two".to_owned()]);
+        assert_eq!(devices_using(table, "LVM-xyz"), vec!["vg-other".to_owned()]);
+        assert!(devices_using(table, "LVM-none").is_empty());
+        assert!(devices_using("", "LVM-abc").is_empty());
+    }
+
+    #[test]
+    fn a_kick_notice_carries_its_uuid_and_nothing_else_parses_as_one() {
+        let uuid = Uuid::new("LVM-kick").unwrap_or_else(|| unreachable!());
+        assert_eq!(parse_kick_notice(&kick_notice(&uuid)), Some(uuid));
+        assert_eq!(parse_kick_notice(b"dmlogd-kick"), None);
+        assert_eq!(parse_kick_notice(&[0u8; 40]), None);
+    }
+}
