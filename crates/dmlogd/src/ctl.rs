@@ -21,7 +21,11 @@ pub async fn connect(path: &Path) -> Result<Client, String> {
     let path: PathBuf = path.to_owned();
     let shown = path.display().to_string();
     // The URI is required by the API and unused: the connector decides.
+    // A daemon that does not answer is an error, not a hang; membership
+    // changes may take a while (catching up a learner), reads never.
     let channel = Endpoint::from_static("http://admin.sock")
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(120))
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
@@ -140,6 +144,13 @@ fn summary_json(l: &LogSummary) -> Value {
         "out_of_sync": l.out_of_sync,
         "dirty": l.dirty,
         "recovering": l.recovering,
+        "disk": l.disk.as_ref().map(|d| json!({
+            "device": d.device,
+            "writer": if d.writer == 0 { Value::Null } else { json!(d.writer) },
+            "clean_version": d.clean_version,
+            "durable_version": d.durable_version,
+            "failed": d.failed,
+        })),
         "instances": l.instances.iter().map(|i| json!({
             "node": i.node,
             "luid": i.luid,
@@ -200,6 +211,17 @@ pub fn log_text(r: &LogReply) -> String {
         "in sync {}  out of sync {}  dirty {}  recovering {}",
         l.in_sync, l.out_of_sync, l.dirty, l.recovering
     );
+    if let Some(d) = &l.disk {
+        let writer = if d.writer == 0 { "no node".to_owned() } else { format!("node {}", d.writer) };
+        let state = if d.failed {
+            "the last write FAILED".to_owned()
+        } else if d.durable_version >= d.clean_version {
+            "up to date".to_owned()
+        } else {
+            format!("{} changes not yet written", d.clean_version - d.durable_version)
+        };
+        let _ = writeln!(o, "log device {}: written by {writer}, {state}", d.device);
+    }
     for i in &l.instances {
         let rec = i.recovering.map_or_else(String::new, |r| format!("  recovering region {r}"));
         let _ = writeln!(o, "  node {} table {}: {}, {} marks{rec}", i.node, i.luid, i.state, i.marks);

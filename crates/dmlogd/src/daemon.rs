@@ -123,6 +123,13 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     let fenced = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::new());
     let router = Router::new(replica.clone(), fenced.clone(), metrics.clone());
+    let disk_writer = {
+        let router = router.clone();
+        // A write the previous writer had in flight gets this long to land.
+        let handover = Duration::from_millis(config.timing.fence_action_max_ms.max(1_000));
+        node::disk_log::DiskWriter::new(replica.clone(), fenced.clone(), handover, move |u| router.disk_device(u))
+    };
+    let disk_writer = tokio::spawn(disk_writer.run());
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin =
         node::admin::serve_unix(AdminService::new(replica.clone(), fenced.clone()), &config.admin_socket, async move {
@@ -158,6 +165,7 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     let me = NodeId(config.id);
     let effects = {
         let (renewals, transport, metrics) = (renewals.clone(), transport.clone(), metrics.clone());
+        let state = replica.state.clone();
         tokio::spawn(async move {
             while let Some(applied) = grpc.effects.recv().await {
                 for e in applied.effects {
@@ -168,6 +176,13 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
                             }
                         }
                         Effect::KickKernel { node, uuid } if node == me => {
+                            // A restarted daemon applies old entries again:
+                            // only the kick the log still waits for is done.
+                            let current = state.read(|m| m.log(&uuid).and_then(|l| l.kicking()) == Some(me));
+                            if !current {
+                                tracing::debug!(%uuid, "skipped a kick the log no longer waits for");
+                                continue;
+                            }
                             let (transport, metrics) = (transport.clone(), metrics.clone());
                             tokio::spawn(async move { kick(&*transport, &metrics, uuid).await });
                         }
@@ -220,6 +235,7 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     }
     tracing::info!("stopping");
     server.abort();
+    disk_writer.abort();
     live.abort();
     handoff(&replica).await;
     let _ = stop_admin.send(());

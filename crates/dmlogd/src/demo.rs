@@ -166,10 +166,19 @@ async fn scenario(h: &mut Harness, opts: &Options, d: &mut Display) -> Result<Re
     }
 
     d.step(h, "writes stop; every kernel must report the mirror in sync").await;
-    let t = wait_for!(h, Duration::from_secs(90), 0, "quiesce and sync", {
-        h.ask_status();
+    // Every kernel idle (its queued writes drained, which may take a while:
+    // see docs/operations.md), then a fresh status from each, until all
+    // of them report the mirror in sync.
+    let mut asked = false;
+    let t = wait_for!(h, Duration::from_secs(120), 0, "quiesce and sync", {
         d.show(h).await;
-        h.kernels().iter().all(|k| k.idle || k.sync_count.is_some()) && all_in_sync(h, 3, n)
+        let idle = h.kernels().iter().all(|k| k.idle);
+        let done = idle && asked && all_in_sync(h, 3, n);
+        if idle && !done {
+            h.ask_status();
+            asked = true;
+        }
+        done
     })?;
     report.steps.push(("quiesce: all in sync".into(), t.as_secs_f64()));
     verify(h).await?;
@@ -183,7 +192,11 @@ async fn diagnosis(h: &Harness) -> String {
     for k in h.kernels() {
         s.push_str(&format!("{k:?}\n"));
     }
-    s.push_str(&format!("legs differ in {:?}; abandoned {:?}\n", h.legs.lock().differing(), h.legs.lock().abandoned()));
+    let (differing, abandoned) = {
+        let legs = h.legs.lock();
+        (legs.differing(), legs.abandoned())
+    };
+    s.push_str(&format!("legs differ in {differing:?}; abandoned {abandoned:?}\n"));
     for id in h.running() {
         match (h.status(id).await, h.log(id).await) {
             (Ok(st), Ok(log)) => {

@@ -110,6 +110,12 @@ impl Harness {
         })
     }
 
+    /// Makes the mirror's log a `clustered-disk` log on the file `device`
+    /// (shared by every node, as shared storage is). Before any boot.
+    pub fn use_disk_log(&mut self, device: &Path) {
+        self.table.log_args = format!("clustered-disk {} 8", device.display());
+    }
+
     /// The mirror's log uuid.
     pub fn uuid(&self) -> &Uuid {
         &self.table.uuid
@@ -314,6 +320,15 @@ impl Harness {
         if ok { Ok(()) } else { Err(format!("kill {sig} {pid} failed")) }
     }
 
+    /// Asks every running daemon to log its state (SIGUSR1).
+    pub fn dump_state(&self) {
+        for h in self.hosts.values() {
+            if let Some(c) = &h.daemon {
+                let _ = Command::new("kill").args(["-USR1", &c.id().to_string()]).status();
+            }
+        }
+    }
+
     /// Stops every daemon (SIGKILL) without touching the kernels' legs.
     pub fn stop_all(&mut self) {
         for h in self.hosts.values_mut() {
@@ -440,6 +455,8 @@ impl Harness {
                 regions_recovered: b.kernel.stats().regions_recovered,
                 violations: b.kernel.violations().iter().map(|v| format!("{v:?}")).collect(),
                 idle: b.kernel.is_idle(),
+                life: format!("hint {} {}", v.in_sync_hint, b.kernel.explain(b.mirror)),
+                unanswered: b.sent.values().map(|(at, name)| (*name, at.elapsed().as_millis())).collect(),
             });
         }
         out
@@ -487,6 +504,10 @@ pub struct KernelReport {
     pub violations: Vec<String>,
     /// Nothing outstanding, queued or in flight.
     pub idle: bool,
+    /// Requests sent and not answered: type and age in milliseconds.
+    pub unanswered: Vec<(&'static str, u128)>,
+    /// The table's life stage and in-sync hint, as the kernel has them.
+    pub life: String,
 }
 
 impl Drop for Harness {

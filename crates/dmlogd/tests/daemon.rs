@@ -90,7 +90,51 @@ fn a_kernel_resyncs_and_writes_through_the_daemon_which_stops_on_sigterm() {
     assert_eq!(v.status_sync_count, Some(regions));
     assert_eq!(v.writes_done, 20);
     assert!(legs.lock().identical());
-    look_through_dmlogctl_and_metrics(&dir.path().join("data").join("admin.sock"), &metrics, regions);
+    let admin = dir.path().join("data").join("admin.sock");
+    look_through_dmlogctl_and_metrics(&admin, &metrics, regions);
+    // `dmlogctl resync`: every region out of sync, the kernel kicked (a
+    // notice on its socket here, suspend and resume), every region copied.
+    let recovered = kernel.stats().regions_recovered;
+    let out = Command::new(env!("CARGO_BIN_EXE_dmlogctl"))
+        .arg("--socket")
+        .arg(&admin)
+        .args(["resync", "LVM-daemon"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("16 of 16 regions out of sync"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let start2 = Instant::now();
+    let mut kicked = false;
+    kernel.status(m);
+    while start2.elapsed() < Duration::from_secs(60) {
+        let now = u64::try_from(start.elapsed().as_millis()).unwrap();
+        kernel.advance_to(now);
+        for dg in kernel.take_requests() {
+            me.send_to(&dg, &sock).unwrap();
+        }
+        while let Ok(n) = me.recv(&mut buf) {
+            if node::kick::parse_kick_notice(&buf[..n]).is_some() {
+                kernel.kick(m);
+                kicked = true;
+            } else {
+                kernel.deliver(&buf[..n]);
+            }
+        }
+        if kicked && kernel.is_idle() {
+            if kernel.mirror(m).unwrap().status_sync_count == Some(regions) {
+                break;
+            }
+            kernel.status(m);
+        }
+    }
+    assert!(kicked, "the kernel was kicked");
+    assert!(kernel.violations().is_empty(), "{:?}", kernel.violations());
+    assert_eq!(kernel.mirror(m).unwrap().status_sync_count, Some(regions));
+    assert_eq!(kernel.stats().regions_recovered - recovered, regions, "every region copied once more");
     // SIGTERM: a clean exit.
     let status = Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
     assert!(status.success());

@@ -262,6 +262,33 @@ impl Kernel {
         })
     }
 
+    /// The threads and queues of mirror `m`, for diagnosing a stall.
+    pub fn explain(&self, m: MirrorId) -> String {
+        let Some(x) = self.mirrors.get(m.0) else { return String::new() };
+        let delayed: Vec<(u64, RState, usize)> =
+            x.hash.iter().filter(|(_, e)| !e.delayed.is_empty()).map(|(r, e)| (*r, e.state, e.delayed.len())).collect();
+        format!(
+            "life {:?} io_blocked {} woken {} recovery_enabled {} recovering {:?} recovered {:?} writes {} requeued {} held {} batch {} inflight {} delayed {:?} kmirrord {:?} (waiting {:?}) ioctl {:?} (waiting {:?}) jobs {:?}",
+            x.life,
+            x.io_blocked,
+            x.woken,
+            x.recovery_enabled,
+            x.recovering.as_ref().map(|(r, c)| (*r, c.is_some())),
+            x.recovered,
+            x.writes.len(),
+            x.requeued.len(),
+            x.held.len(),
+            x.batch.len(),
+            x.inflight.len(),
+            delayed,
+            x.kmirrord.steps.iter().take(4).collect::<Vec<_>>(),
+            x.kmirrord.waiting,
+            x.ioctl.steps.iter().take(6).collect::<Vec<_>>(),
+            x.ioctl.waiting,
+            x.jobs,
+        )
+    }
+
     /// Whether nothing is outstanding, queued, in flight or scheduled.
     pub fn is_idle(&self) -> bool {
         self.outstanding.is_empty()

@@ -122,6 +122,13 @@ impl Legs {
         self.inflight.contains_key(&r) || self.abandoned.contains(&r)
     }
 
+    /// Region `r` as a crash mid-write leaves it: the default leg written,
+    /// the other not (for tests that start from such legs).
+    pub fn half_written(&mut self, r: u64) {
+        self.write(0, r, u64::MAX, 1);
+        self.abandon(r);
+    }
+
     /// Regions a crashed node left half written and not yet resynced.
     pub fn abandoned(&self) -> Vec<u64> {
         self.abandoned.iter().copied().collect()

@@ -21,8 +21,9 @@ use replication::grpc::GrpcLeaderLink;
 use replication::membership::{ChangeError, MemberInfo};
 use replication::pb::admin::admin_server::{Admin, AdminServer};
 use replication::pb::admin::{
-    AddNodeRequest, ChangeReply, Instance, KernelMember, LogReply, LogRequest, LogSummary, LogsReply, LogsRequest,
-    Member, Progress, RegionMarks, RemoveNodeRequest, StatusReply, StatusRequest, TransferLeaderRequest,
+    AddNodeRequest, ChangeReply, DiskState, Instance, KernelMember, LogReply, LogRequest, LogSummary, LogsReply,
+    LogsRequest, Member, Progress, RegionMarks, RemoveNodeRequest, ResyncReply, ResyncRequest, StatusReply,
+    StatusRequest, TransferLeaderRequest,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
@@ -101,6 +102,16 @@ fn summary(log: &regions::Log) -> LogSummary {
         out_of_sync: n - log.sync_count(),
         dirty: n - log.clean_bits().count_ones(),
         recovering: log.assignments().len() as u64,
+        disk: match &log.args().log_type {
+            regions::LogType::Disk { device } => Some(DiskState {
+                device: device.clone(),
+                writer: log.disk_writer().map_or(0, |n| n.0),
+                clean_version: log.clean_version(),
+                durable_version: log.disk_version(),
+                failed: log.disk_failed_version().is_some(),
+            }),
+            regions::LogType::Core => None,
+        },
         instances: log
             .instances()
             .iter()
@@ -249,5 +260,25 @@ impl Admin for AdminService {
         let deadline = Instant::now() + CHANGE_DEADLINE;
         self.replica.transfer_leader(r.to, deadline).await.map_err(|e| self.refuse(e))?;
         Ok(Response::new(self.reply()))
+    }
+
+    async fn resync(&self, request: Request<ResyncRequest>) -> Result<Response<ResyncReply>, Status> {
+        let r = request.into_inner();
+        let uuid =
+            wire::Uuid::new(&r.uuid).ok_or_else(|| Status::invalid_argument(format!("bad uuid {:?}", r.uuid)))?;
+        let proposal = replication::Proposal { commands: vec![regions::Command::Resync { uuid: uuid.clone() }] };
+        let outcomes = self
+            .replica
+            .propose(proposal, Instant::now() + CHANGE_DEADLINE)
+            .await
+            .map_err(|e| Status::unavailable(format!("not committed: {e}")))?;
+        if let Some(why) = outcomes.0.first().and_then(|o| o.refusal.clone()) {
+            return Err(Status::not_found(why));
+        }
+        tracing::warn!(%uuid, "full resync requested by an administrator");
+        let counts =
+            self.replica.state.read(|m| m.log(&uuid).map(|l| (l.region_count() - l.sync_count(), l.region_count())));
+        let (out_of_sync, regions) = counts.unwrap_or((0, 0));
+        Ok(Response::new(ResyncReply { out_of_sync, regions }))
     }
 }

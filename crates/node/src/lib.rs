@@ -15,6 +15,8 @@
 //!   and the serve loop that joins a transport to the router.
 //! * [`netlink`]: the kernel transport, a `NETLINK_CONNECTOR` socket in
 //!   the dm-log group that hears only the kernel.
+//! * [`disk_log`]: the `clustered-disk` log device, read at RESUME and
+//!   written by one node per log, durable before a FLUSH is answered.
 //! * [`fence`]: the fence actions (reboot, suspend, external command),
 //!   each bounded in time.
 //! * [`kick`]: making this node's kernel pick up resync work after an
@@ -25,6 +27,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod disk_log;
 pub mod fence;
 pub mod kick;
 pub mod live;

@@ -73,6 +73,22 @@ impl OwnMarks {
         v
     }
 
+    /// The constructor arguments of table (`uuid`, `luid`), if known.
+    pub fn ctr_args(&self, uuid: &Uuid, luid: Luid) -> Option<&str> {
+        self.tables.get(&(uuid.clone(), luid)).map(|t| t.ctr_args.as_str())
+    }
+
+    /// The log device token of log `uuid` as this node's kernel named it in
+    /// a `clustered-disk` constructor, if it has such a table.
+    pub fn disk_device(&self, uuid: &Uuid) -> Option<String> {
+        self.tables.iter().filter(|((u, _), _)| u == uuid).find_map(|(_, t)| {
+            match regions::CtrArgs::parse(&t.ctr_args).ok()?.log_type {
+                regions::LogType::Disk { device } => Some(device),
+                regions::LogType::Core => None,
+            }
+        })
+    }
+
     /// Regions table (`uuid`, `luid`) may hold dirty.
     pub fn dirty(&self, uuid: &Uuid, luid: Luid) -> Vec<Region> {
         self.tables.get(&(uuid.clone(), luid)).map(|t| t.dirty.iter().copied().collect()).unwrap_or_default()

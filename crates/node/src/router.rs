@@ -12,6 +12,9 @@
 //!   re-sends after 15 s, which queue behind the original in the same lane
 //!   and are answered again (every command is idempotent).
 //! * **Fenced.** A fenced node answers nothing (see `docs/fencing.md`).
+//! * **Disk logs.** A RESUME of a `clustered-disk` log carries what the
+//!   log device holds; a FLUSH (or first RESUME) is answered only once its
+//!   clean bits are durable on the device (see [`crate::disk_log`]).
 //! * **Bad input.** A datagram whose framing is broken is dropped (there is
 //!   no trustworthy seq to answer); one that frames but does not decode is
 //!   answered `-EINVAL`.
@@ -21,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use regions::{Command, NodeId, Routed, kernel_answer, route};
+use regions::{Command, Effect, KernelOp, NodeId, Routed, kernel_answer, route};
 use replication::{LeaderLink, Outcome, Proposal, ReadRequest, Replica, ReplicaError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -85,6 +88,24 @@ impl<L: LeaderLink> Router<L> {
         lock(&self.own).clone()
     }
 
+    /// The log device token of disk log `uuid` as this node's kernel named
+    /// it, if it has a table of it.
+    pub fn disk_device(&self, uuid: &Uuid) -> Option<String> {
+        lock(&self.own).disk_device(uuid)
+    }
+
+    /// The device token and region count of table (`uuid`, `luid`) if it is
+    /// a `clustered-disk` log: from the table's own constructor, else (the
+    /// daemon restarted under a running kernel) from the replicated log.
+    fn disk_table(&self, uuid: &Uuid, luid: Luid) -> Option<(String, u64)> {
+        let own = lock(&self.own).ctr_args(uuid, luid).and_then(|a| regions::CtrArgs::parse(a).ok());
+        let args = own.or_else(|| self.replica.state.read(|m| m.log(uuid).map(|l| l.args().clone())))?;
+        match &args.log_type {
+            regions::LogType::Disk { device } => Some((device.clone(), args.region_count())),
+            regions::LogType::Core => None,
+        }
+    }
+
     /// Takes one datagram from the kernel; `reply` is called at most once.
     pub fn handle(self: &Arc<Self>, datagram: &[u8], reply: ReplyTo) {
         let arrived = Instant::now();
@@ -132,14 +153,35 @@ impl<L: LeaderLink> Router<L> {
     /// One request, to its answer.
     async fn answer(&self, msg: &Message) -> Option<Result<wire::Answer, Errno>> {
         match route(self.node, msg) {
-            Routed::Command(c) => {
+            Routed::Command(mut c) => {
+                if let Command::Kernel { uuid, instance, op: KernelOp::Resume { disk } } = &mut c
+                    && let Some((token, regions)) = self.disk_table(uuid, instance.luid)
+                {
+                    let image = tokio::task::spawn_blocking(move || crate::disk_log::read_image(&token, regions));
+                    let image = image.await.ok()?;
+                    if let regions::DiskImage::Fresh { reason } = &image {
+                        tracing::info!(%uuid, %reason, "the log device holds no log");
+                    }
+                    *disk = Some(image);
+                }
                 let (tx, rx) = oneshot::channel();
                 self.proposer.send((c, tx)).ok()?;
                 let outcome = rx.await.ok()?;
                 if let Some(why) = &outcome.refusal {
                     tracing::info!(request = ?msg.request, %why, "refused");
                 }
-                Some(outcome.answer)
+                let mut answer = outcome.answer;
+                for e in &outcome.effects {
+                    if let Effect::PersistDiskLog { uuid, version } = e
+                        && *uuid == msg.uuid
+                        && answer.is_ok()
+                        && let Err(why) = crate::disk_log::wait_durable(&self.replica, uuid, *version).await
+                    {
+                        tracing::error!(request = ?msg.request, %why, "answered EIO");
+                        answer = Err(Errno::EIO);
+                    }
+                }
+                Some(answer)
             }
             Routed::Query { uuid, instance, query } => {
                 let r = ReadRequest { uuid, instance, query };

@@ -176,3 +176,130 @@ async fn a_kernel_in_another_socket_is_served_over_the_unix_transport() {
     assert!(legs.lock().identical());
     server.abort();
 }
+
+/// The clean bits a log device holds, if it holds a log.
+fn on_disk(path: &std::path::Path, regions: u64) -> Option<regions::Bitmap> {
+    match node::disk_log::read_image(path.to_str().unwrap(), regions) {
+        regions::DiskImage::Valid { clean, .. } => Some(clean),
+        regions::DiskImage::Fresh { .. } => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_log_device_holds_every_acknowledged_mark_and_ends_all_clean() {
+    let replica = one_node().await;
+    let fenced = Arc::new(AtomicBool::new(false));
+    let router = Router::new(replica.clone(), fenced.clone(), Arc::default());
+    let mut writer = {
+        let r = router.clone();
+        node::disk_log::DiskWriter::new(replica.clone(), fenced, Duration::ZERO, move |u| r.disk_device(u))
+    };
+    // A slow device: a FLUSH answered before its write is durable would
+    // let the kernel write regions the device still holds clean.
+    writer.slow_device = Duration::from_millis(30);
+    tokio::spawn(writer.run());
+    let dir = tempfile::TempDir::new().unwrap();
+    let dev = dir.path().join("mlog");
+    std::fs::write(&dev, vec![0u8; 4096]).unwrap();
+    let regions = 64;
+    let table = Table {
+        uuid: Uuid::new("LVM-disk").unwrap(),
+        target_sectors: regions * 8,
+        log_args: format!("clustered-disk {} 8", dev.display()),
+        integrated_flush: false,
+    };
+    let legs = SharedLegs::new(Legs::new(regions, true));
+    let mut kernel = Kernel::new(Config::default(), 3, 0x5678);
+    let m = kernel.create(table, legs.clone());
+    let start = Instant::now();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let mut checked = 0;
+    let mut step = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        step += 1;
+        if step % 3 == 0 && kernel.mirror(m).unwrap().writes_done < 300 {
+            kernel.write(m, (step * 11) % regions);
+        }
+        kernel.advance_to(u64::try_from(start.elapsed().as_millis()).unwrap());
+        for dg in kernel.take_requests() {
+            let tx = tx.clone();
+            router.handle(&dg, Box::new(move |bytes| drop(tx.send(bytes))));
+        }
+        while let Ok(reply) = rx.try_recv() {
+            kernel.deliver(&reply);
+        }
+        // I1 on the device: a region being written after its FLUSH was
+        // answered has its clean bit 0 on disk.
+        let writing = kernel.mirror(m).unwrap().inflight_regions;
+        if !writing.is_empty() {
+            let clean = on_disk(&dev, regions).expect("a log on the device once a FLUSH was answered");
+            for r in writing {
+                assert!(!clean.get(r), "region {r} is being written but clean on the device");
+                checked += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let v = kernel.mirror(m).unwrap();
+        if v.writes_done >= 300 && kernel.is_idle() {
+            if v.status_sync_count == Some(regions) {
+                break;
+            }
+            kernel.status(m);
+        }
+    }
+    let v = kernel.mirror(m).unwrap();
+    assert!(kernel.violations().is_empty(), "{:?}", kernel.violations());
+    assert_eq!(v.status_sync_count, Some(regions), "resynced: {v:?} {:?} idle {}", kernel.stats(), kernel.is_idle());
+    assert!(checked > 0, "some writes were seen in flight");
+    assert!(legs.lock().identical());
+    // Everything cleared and in sync: the device ends all clean, and the
+    // status line says the device is healthy.
+    let settled = Instant::now();
+    while on_disk(&dev, regions).is_none_or(|c| c.count_ones() != regions) {
+        assert!(settled.elapsed() < Duration::from_secs(10), "the device never became all clean");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = replica.state.read(|mach| mach.log(&Uuid::new("LVM-disk").unwrap()).cloned()).unwrap();
+    assert_eq!(log.last_disk_writer(), Some(regions::NodeId(1)));
+    assert!(log.disk_version() > 0 && log.disk_failed_version().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_resume_of_a_disk_log_starts_from_the_device_and_resyncs_only_its_dirty_regions() {
+    let replica = one_node().await;
+    let fenced = Arc::new(AtomicBool::new(false));
+    let router = Router::new(replica.clone(), fenced.clone(), Arc::default());
+    let writer = {
+        let r = router.clone();
+        node::disk_log::DiskWriter::new(replica.clone(), fenced, Duration::ZERO, move |u| r.disk_device(u))
+    };
+    tokio::spawn(writer.run());
+    let dir = tempfile::TempDir::new().unwrap();
+    let dev = dir.path().join("mlog");
+    let regions = 64;
+    // A log left by an earlier life: region 9 dirty, the rest clean; the
+    // legs differ only there.
+    let mut clean = regions::Bitmap::ones(regions);
+    clean.set(9, false);
+    std::fs::write(&dev, vec![0u8; 4096]).unwrap();
+    node::disk_log::write_image(dev.to_str().unwrap(), &clean).unwrap();
+    let legs = SharedLegs::new(Legs::new(regions, false));
+    legs.lock().half_written(9);
+    let table = Table {
+        uuid: Uuid::new("LVM-disk-again").unwrap(),
+        target_sectors: regions * 8,
+        log_args: format!("clustered-disk {} 8", dev.display()),
+        integrated_flush: false,
+    };
+    let mut kernel = Kernel::new(Config::default(), 5, 0x9abc);
+    let m = kernel.create(table, legs.clone());
+    let start = Instant::now();
+    drive(&mut kernel, &router, start, 5_000).await;
+    kernel.status(m);
+    drive(&mut kernel, &router, start, 7_000).await;
+    let v = kernel.mirror(m).unwrap();
+    assert!(kernel.violations().is_empty(), "{:?}", kernel.violations());
+    assert_eq!(v.status_sync_count, Some(regions));
+    assert_eq!(kernel.stats().regions_recovered, 1, "only the dirty region was copied");
+    assert!(legs.lock().identical());
+}

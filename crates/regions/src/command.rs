@@ -83,12 +83,26 @@ pub enum Command {
         /// The node.
         node: NodeId,
     },
-    /// The outcome of writing a `clustered-disk` log device, reported by the
-    /// node that writes it; shown as the `A`/`D` health in STATUS_INFO.
-    DiskLogHealth {
+    /// An administrator asks for a full resync of a log (`dmlogctl resync`):
+    /// every region goes out of sync, and every kernel with the log active
+    /// is kicked in turn so that it stops trusting its cached hint, as
+    /// after an eviction (I7, I10).
+    Resync {
         /// The log.
         uuid: Uuid,
-        /// Whether the last write failed.
+    },
+    /// A write of a `clustered-disk` log device, reported by the node that
+    /// wrote it (the log's disk writer, [`crate::Log::disk_writer`]): the
+    /// clean bits of `version` are durable on the device, or the write
+    /// failed (`D` in STATUS_INFO until a later write succeeds).
+    DiskLogWritten {
+        /// The log.
+        uuid: Uuid,
+        /// The node that wrote.
+        node: NodeId,
+        /// The clean-bit version it wrote.
+        version: u64,
+        /// Whether the write (or its cache flush) failed.
         failed: bool,
     },
 }
@@ -188,8 +202,9 @@ impl Applied {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
     /// The `clustered-disk` log must hold the clean bits of at least
-    /// `version` before the answer is sent (I1). One node writes the device;
-    /// the others wait until it reports the version written.
+    /// `version` before the answer is sent (I1). One node writes the device
+    /// ([`crate::Log::disk_writer`]); every node waits until the written
+    /// version is reported ([`Command::DiskLogWritten`]).
     PersistDiskLog {
         /// The log.
         uuid: Uuid,

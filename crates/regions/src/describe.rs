@@ -92,6 +92,28 @@ impl Log {
         for (i, r) in &self.assignments {
             let _ = writeln!(s, "  recovering {r} by {i}");
         }
+        if !self.unsettled.is_empty() || !self.awaiting_resume.is_empty() {
+            let _ = writeln!(
+                s,
+                "  after an eviction: unsettled {:?}, awaiting resume {:?} (suspended since {:?}), kicking {:?}, to kick {:?}",
+                self.unsettled.iter().map(|r| r.0).collect::<Vec<_>>(),
+                self.awaiting_resume.iter().map(|n| n.0).collect::<Vec<_>>(),
+                self.suspended_since.iter().map(|n| n.0).collect::<Vec<_>>(),
+                self.kicking.map(|n| n.0),
+                self.kick_queue.iter().map(|n| n.0).collect::<Vec<_>>(),
+            );
+        }
+        for (i, rs) in &self.halted_passes {
+            let _ = writeln!(
+                s,
+                "  passed while recovery was halted: {:?} by {i}",
+                rs.iter().map(|r| r.0).collect::<Vec<_>>()
+            );
+        }
+        if !self.recovery_failed.is_empty() {
+            let _ =
+                writeln!(s, "  recovery failed: {:?}", self.recovery_failed.iter().map(|r| r.0).collect::<Vec<_>>());
+        }
         s.push_str(&self.region_map(64, 4096));
         s
     }

@@ -81,6 +81,12 @@ pub struct Log {
     pub(crate) clean_version: u64,
     /// The last log-device write failed (`D` in STATUS_INFO).
     pub(crate) disk_failed: bool,
+    /// The newest clean-bit version reported durable on the log device.
+    pub(crate) disk_version: u64,
+    /// The newest version whose write failed, if no write has succeeded since.
+    pub(crate) disk_failed_version: Option<u64>,
+    /// The node that reported the last device write.
+    pub(crate) last_disk_writer: Option<NodeId>,
     /// Nodes whose kernels were told to resume after an eviction put
     /// regions out of sync behind their cached `in_sync_hint`, and have not
     /// resumed yet.
@@ -143,6 +149,9 @@ impl Log {
             activated: false,
             clean_version: 0,
             disk_failed: false,
+            disk_version: 0,
+            disk_failed_version: None,
+            last_disk_writer: None,
             awaiting_resume: BTreeSet::new(),
             suspended_since: BTreeSet::new(),
             unsettled: BTreeSet::new(),
@@ -205,6 +214,51 @@ impl Log {
     /// The current clean-bit version (see [`crate::Effect::PersistDiskLog`]).
     pub fn clean_version(&self) -> u64 {
         self.clean_version
+    }
+
+    /// Whether a first RESUME has initialised the bitmaps (for a disk log:
+    /// from the device). Before that the device must not be written: it
+    /// holds the only copy of the log's state.
+    pub fn is_activated(&self) -> bool {
+        self.activated
+    }
+
+    /// The node that writes a `clustered-disk` log's device: the lowest
+    /// node with an instance of the log (its kernel has the table, so its
+    /// host sees the device). One writer at a time, chosen from the
+    /// replicated state, so every node agrees on it; `None` when no node
+    /// has the log. Later writes carry later versions of the same bitmap,
+    /// so one writer's writes never go back in time; see
+    /// `docs/architecture.md` for the hand-over between writers.
+    pub fn disk_writer(&self) -> Option<NodeId> {
+        self.instances.keys().map(|i| i.node).min()
+    }
+
+    /// The newest clean-bit version reported durable on the device.
+    pub fn disk_version(&self) -> u64 {
+        self.disk_version
+    }
+
+    /// The newest version whose write failed, unless a write succeeded since.
+    pub fn disk_failed_version(&self) -> Option<u64> {
+        self.disk_failed_version
+    }
+
+    /// The node that reported the last device write.
+    pub fn last_disk_writer(&self) -> Option<NodeId> {
+        self.last_disk_writer
+    }
+
+    /// Records a device write by `node` (see [`crate::Command::DiskLogWritten`]).
+    pub(crate) fn disk_written(&mut self, node: NodeId, version: u64, failed: bool) {
+        self.last_disk_writer = Some(node);
+        self.disk_failed = failed;
+        if failed {
+            self.disk_failed_version = Some(self.disk_failed_version.map_or(version, |v| v.max(version)));
+        } else {
+            self.disk_version = self.disk_version.max(version);
+            self.disk_failed_version = None;
+        }
     }
 
     /// Whether this is a `clustered-disk` log.
@@ -423,6 +477,12 @@ impl Log {
         &self.awaiting_resume
     }
 
+    /// The node whose kernel is being kicked now (suspended and resumed to
+    /// drop its cached hint), if any.
+    pub fn kicking(&self) -> Option<NodeId> {
+        self.kicking
+    }
+
     /// Regions an eviction put out of sync, not resynced until every
     /// survivor's kernel has resumed.
     pub fn unsettled(&self) -> &BTreeSet<Region> {
@@ -534,6 +594,23 @@ impl Log {
             .filter(|(i, s)| i.node != except && s.phase == Phase::Resumed)
             .map(|(i, _)| i.node)
             .collect()
+    }
+
+    /// Nodes with an active instance.
+    pub(crate) fn active_nodes(&self) -> BTreeSet<NodeId> {
+        self.instances.iter().filter(|(_, s)| s.phase.is_active()).map(|(i, _)| i.node).collect()
+    }
+
+    /// A full resync: every region goes out of sync. Returns the regions
+    /// that were in sync. Marks and recovery assignments stay: a marked
+    /// region is copied once its writers clear it, and a copy under way
+    /// still ends with the legs identical.
+    pub(crate) fn resync_all(&mut self) -> Vec<Region> {
+        let changed: Vec<Region> = (0..self.region_count()).map(Region).filter(|r| self.sync.get(r.0)).collect();
+        for &r in &changed {
+            self.set_out_of_sync(r);
+        }
+        changed
     }
 
     /// Active instances on nodes other than `except`, one per node.

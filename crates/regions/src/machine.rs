@@ -88,9 +88,26 @@ impl Machine {
                 self.retired.insert(*node);
                 applied
             }
-            Command::DiskLogHealth { uuid, failed } => match self.logs.get_mut(uuid) {
+            Command::Resync { uuid } => match self.logs.get_mut(uuid) {
                 Some(log) => {
-                    log.disk_failed = *failed;
+                    let changed = log.resync_all();
+                    let mut effects = Vec::new();
+                    if !changed.is_empty() {
+                        let active = log.active_nodes();
+                        if let Some(first) = log.unsettle(&changed, active) {
+                            effects.push(Effect::KickKernel { node: first, uuid: uuid.clone() });
+                        }
+                        if log.is_disk() {
+                            effects.push(Effect::PersistDiskLog { uuid: uuid.clone(), version: log.clean_version });
+                        }
+                    }
+                    Applied { outcome: Ok(Answer::Done), effects }
+                }
+                None => Applied::refuse(Refusal::UnknownLog(uuid.clone())),
+            },
+            Command::DiskLogWritten { uuid, node, version, failed } => match self.logs.get_mut(uuid) {
+                Some(log) => {
+                    log.disk_written(*node, *version, *failed);
                     Applied::answer(Answer::Done)
                 }
                 None => Applied::refuse(Refusal::UnknownLog(uuid.clone())),

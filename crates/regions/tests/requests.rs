@@ -398,8 +398,42 @@ fn status_strings_match_the_documented_formats() {
     assert_eq!(h.q(a, Query::StatusInfo), Ok(Answer::Text("3 clustered-disk 253:3 A".into())));
     assert_eq!(h.q(a, Query::StatusTable), Ok(Answer::Text("clustered-disk 253:3 8 sync block_on_error ".into())));
     let uuid = h.uuid.clone();
-    let _ = h.apply(Command::DiskLogHealth { uuid, failed: true });
+    let _ = h.apply(Command::DiskLogWritten { uuid: uuid.clone(), node: NodeId(1), version: 1, failed: true });
     assert_eq!(h.q(a, Query::StatusInfo), Ok(Answer::Text("3 clustered-disk 253:3 D".into())));
+    let _ = h.apply(Command::DiskLogWritten { uuid, node: NodeId(1), version: 2, failed: false });
+    assert_eq!(h.q(a, Query::StatusInfo), Ok(Answer::Text("3 clustered-disk 253:3 A".into())));
+}
+
+#[test]
+fn a_disk_log_has_one_writer_the_lowest_node_with_the_log_and_counts_durable_versions() {
+    let mut h = H::new(3);
+    let (a, b) = (inst(2, 1), inst(3, 1));
+    let disk = "64 clustered-disk 253:3 8 sync block_on_error";
+    h.op(a, KernelOp::Ctr { args: disk.into() }).unwrap();
+    h.op(b, KernelOp::Ctr { args: disk.into() }).unwrap();
+    let log = h.m.log(&h.uuid).unwrap();
+    assert_eq!(log.disk_writer(), Some(NodeId(2)));
+    assert!(!log.is_activated(), "the device is not written before its first read");
+    let applied = h.apply(Command::Kernel { uuid: h.uuid.clone(), instance: a, op: KernelOp::Resume { disk: None } });
+    let version = h.m.log(&h.uuid).unwrap().clean_version();
+    assert!(
+        applied.effects.contains(&Effect::PersistDiskLog { uuid: h.uuid.clone(), version }),
+        "the first activation is persisted: {:?}",
+        applied.effects
+    );
+    h.ok(a, KernelOp::Mark(regions(&[5])));
+    let flush = h.apply(Command::Kernel { uuid: h.uuid.clone(), instance: a, op: KernelOp::Flush { marks: vec![] } });
+    let after = h.m.log(&h.uuid).unwrap().clean_version();
+    assert!(flush.effects.contains(&Effect::PersistDiskLog { uuid: h.uuid.clone(), version: after }));
+    let uuid = h.uuid.clone();
+    let _ = h.apply(Command::DiskLogWritten { uuid: uuid.clone(), node: NodeId(2), version: after, failed: false });
+    // An older version reported late does not move the durable version back.
+    let _ = h.apply(Command::DiskLogWritten { uuid: uuid.clone(), node: NodeId(2), version: 1, failed: false });
+    let log = h.m.log(&h.uuid).unwrap();
+    assert_eq!((log.disk_version(), log.disk_failed_version(), log.last_disk_writer()), (after, None, Some(NodeId(2))));
+    // The writer's table goes away: the next node writes.
+    h.ok(a, KernelOp::Dtr);
+    assert_eq!(h.m.log(&h.uuid).unwrap().disk_writer(), Some(NodeId(3)));
 }
 
 // ---- membership: unknown senders, eviction (I10), rejoin ----
@@ -412,6 +446,42 @@ fn requests_from_non_members_and_for_unknown_logs_are_refused() {
     h.up(inst(1, 1), CORE);
     assert_eq!(h.op(inst(1, 2), KernelOp::GetResyncWork), Err(Refusal::UnknownInstance(inst(1, 2))));
     assert_eq!(h.q(inst(1, 2), Query::GetSyncCount), Err(Refusal::UnknownInstance(inst(1, 2))));
+}
+
+#[test]
+fn an_admin_resync_puts_every_region_out_of_sync_and_kicks_every_kernel_in_turn() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    for i in [a, b] {
+        h.up(i, CORE_NOSYNC);
+    }
+    h.ok(a, KernelOp::Mark(regions(&[3])));
+    let applied = h.apply(Command::Resync { uuid: h.uuid.clone() });
+    assert_eq!(kicked(&applied.effects), vec![1], "the first kernel is kicked");
+    assert_eq!(h.sync_count(a), 0);
+    assert!(!h.m.log(&h.uuid).unwrap().is_clean(Region(5)));
+    // No copy starts until both kernels have dropped their cached hints.
+    assert_eq!(h.work(b), None);
+    h.ok(a, KernelOp::Presuspend);
+    h.ok(a, KernelOp::Postsuspend);
+    assert_eq!(kicked(&h.full(a, KernelOp::Resume { disk: None }).effects), vec![2]);
+    h.ok(b, KernelOp::Presuspend);
+    h.ok(b, KernelOp::Postsuspend);
+    assert!(kicked(&h.full(b, KernelOp::Resume { disk: None }).effects).is_empty());
+    // Every region is copied once; the marked one after its writer clears.
+    let mut copied = Vec::new();
+    while let Some(r) = h.work(b) {
+        h.ok(b, KernelOp::SetRegionSync { region: Region(r), in_sync: true });
+        copied.push(r);
+    }
+    assert!(!copied.contains(&3), "a marked region waits for its writer");
+    h.ok(a, KernelOp::Clear(regions(&[3])));
+    assert_eq!(h.work(b), Some(3));
+    h.ok(b, KernelOp::SetRegionSync { region: Region(3), in_sync: true });
+    assert_eq!(h.sync_count(a), h.m.log(&h.uuid).unwrap().region_count());
+    // A repeated request is harmless; an unknown log is refused.
+    let unknown = wire::Uuid::new("LVM-nope").unwrap();
+    assert_eq!(h.apply(Command::Resync { uuid: unknown.clone() }).outcome, Err(Refusal::UnknownLog(unknown)));
 }
 
 #[test]

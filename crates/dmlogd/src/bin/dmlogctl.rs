@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use dmlogd::ctl;
 use replication::pb::admin::{
-    AddNodeRequest, LogRequest, LogsRequest, RemoveNodeRequest, StatusRequest, TransferLeaderRequest,
+    AddNodeRequest, LogRequest, LogsRequest, RemoveNodeRequest, ResyncRequest, StatusRequest, TransferLeaderRequest,
 };
 
 /// dmlogctl: status and administration of a dmlogd cluster.
@@ -45,6 +45,12 @@ enum Cmd {
     Members {
         #[command(subcommand)]
         change: MembersCmd,
+    },
+    /// Resync every region of a mirror log (as after a crash): its kernels
+    /// copy each region from the default leg once more.
+    Resync {
+        /// The log's uuid.
+        uuid: String,
     },
     /// Leadership (on the leader).
     Leader {
@@ -138,6 +144,14 @@ async fn run(args: Args) -> Result<i32, String> {
         Cmd::Members { change: MembersCmd::Remove { id } } => {
             let r = c.remove_node(RemoveNodeRequest { id }).await.map_err(e)?.into_inner();
             println!("node {id} removed and retired; leader {}; {} members", r.leader, r.members.len());
+            Ok(0)
+        }
+        Cmd::Resync { uuid } => {
+            let r = c.resync(ResyncRequest { uuid: uuid.clone() }).await.map_err(e)?.into_inner();
+            println!(
+                "log {uuid}: {} of {} regions out of sync; the kernels are kicked one at a time and resync them",
+                r.out_of_sync, r.regions
+            );
             Ok(0)
         }
         Cmd::Leader { change: LeaderCmd::Transfer { to } } => {
