@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kernel_sim::{Config as SimConfig, Kernel, Legs, MirrorId, SharedLegs, Table};
@@ -47,6 +49,63 @@ struct Host {
     /// Kernel boots so far (each one a new incarnation).
     boots: u64,
     listen: String,
+    /// The address the other nodes use: `listen`, or a proxy in front of it.
+    advertised: String,
+}
+
+/// A TCP proxy in front of one node's peer port, which a test can cut:
+/// while cut, its connections are dropped and new ones closed at once, so
+/// nothing reaches the node over the network and nothing it sent on those
+/// connections is answered.
+pub struct Proxy {
+    cut: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on `listener` and forwards every connection to `target`.
+    fn start(listener: tokio::net::TcpListener, target: String) -> Proxy {
+        let cut = Arc::new(AtomicBool::new(false));
+        let links: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let accept = {
+            let (cut, links) = (cut.clone(), links.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let target = target.clone();
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    let mut l = links.lock().unwrap_or_else(|e| e.into_inner());
+                    l.retain(|h| !h.is_finished());
+                    l.push(link.abort_handle());
+                }
+            })
+        };
+        Proxy { cut, links, accept }
+    }
+
+    /// Cuts (`true`) or heals (`false`) the link.
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+        if cut {
+            for l in self.links.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                l.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.set_cut(true);
+        self.accept.abort();
+    }
 }
 
 /// A booted simulated kernel.
@@ -76,6 +135,7 @@ pub struct Harness {
     pub kicks: u64,
     /// Writes issued.
     pub writes: u64,
+    proxies: BTreeMap<u64, Proxy>,
 }
 
 fn free_port() -> Result<u16, String> {
@@ -90,7 +150,8 @@ impl Harness {
         let mut hosts = BTreeMap::new();
         for id in 1..=n {
             let listen = format!("127.0.0.1:{}", free_port()?);
-            hosts.insert(id, Host { daemon: None, kernel: None, boots: 0, listen });
+            let advertised = listen.clone();
+            hosts.insert(id, Host { daemon: None, kernel: None, boots: 0, listen, advertised });
         }
         let uuid = Uuid::new("LVM-dmlogd-demo-mirror").ok_or("bad uuid")?;
         let table =
@@ -107,7 +168,27 @@ impl Harness {
             latency: BTreeMap::new(),
             kicks: 0,
             writes: 0,
+            proxies: BTreeMap::new(),
         })
+    }
+
+    /// Puts a [`Proxy`] in front of every node's peer port (before any
+    /// boot): the nodes reach each other only through them.
+    pub async fn use_proxies(&mut self) -> Result<(), String> {
+        for (id, h) in &mut self.hosts {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("proxy: {e}"))?;
+            h.advertised = listener.local_addr().map_err(|e| e.to_string())?.to_string();
+            self.proxies.insert(*id, Proxy::start(listener, h.listen.clone()));
+        }
+        Ok(())
+    }
+
+    /// Cuts (`true`) or heals (`false`) every network link into node `id`
+    /// (see [`Harness::use_proxies`]).
+    pub fn cut(&self, id: u64, cut: bool) {
+        if let Some(p) = self.proxies.get(&id) {
+            p.set_cut(cut);
+        }
     }
 
     /// Makes the mirror's log a `clustered-disk` log on the file `device`
@@ -164,7 +245,7 @@ impl Harness {
             self.kernel_socket(id).display(),
         );
         for (n, h) in &self.hosts {
-            s.push_str(&format!("{n} = {:?}\n", h.listen));
+            s.push_str(&format!("{n} = {:?}\n", h.advertised));
         }
         s.push_str(&format!(
             "\n[timing]\nrenew_every_ms = {}\ntick_ms = {}\nfence_after_ms = {}\nfence_action_max_ms = {}\ndead_after_ms = {}\nclock_drift_ppm = {}\nelection_max_ms = {}\n",
@@ -456,6 +537,7 @@ impl Harness {
                 violations: b.kernel.violations().iter().map(|v| format!("{v:?}")).collect(),
                 idle: b.kernel.is_idle(),
                 life: format!("hint {} {}", v.in_sync_hint, b.kernel.explain(b.mirror)),
+                log_failure: v.log_failure,
                 unanswered: b.sent.values().map(|(at, name)| (*name, at.elapsed().as_millis())).collect(),
             });
         }
@@ -508,6 +590,9 @@ pub struct KernelReport {
     pub unanswered: Vec<(&'static str, u128)>,
     /// The table's life stage and in-sync hint, as the kernel has them.
     pub life: String,
+    /// A log request on the write path failed: the kernel would fail the
+    /// mirror's writes.
+    pub log_failure: bool,
 }
 
 impl Drop for Harness {

@@ -225,3 +225,132 @@ async fn a_clustered_disk_log_survives_a_crash_of_its_writer_and_ends_all_clean_
     let status = h.status(2).await.unwrap();
     assert!(status.violation.is_empty(), "{}", status.violation);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_is_evicted_then_fences_on_waking_and_rejoins_with_its_marks() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut h = three_nodes(dir.path(), 128, 3).await;
+    wait_for!(h, Duration::from_secs(60), 0, "initial resync", {
+        h.ask_status();
+        h.kernels().iter().all(|k| k.sync_count == Some(128))
+    })
+    .unwrap();
+    h.run_for(Duration::from_secs(1), 1).await;
+    let leader = h.leader().await.unwrap();
+    let paused = h.ids().into_iter().find(|id| *id != leader).unwrap();
+    let other = h.ids().into_iter().find(|id| *id != leader && *id != paused).unwrap();
+    // SIGSTOP: the daemon stops (a VM pause, a stalled host); its kernel
+    // goes on and its requests wait unanswered.
+    h.freeze(paused, true).unwrap();
+    let evicted = wait_for!(h, Duration::from_secs(60), 0, "the paused node evicted", {
+        let log = h.log(leader).await.unwrap();
+        log.summary.is_some_and(|s| s.instances.iter().all(|i| i.node != paused))
+    });
+    evicted.unwrap();
+    h.freeze(paused, false).unwrap();
+    // On waking its lease is long gone: it fences before answering, then
+    // rejoins, re-registers its table and re-marks what its kernel holds
+    // dirty, and unfences.
+    let back = wait_for!(h, Duration::from_secs(60), 1, "the woken node back with its table", {
+        let log = h.log(leader).await.unwrap();
+        let registered = log.summary.is_some_and(|s| s.instances.iter().any(|i| i.node == paused));
+        registered && h.status(paused).await.is_ok_and(|s| !s.fenced && s.leader != 0)
+    });
+    back.unwrap_or_else(|e| panic!("{e}: {:?}\n{}", h.kernels(), tails(&h)));
+    let log = std::fs::read_to_string(h.log_file(paused)).unwrap();
+    let fenced_at = log.find("lease lost: fenced").unwrap_or_else(|| panic!("no fence logged:\n{}", tails(&h)));
+    let rejoined_at = log.find("rejoined: tables registered").unwrap_or_else(|| panic!("no rejoin:\n{}", tails(&h)));
+    assert!(fenced_at < rejoined_at, "it fenced before it rejoined");
+    h.run_for(Duration::from_secs(2), 1).await;
+    for from in [leader, other, paused] {
+        h.check_marks(from).await.unwrap();
+    }
+    let drained =
+        wait_for!(h, Duration::from_secs(120), 0, "every request answered", h.kernels().iter().all(|k| k.idle));
+    drained.unwrap_or_else(|e| panic!("{e}: {:?}\n{}", h.kernels(), tails(&h)));
+    h.ask_status();
+    let settled = wait_for!(h, Duration::from_secs(60), 0, "in sync", {
+        if h.kernels().iter().all(|k| k.idle) {
+            h.ask_status();
+        }
+        h.kernels().iter().all(|k| k.sync_count == Some(128))
+    });
+    settled.unwrap_or_else(|e| panic!("{e}: {:?}", h.kernels()));
+    for k in h.kernels() {
+        if !k.violations.is_empty() {
+            h.dump_state();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            panic!("node {} (node {paused} was paused): {:?}\n{}", k.node, k.violations, tails(&h));
+        }
+    }
+    for k in h.kernels() {
+        assert!(k.violations.is_empty(), "node {}: {:?}", k.node, k.violations);
+        assert!(!k.log_failure, "node {}'s kernel got a log error on its write path", k.node);
+    }
+    assert!(h.legs.lock().identical(), "legs differ in {:?}", h.legs.lock().differing());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_link_cut_every_node_fences_and_healing_brings_back_the_marks() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut h = Harness::new(exe(), dir.path(), 3, 128, 9).unwrap();
+    h.use_proxies().await.unwrap();
+    for id in h.ids() {
+        h.boot(id).await.unwrap();
+    }
+    wait_for!(h, Duration::from_secs(60), 0, "a leader", h.leader().await.is_some()).unwrap();
+    wait_for!(h, Duration::from_secs(60), 0, "initial resync", {
+        h.ask_status();
+        h.kernels().iter().all(|k| k.sync_count == Some(128))
+    })
+    .unwrap();
+    h.run_for(Duration::from_secs(1), 1).await;
+    // The network goes: nobody can renew a lease, so every node fences
+    // itself (its kernel's requests wait unanswered) within fence_after.
+    for id in h.ids() {
+        h.cut(id, true);
+    }
+    let fenced = wait_for!(h, Duration::from_secs(30), 1, "every node fenced", {
+        let mut all = true;
+        for id in h.ids() {
+            all &= h.status(id).await.is_ok_and(|s| s.fenced);
+        }
+        all
+    });
+    fenced.unwrap_or_else(|e| panic!("{e}\n{}", tails(&h)));
+    h.run_for(Duration::from_secs(2), 1).await;
+    for id in h.ids() {
+        h.cut(id, false);
+    }
+    // Healed: a leader again, and every node unfenced with its table
+    // registered and its dirty regions marked again.
+    let back = wait_for!(h, Duration::from_secs(90), 1, "every node back", {
+        let mut all = h.leader().await.is_some();
+        for id in h.ids() {
+            all &= h.status(id).await.is_ok_and(|s| !s.fenced);
+        }
+        all && h.log(1).await.is_ok_and(|l| {
+            l.summary.is_some_and(|s| h.ids().iter().all(|id| s.instances.iter().any(|i| i.node == *id)))
+        })
+    });
+    back.unwrap_or_else(|e| panic!("{e}: {:?}\n{}", h.kernels(), tails(&h)));
+    h.run_for(Duration::from_secs(2), 1).await;
+    let leader = h.leader().await.unwrap();
+    h.check_marks(leader).await.unwrap();
+    let drained =
+        wait_for!(h, Duration::from_secs(120), 0, "every request answered", h.kernels().iter().all(|k| k.idle));
+    drained.unwrap_or_else(|e| panic!("{e}: {:?}\n{}", h.kernels(), tails(&h)));
+    h.ask_status();
+    let settled = wait_for!(h, Duration::from_secs(60), 0, "in sync", {
+        if h.kernels().iter().all(|k| k.idle) {
+            h.ask_status();
+        }
+        h.kernels().iter().all(|k| k.sync_count == Some(128))
+    });
+    settled.unwrap_or_else(|e| panic!("{e}: {:?}", h.kernels()));
+    for k in h.kernels() {
+        assert!(k.violations.is_empty(), "node {}: {:?}", k.node, k.violations);
+        assert!(!k.log_failure, "node {}'s kernel got a log error on its write path", k.node);
+    }
+    assert!(h.legs.lock().identical(), "legs differ in {:?}", h.legs.lock().differing());
+}

@@ -98,9 +98,11 @@ impl OwnMarks {
     /// back after an eviction, to be proposed as one entry before it
     /// answers its kernel again: rejoin, then for every table its
     /// constructor, its resume if the kernel has it resumed, and a FLUSH
-    /// carrying every region it may hold dirty.
+    /// carrying every region it may hold dirty; last, if a table is
+    /// resumed, the notice that its kernel's cached hints may be stale.
     pub fn rejoin(&self, node: NodeId, incarnation: u64) -> Vec<Command> {
         let mut out = vec![Command::NodeJoined { node, incarnation }];
+        let any_resumed = self.tables.values().any(|t| t.resumed);
         for ((uuid, luid), t) in &self.tables {
             let instance = Instance { node, luid: *luid };
             let op = |op| Command::Kernel { uuid: uuid.clone(), instance, op };
@@ -111,6 +113,9 @@ impl OwnMarks {
             if !t.dirty.is_empty() {
                 out.push(op(KernelOp::Flush { marks: t.dirty.iter().copied().collect() }));
             }
+        }
+        if any_resumed {
+            out.push(Command::StaleHints { node });
         }
         out
     }

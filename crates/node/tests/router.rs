@@ -96,7 +96,7 @@ async fn a_kernel_resyncs_writes_and_reports_in_sync_through_the_router() {
     // The router remembered the table for a rejoin, with nothing dirty.
     let own = router.own_marks();
     let rejoin = own.rejoin(regions::NodeId(1), 1);
-    assert_eq!(rejoin.len(), 3, "join, CTR, RESUME: {rejoin:?}");
+    assert_eq!(rejoin.len(), 4, "join, CTR, RESUME, stale hints: {rejoin:?}");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

@@ -83,6 +83,17 @@ pub enum Command {
         /// The node.
         node: NodeId,
     },
+    /// Node `node` comes back after an eviction without a reboot: its
+    /// kernel kept its tables and the in-sync hints it cached before, which
+    /// may now be above regions that went out of sync meanwhile, so it may
+    /// write them without asking IS_REMOTE_RECOVERING. Every out-of-sync
+    /// region of its logs is treated as after an eviction (no copy starts,
+    /// copies under way are disowned) until its kernel has been kicked and
+    /// resumed. Sent by the node itself in its rejoin entry.
+    StaleHints {
+        /// The node.
+        node: NodeId,
+    },
     /// An administrator asks for a full resync of a log (`dmlogctl resync`):
     /// every region goes out of sync, and every kernel with the log active
     /// is kicked in turn so that it stops trusting its cached hint, as

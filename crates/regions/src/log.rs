@@ -601,6 +601,15 @@ impl Log {
         self.instances.iter().filter(|(_, s)| s.phase.is_active()).map(|(i, _)| i.node).collect()
     }
 
+    /// Every out-of-sync region, with the recovery assignments released: a
+    /// copy under way could race a write from a kernel behind a stale hint,
+    /// so its SET_REGION_SYNC will not be believed and the region is copied
+    /// again later (see [`crate::Command::StaleHints`]).
+    pub(crate) fn disown_out_of_sync(&mut self) -> Vec<Region> {
+        self.assignments.clear();
+        self.sync.zeros_iter().map(Region).collect()
+    }
+
     /// A full resync: every region goes out of sync. Returns the regions
     /// that were in sync. Marks and recovery assignments stay: a marked
     /// region is copied once its writers clear it, and a copy under way

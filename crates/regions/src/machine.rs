@@ -88,6 +88,25 @@ impl Machine {
                 self.retired.insert(*node);
                 applied
             }
+            Command::StaleHints { node } => {
+                if !self.members.contains_key(node) {
+                    return Applied::refuse(Refusal::NotAMember(*node));
+                }
+                let mut effects = Vec::new();
+                for (uuid, log) in &mut self.logs {
+                    if !log.active_nodes().contains(node) {
+                        continue;
+                    }
+                    let out_of_sync = log.disown_out_of_sync();
+                    if out_of_sync.is_empty() {
+                        continue;
+                    }
+                    if let Some(first) = log.unsettle(&out_of_sync, BTreeSet::from([*node])) {
+                        effects.push(Effect::KickKernel { node: first, uuid: uuid.clone() });
+                    }
+                }
+                Applied { outcome: Ok(Answer::Done), effects }
+            }
             Command::Resync { uuid } => match self.logs.get_mut(uuid) {
                 Some(log) => {
                     let changed = log.resync_all();

@@ -485,6 +485,30 @@ fn an_admin_resync_puts_every_region_out_of_sync_and_kicks_every_kernel_in_turn(
 }
 
 #[test]
+fn a_kernel_back_behind_stale_hints_holds_every_copy_until_it_has_resumed() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE);
+    h.up(b, CORE);
+    // b is copying region 0 when node 1 comes back from an eviction with
+    // its kernel's old hints.
+    assert_eq!(h.work(b), Some(0));
+    let applied = h.apply(Command::StaleHints { node: NodeId(1) });
+    assert_eq!(kicked(&applied.effects), vec![1], "node 1's kernel is kicked");
+    // The copy under way is disowned, and nothing is copied until node 1's
+    // kernel has suspended and resumed.
+    h.ok(b, KernelOp::SetRegionSync { region: Region(0), in_sync: true });
+    assert!(!h.in_sync(b, 0), "a copy that may have raced a stale-hint write is not believed");
+    assert_eq!(h.work(b), None);
+    assert_eq!(h.recovering(a, 5), (false, 0), "node 1's writes pass (it must drain them to suspend)");
+    h.ok(a, KernelOp::Presuspend);
+    h.ok(a, KernelOp::Postsuspend);
+    assert!(kicked(&h.full(a, KernelOp::Resume { disk: None }).effects).is_empty());
+    assert_eq!(h.work(b), Some(0), "settled: copies start again");
+    assert_eq!(h.apply(Command::StaleHints { node: NodeId(9) }).outcome, Err(Refusal::NotAMember(NodeId(9))));
+}
+
+#[test]
 fn eviction_turns_marks_into_resync_work_for_the_survivors() {
     let mut h = H::new(3);
     let (a, b, c) = (inst(1, 1), inst(2, 1), inst(3, 1));
