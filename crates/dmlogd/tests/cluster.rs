@@ -138,6 +138,32 @@ fn on_disk(device: &Path, regions: u64) -> Option<regions::Bitmap> {
     }
 }
 
+/// The end of a scenario: every kernel drains its queued writes, then
+/// reports the mirror in sync (`regions` of them); no kernel saw a protocol
+/// violation or a log error on its write path, and the legs are identical.
+async fn settle_and_verify(h: &mut Harness, regions: u64) {
+    let drained =
+        wait_for!(h, Duration::from_secs(120), 0, "every request answered", h.kernels().iter().all(|k| k.idle));
+    drained.unwrap_or_else(|e| panic!("{e}: {:?}\n{}", h.kernels(), tails(h)));
+    h.ask_status();
+    let settled = wait_for!(h, Duration::from_secs(60), 0, "in sync", {
+        if h.kernels().iter().all(|k| k.idle) {
+            h.ask_status();
+        }
+        h.kernels().iter().all(|k| k.sync_count == Some(regions))
+    });
+    settled.unwrap_or_else(|e| panic!("{e}: {:?}", h.kernels()));
+    for k in h.kernels() {
+        if !k.violations.is_empty() {
+            h.dump_state();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            panic!("node {}: {:?}\n{}", k.node, k.violations, tails(h));
+        }
+        assert!(!k.log_failure, "node {}'s kernel got a log error on its write path", k.node);
+    }
+    assert!(h.legs.lock().identical(), "legs differ in {:?}", h.legs.lock().differing());
+}
+
 /// The last lines of every node's daemon log, for a failure message.
 fn tails(h: &Harness) -> String {
     let mut out = String::new();
@@ -265,29 +291,7 @@ async fn a_paused_node_is_evicted_then_fences_on_waking_and_rejoins_with_its_mar
     for from in [leader, other, paused] {
         h.check_marks(from).await.unwrap();
     }
-    let drained =
-        wait_for!(h, Duration::from_secs(120), 0, "every request answered", h.kernels().iter().all(|k| k.idle));
-    drained.unwrap_or_else(|e| panic!("{e}: {:?}\n{}", h.kernels(), tails(&h)));
-    h.ask_status();
-    let settled = wait_for!(h, Duration::from_secs(60), 0, "in sync", {
-        if h.kernels().iter().all(|k| k.idle) {
-            h.ask_status();
-        }
-        h.kernels().iter().all(|k| k.sync_count == Some(128))
-    });
-    settled.unwrap_or_else(|e| panic!("{e}: {:?}", h.kernels()));
-    for k in h.kernels() {
-        if !k.violations.is_empty() {
-            h.dump_state();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            panic!("node {} (node {paused} was paused): {:?}\n{}", k.node, k.violations, tails(&h));
-        }
-    }
-    for k in h.kernels() {
-        assert!(k.violations.is_empty(), "node {}: {:?}", k.node, k.violations);
-        assert!(!k.log_failure, "node {}'s kernel got a log error on its write path", k.node);
-    }
-    assert!(h.legs.lock().identical(), "legs differ in {:?}", h.legs.lock().differing());
+    settle_and_verify(&mut h, 128).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,20 +341,5 @@ async fn with_every_link_cut_every_node_fences_and_healing_brings_back_the_marks
     h.run_for(Duration::from_secs(2), 1).await;
     let leader = h.leader().await.unwrap();
     h.check_marks(leader).await.unwrap();
-    let drained =
-        wait_for!(h, Duration::from_secs(120), 0, "every request answered", h.kernels().iter().all(|k| k.idle));
-    drained.unwrap_or_else(|e| panic!("{e}: {:?}\n{}", h.kernels(), tails(&h)));
-    h.ask_status();
-    let settled = wait_for!(h, Duration::from_secs(60), 0, "in sync", {
-        if h.kernels().iter().all(|k| k.idle) {
-            h.ask_status();
-        }
-        h.kernels().iter().all(|k| k.sync_count == Some(128))
-    });
-    settled.unwrap_or_else(|e| panic!("{e}: {:?}", h.kernels()));
-    for k in h.kernels() {
-        assert!(k.violations.is_empty(), "node {}: {:?}", k.node, k.violations);
-        assert!(!k.log_failure, "node {}'s kernel got a log error on its write path", k.node);
-    }
-    assert!(h.legs.lock().identical(), "legs differ in {:?}", h.legs.lock().differing());
+    settle_and_verify(&mut h, 128).await;
 }
