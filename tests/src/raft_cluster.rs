@@ -14,6 +14,7 @@ use std::time::Duration;
 use kernel_sim::{Config as KernelConfig, Kernel, Legs, MirrorId, SharedLegs, Table};
 use node::live::{LiveConfig, LiveHooks, LiveTask, Renewals};
 use node::liveness::Timing;
+use node::own_marks::OwnMarks;
 use openraft::BasicNode;
 use regions::{Effect, NodeId as Rn, Routed, kernel_answer, route};
 use replication::memnet::{MemLink, MemNet};
@@ -41,6 +42,10 @@ pub struct RaftNode {
     pub down: Arc<AtomicBool>,
     /// Where applied lease renewals go (the liveness task's lease table).
     renewals: Arc<Mutex<Option<Renewals>>>,
+    /// Set while the node is fenced without a reboot: nothing is answered.
+    pub fenced: Arc<AtomicBool>,
+    /// What its kernel holds, from the requests answered (for a rejoin).
+    own: Arc<Mutex<OwnMarks>>,
 }
 
 /// Automatic liveness in the simulation: leases renewed through Raft, the
@@ -56,6 +61,12 @@ pub struct LivenessConfig {
     /// Seeds the nodes' election timeouts (pre-vote driven by the
     /// liveness task instead of openraft's timer).
     pub seed: u64,
+    /// The fence action: `false` reboots the node (its kernel dies);
+    /// `true` suspends its mirror and stops answering, and the node rejoins
+    /// without a reboot once it can reach the cluster: it re-registers its
+    /// table and re-marks what its kernel holds dirty before it answers
+    /// again (the daemon's `suspend` fence and rejoin).
+    pub suspend: bool,
 }
 
 /// What the liveness layer did, at simulated milliseconds.
@@ -70,6 +81,13 @@ pub enum LiveEvent {
     },
     /// The leader's eviction of a node committed.
     Evicted {
+        /// The node.
+        node: u64,
+        /// When.
+        at_ms: u64,
+    },
+    /// A fenced node rejoined without a reboot and answers its kernel again.
+    Rejoined {
         /// The node.
         node: u64,
         /// When.
@@ -163,11 +181,11 @@ fn touches(req: &wire::Request, r: u64) -> bool {
     }
 }
 
-async fn answer(replica: &Replica<MemLink>, datagram: &[u8]) -> Option<Vec<u8>> {
+async fn answer(replica: &Replica<MemLink>, datagram: &[u8]) -> Option<(Vec<u8>, Option<wire::Message>)> {
     let frame = Frame::parse(datagram).ok()?;
     let msg = match frame.message() {
         Ok(m) => m,
-        Err(_) => return Some(Reply::error(frame.header(), wire::Errno::EINVAL).encode()),
+        Err(_) => return Some((Reply::error(frame.header(), wire::Errno::EINVAL).encode(), None)),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let result = match route(Rn(replica.id), &msg) {
@@ -186,7 +204,10 @@ async fn answer(replica: &Replica<MemLink>, datagram: &[u8]) -> Option<Vec<u8>> 
     {
         lock(&TRACE).push(format!("{:?} n{} {:?} -> {:?}", Instant::now(), replica.id, msg.request, result));
     }
-    Reply::new(&msg, kernel_answer(&msg.request, result)).ok().map(|r| r.encode())
+    let result = kernel_answer(&msg.request, result);
+    let ok = result.is_ok();
+    let reply = Reply::new(&msg, result).ok()?.encode();
+    Some((reply, ok.then_some(msg)))
 }
 
 impl RaftCluster {
@@ -260,10 +281,28 @@ impl RaftCluster {
         };
         let (start, events, net) = (self.start, self.events.clone(), self.net.clone());
         let Some(n) = self.nodes.get_mut(&id) else { return };
-        let task = LiveTask::new(n.replica.clone(), incarnation, config, start);
-        *lock(&n.renewals) = Some(task.renewals());
-        let hooks = SimHooks { id, kernel: n.kernel.clone(), down: n.down.clone(), events, net, start };
-        n.live = Some(tokio::spawn(task.run(Arc::new(hooks))));
+        let hooks = Arc::new(SimHooks {
+            id,
+            kernel: n.kernel.clone(),
+            down: n.down.clone(),
+            fenced: n.fenced.clone(),
+            suspend: cfg.suspend,
+            events,
+            net,
+            start,
+        });
+        let (replica, renewals, own) = (n.replica.clone(), n.renewals.clone(), n.own.clone());
+        n.live = Some(tokio::spawn(async move {
+            loop {
+                let task = LiveTask::new(replica.clone(), incarnation, config, start);
+                *lock(&renewals) = Some(task.renewals());
+                task.run(hooks.clone()).await;
+                if !hooks.suspend {
+                    return;
+                }
+                rejoin(&replica, &own, incarnation, &hooks).await;
+            }
+        }));
     }
 
     /// Removes nodes that fenced themselves (their machines rebooted), so
@@ -324,7 +363,12 @@ impl RaftCluster {
         let events = lock(&self.events).clone();
         for (i, e) in events.iter().enumerate() {
             let LiveEvent::Evicted { node, at_ms } = e else { continue };
-            let fenced = events[..i].iter().any(|f| matches!(f, LiveEvent::Fenced { node: n, .. } if n == node));
+            // Fenced since it last came back (a rejoin answers again).
+            let since = events[..i]
+                .iter()
+                .rposition(|f| matches!(f, LiveEvent::Rejoined { node: n, .. } if n == node))
+                .map_or(0, |p| p + 1);
+            let fenced = events[since..i].iter().any(|f| matches!(f, LiveEvent::Fenced { node: n, .. } if n == node));
             let crashed_before = crashed.get(node).is_some_and(|t| t <= at_ms);
             if !fenced && !crashed_before {
                 return Err(format!("n{node} evicted at {at_ms} ms while its kernel could still write"));
@@ -363,10 +407,24 @@ impl RaftCluster {
         let kernel = Arc::new(Mutex::new(k));
         let renewals: Arc<Mutex<Option<Renewals>>> = Arc::default();
         let down = Arc::new(AtomicBool::new(false));
-        let driver =
-            tokio::spawn(drive(id, replica.clone(), kernel.clone(), rx, self.start, renewals.clone(), down.clone()));
-        self.nodes
-            .insert(id, RaftNode { id, replica, kernel, mirror: MirrorId(0), driver, live: None, down, renewals });
+        let fenced = Arc::new(AtomicBool::new(false));
+        let own: Arc<Mutex<OwnMarks>> = Arc::default();
+        let driver = tokio::spawn(drive(
+            Driver {
+                id,
+                replica: replica.clone(),
+                kernel: kernel.clone(),
+                start: self.start,
+                renewals: renewals.clone(),
+                down: down.clone(),
+                fenced: fenced.clone(),
+                own: own.clone(),
+            },
+            rx,
+        ));
+        let node =
+            RaftNode { id, replica, kernel, mirror: MirrorId(0), driver, live: None, down, renewals, fenced, own };
+        self.nodes.insert(id, node);
     }
 
     /// Milliseconds since the start.
@@ -517,15 +575,19 @@ impl RaftCluster {
 /// The node loop: moves the kernel's clock, sends its requests through the
 /// replica (each in its own task, so the kernel's threads overlap as in the
 /// real kernel), and acts on effects addressed to this node.
-async fn drive(
+struct Driver {
     id: u64,
     replica: Arc<Replica<MemLink>>,
     kernel: Arc<Mutex<Kernel>>,
-    mut effects: mpsc::UnboundedReceiver<AppliedEffects>,
     start: Instant,
     renewals: Arc<Mutex<Option<Renewals>>>,
     down: Arc<AtomicBool>,
-) {
+    fenced: Arc<AtomicBool>,
+    own: Arc<Mutex<OwnMarks>>,
+}
+
+async fn drive(d: Driver, mut effects: mpsc::UnboundedReceiver<AppliedEffects>) {
+    let Driver { id, replica, kernel, start, renewals, down, fenced, own } = d;
     loop {
         if down.load(Ordering::SeqCst) {
             return;
@@ -537,10 +599,16 @@ async fn drive(
             k.take_requests()
         };
         for datagram in requests {
-            let replica = replica.clone();
-            let kernel = kernel.clone();
+            let (replica, kernel, fenced, own) = (replica.clone(), kernel.clone(), fenced.clone(), own.clone());
             tokio::spawn(async move {
-                if let Some(reply) = answer(&replica, &datagram).await {
+                if let Some((reply, ok)) = answer(&replica, &datagram).await {
+                    // A fenced node answers nothing (as the daemon's router).
+                    if fenced.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Some(msg) = ok {
+                        lock(&own).acknowledged(&msg.uuid, msg.luid(), &msg.request);
+                    }
                     lock(&kernel).deliver(&reply);
                 }
             });
@@ -577,6 +645,8 @@ struct SimHooks {
     id: u64,
     kernel: Arc<Mutex<Kernel>>,
     down: Arc<AtomicBool>,
+    fenced: Arc<AtomicBool>,
+    suspend: bool,
     events: Arc<Mutex<Vec<LiveEvent>>>,
     net: MemNet,
     start: Instant,
@@ -591,9 +661,16 @@ impl SimHooks {
 impl LiveHooks for SimHooks {
     fn fence(&self) {
         let at_ms = self.sim_ms();
-        self.down.store(true, Ordering::SeqCst);
         lock(&self.events).push(LiveEvent::Fenced { node: self.id, at_ms });
         self.trace(format!("n{} FENCED", self.id));
+        if self.suspend {
+            // Stop answering, and suspend the mirror: its writes are held
+            // (the suspend itself waits for answers until the rejoin).
+            self.fenced.store(true, Ordering::SeqCst);
+            lock(&self.kernel).suspend(MirrorId(0));
+            return;
+        }
+        self.down.store(true, Ordering::SeqCst);
         let dead = std::mem::replace(&mut *lock(&self.kernel), Kernel::new(KernelConfig::default(), 0, 0));
         dead.crash();
         self.net.unregister(self.id);
@@ -609,4 +686,30 @@ impl LiveHooks for SimHooks {
             lock(&TRACE).push(format!("{:?} {line}", Instant::now()));
         }
     }
+}
+
+/// After a `suspend` fence: one entry registering the node's table and
+/// re-marking what its kernel may hold dirty (with the stale-hints notice),
+/// retried until it commits without refusals; then the node answers again
+/// and its mirror is resumed. `DMLOGD_SIM_BREAK=no-remark` leaves the marks
+/// out, `no-stale-hints` the notice (the seeded runs must then fail).
+async fn rejoin(replica: &Replica<MemLink>, own: &Mutex<OwnMarks>, incarnation: u64, hooks: &SimHooks) {
+    loop {
+        let mut commands = lock(own).rejoin(Rn(replica.id), incarnation);
+        if broken("no-remark") {
+            commands.retain(|c| !matches!(c, regions::Command::Kernel { op: regions::KernelOp::Flush { .. }, .. }));
+        }
+        if broken("no-stale-hints") {
+            commands.retain(|c| !matches!(c, regions::Command::StaleHints { .. }));
+        }
+        let p = Proposal { commands };
+        match replica.propose(p, Instant::now() + Duration::from_secs(5)).await {
+            Ok(out) if out.0.iter().all(|o| o.refusal.is_none()) => break,
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    hooks.fenced.store(false, Ordering::SeqCst);
+    lock(&hooks.events).push(LiveEvent::Rejoined { node: hooks.id, at_ms: hooks.sim_ms() });
+    hooks.trace(format!("n{} REJOINED", hooks.id));
+    lock(&hooks.kernel).resume(MirrorId(0));
 }

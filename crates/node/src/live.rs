@@ -149,20 +149,28 @@ impl<L: LeaderLink> LiveTask<L> {
             if !leads {
                 return;
             }
-            let members: Vec<NodeId> = self.replica.state.read(|m| m.members().keys().copied().collect());
+            let members: Vec<(NodeId, u64)> =
+                self.replica.state.read(|m| m.members().iter().map(|(n, mm)| (*n, mm.joined)).collect());
             table.set_members(members, now);
             table.expired(NodeId(self.id), now, &self.config.timing)
         };
-        for n in expired {
+        // Each eviction names the membership it was decided against.
+        let joined: Vec<(NodeId, u64)> = self
+            .replica
+            .state
+            .read(|m| expired.iter().filter_map(|n| m.members().get(n).map(|mm| (*n, mm.joined))).collect());
+        for (n, joined) in joined {
             if !lock(evicting).insert(n.0) {
                 continue;
             }
             let (replica, evicting, hooks) = (self.replica.clone(), evicting.clone(), hooks.clone());
             tokio::spawn(async move {
                 hooks.trace(format!("n{} EVICT proposed by the leader", n.0));
-                let p = Proposal { commands: vec![Command::NodeEvicted { node: n }] };
-                if replica.propose(p, Instant::now() + Duration::from_secs(5)).await.is_ok() {
-                    hooks.evicted(n);
+                let p = Proposal { commands: vec![Command::NodeExpired { node: n, joined }] };
+                match replica.propose_as_leader(p, Instant::now() + Duration::from_secs(5)).await {
+                    Ok(out) if out.0.first().is_some_and(|o| o.refusal.is_none()) => hooks.evicted(n),
+                    Ok(_) => hooks.trace(format!("n{} eviction void: it joined again", n.0)),
+                    Err(_) => {}
                 }
                 lock(&evicting).remove(&n.0);
             });

@@ -118,7 +118,9 @@ impl Timing {
 /// The leader's view: when it last saw each member renew, by its clock.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaseTable {
-    seen: BTreeMap<NodeId, u64>,
+    /// Per member: the membership ([`regions::Member::joined`]) and when it
+    /// was last seen.
+    seen: BTreeMap<NodeId, (u64, u64)>,
     /// When this node became leader (`None`: it is not leading).
     leading_since: Option<u64>,
 }
@@ -132,7 +134,7 @@ impl LeaseTable {
     /// This node became leader at `now`: every member's timer starts now.
     pub fn became_leader(&mut self, now: u64) {
         self.leading_since = Some(now);
-        for t in self.seen.values_mut() {
+        for (_, t) in self.seen.values_mut() {
             *t = now;
         }
     }
@@ -147,19 +149,27 @@ impl LeaseTable {
         self.leading_since.is_some()
     }
 
-    /// The members are now `members`: new ones start their timer at `now`
-    /// (or at the start of this leadership, if later), gone ones are
-    /// forgotten.
-    pub fn set_members(&mut self, members: impl IntoIterator<Item = NodeId>, now: u64) {
+    /// The members are now `members`, each with its membership number
+    /// (which changes when the node joins again): new ones, and ones that
+    /// joined again since, start their timer at `now` (or at the start of
+    /// this leadership, if later); gone ones are forgotten. Without the
+    /// restart on a new join, a node evicted and back between two looks
+    /// would be evicted again at once on its old timer.
+    pub fn set_members(&mut self, members: impl IntoIterator<Item = (NodeId, u64)>, now: u64) {
         let start = self.leading_since.map_or(now, |s| s.max(now));
-        let members: BTreeMap<NodeId, u64> =
-            members.into_iter().map(|n| (n, self.seen.get(&n).copied().unwrap_or(start))).collect();
+        let members: BTreeMap<NodeId, (u64, u64)> = members
+            .into_iter()
+            .map(|(n, joined)| match self.seen.get(&n) {
+                Some(&(j, t)) if j == joined => (n, (j, t)),
+                _ => (n, (joined, start)),
+            })
+            .collect();
         self.seen = members;
     }
 
     /// `node` renewed; the leader applied the renewal at `now`.
     pub fn renewed(&mut self, node: NodeId, now: u64) {
-        if let Some(t) = self.seen.get_mut(&node) {
+        if let Some((_, t)) = self.seen.get_mut(&node) {
             *t = (*t).max(now);
         }
     }
@@ -170,14 +180,14 @@ impl LeaseTable {
         let Some(since) = self.leading_since else { return Vec::new() };
         self.seen
             .iter()
-            .filter(|(n, t)| **n != me && now.saturating_sub((**t).max(since)) > timing.dead_after_ms)
+            .filter(|(n, (_, t))| **n != me && now.saturating_sub((*t).max(since)) > timing.dead_after_ms)
             .map(|(n, _)| *n)
             .collect()
     }
 
     /// When `node` was last seen, if it is a member.
     pub fn last_seen(&self, node: NodeId) -> Option<u64> {
-        self.seen.get(&node).copied()
+        self.seen.get(&node).map(|(_, t)| *t)
     }
 }
 
@@ -294,7 +304,7 @@ mod tests {
     fn a_new_leader_starts_every_timer_afresh() {
         let t = Timing::default();
         let mut table = LeaseTable::new();
-        table.set_members([NodeId(1), NodeId(2), NodeId(3)], 0);
+        table.set_members([(NodeId(1), 1), (NodeId(2), 2), (NodeId(3), 3)], 0);
         assert!(table.expired(NodeId(1), 100_000, &t).is_empty(), "not leading: no verdicts");
         table.became_leader(50_000);
         assert!(table.expired(NodeId(1), 62_000, &t).is_empty());
@@ -309,9 +319,22 @@ mod tests {
         let t = Timing::default();
         let mut table = LeaseTable::new();
         table.became_leader(1_000);
-        table.set_members([NodeId(1), NodeId(4)], 5_000);
+        table.set_members([(NodeId(1), 1), (NodeId(4), 4)], 5_000);
         assert!(table.expired(NodeId(1), 17_000, &t).is_empty());
         assert_eq!(table.expired(NodeId(1), 17_001, &t), vec![NodeId(4)]);
+    }
+
+    #[test]
+    fn a_member_that_joined_again_gets_a_full_period() {
+        let t = Timing::default();
+        let mut table = LeaseTable::new();
+        table.became_leader(0);
+        table.set_members([(NodeId(1), 1), (NodeId(2), 2)], 0);
+        // Node 2 was evicted and joined again between two looks: its old
+        // timer does not carry over.
+        table.set_members([(NodeId(1), 1), (NodeId(2), 5)], 20_000);
+        assert!(table.expired(NodeId(1), 20_001, &t).is_empty());
+        assert_eq!(table.expired(NodeId(1), 20_000 + t.dead_after_ms + 1, &t), vec![NodeId(2)]);
     }
 
     proptest::proptest! {

@@ -102,6 +102,18 @@ pub enum Command {
         /// The log.
         uuid: Uuid,
     },
+    /// The leader's lease clock found `node` silent for `dead_after`: evict
+    /// it as [`Command::NodeEvicted`] does, but only if it is still the
+    /// membership that joined as `joined` ([`crate::Member::joined`]). An
+    /// eviction decided before the node joined again (after a reboot, or
+    /// after a fence without one) and committed after that join is refused,
+    /// so it cannot drop the marks of a node that is answering again.
+    NodeExpired {
+        /// The node.
+        node: NodeId,
+        /// Its membership when the eviction was decided.
+        joined: u64,
+    },
     /// A write of a `clustered-disk` log device, reported by the node that
     /// wrote it (the log's disk writer, [`crate::Log::disk_writer`]): the
     /// clean bits of `version` are durable on the device, or the write
@@ -285,6 +297,10 @@ pub enum Refusal {
     /// A second constructor for a live instance with other arguments.
     #[error("instance {0} exists with other arguments")]
     InstanceExists(Instance),
+    /// An eviction decided against a membership the node has since renewed
+    /// by joining again ([`Command::NodeExpired`]).
+    #[error("node {0} joined again since its eviction was decided")]
+    StaleEviction(NodeId),
 }
 
 impl Refusal {
@@ -295,7 +311,10 @@ impl Refusal {
                 Errno::ENOENT
             }
             Refusal::InstanceExists(_) => Errno::EEXIST,
-            Refusal::RegionOutOfRange { .. } | Refusal::BadCtr(_) | Refusal::GeometryMismatch { .. } => Errno::EINVAL,
+            Refusal::RegionOutOfRange { .. }
+            | Refusal::BadCtr(_)
+            | Refusal::GeometryMismatch { .. }
+            | Refusal::StaleEviction(_) => Errno::EINVAL,
         }
     }
 }

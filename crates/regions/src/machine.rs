@@ -17,6 +17,9 @@ use crate::log::{InstanceState, Log, Phase};
 pub struct Member {
     /// Boot identity of the node's kernel when it joined.
     pub incarnation: u64,
+    /// Which join this membership is: a number that grows with every
+    /// `NodeJoined` applied, so a later join is always told apart.
+    pub joined: u64,
 }
 
 /// The region-state machine. Same commands in the same order give the same
@@ -24,6 +27,8 @@ pub struct Member {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
     members: BTreeMap<NodeId, Member>,
+    /// `NodeJoined` commands applied so far (see [`Member::joined`]).
+    joins: u64,
     logs: BTreeMap<Uuid, Log>,
     /// Ids of nodes removed from the cluster: never members again.
     retired: BTreeSet<NodeId>,
@@ -77,6 +82,12 @@ impl Machine {
         match command {
             Command::NodeJoined { node, incarnation } => self.node_joined(*node, *incarnation),
             Command::NodeEvicted { node } => self.node_evicted(*node),
+            Command::NodeExpired { node, joined } => match self.members.get(node) {
+                Some(m) if m.joined == *joined => self.node_evicted(*node),
+                Some(_) => Applied::refuse(Refusal::StaleEviction(*node)),
+                // Already gone: nothing to do (a re-sent eviction).
+                None => Applied::answer(Answer::Done),
+            },
             Command::Renew { node, incarnation } => match self.members.get(node) {
                 Some(m) if m.incarnation == *incarnation => {
                     Applied { outcome: Ok(Answer::Done), effects: vec![Effect::LeaseRenewed { node: *node }] }
@@ -164,7 +175,8 @@ impl Machine {
             }
             None => {}
         }
-        self.members.insert(node, Member { incarnation });
+        self.joins += 1;
+        self.members.insert(node, Member { incarnation, joined: self.joins });
         Applied { outcome: Ok(Answer::Done), effects }
     }
 

@@ -509,6 +509,26 @@ fn a_kernel_back_behind_stale_hints_holds_every_copy_until_it_has_resumed() {
 }
 
 #[test]
+fn an_eviction_decided_before_the_node_joined_again_is_refused() {
+    let mut h = H::new(2);
+    let a = inst(1, 1);
+    h.up(a, CORE);
+    let joined = h.m.members()[&NodeId(1)].joined;
+    // The node comes back (same kernel, after a fence) before the
+    // leader's eviction commits: the eviction is void, its marks stay.
+    let _ = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 1 });
+    h.ok(a, KernelOp::Mark(regions(&[4])));
+    let stale = h.apply(Command::NodeExpired { node: NodeId(1), joined });
+    assert_eq!(stale.outcome, Err(Refusal::StaleEviction(NodeId(1))));
+    assert!(!h.m.log(&h.uuid).unwrap().is_clean(Region(4)) && h.m.members().contains_key(&NodeId(1)));
+    // Against the current membership it evicts.
+    let now = h.m.members()[&NodeId(1)].joined;
+    assert!(h.apply(Command::NodeExpired { node: NodeId(1), joined: now }).outcome.is_ok());
+    assert!(!h.m.members().contains_key(&NodeId(1)));
+    assert!(h.apply(Command::NodeExpired { node: NodeId(1), joined: now }).outcome.is_ok(), "a re-sent one is a no-op");
+}
+
+#[test]
 fn eviction_turns_marks_into_resync_work_for_the_survivors() {
     let mut h = H::new(3);
     let (a, b, c) = (inst(1, 1), inst(2, 1), inst(3, 1));

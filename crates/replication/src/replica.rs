@@ -248,6 +248,21 @@ impl<L: LeaderLink> Replica<L> {
         out
     }
 
+    /// Commits `p` only while this node leads: never forwarded, never
+    /// retried. For decisions that are only valid from the leader that
+    /// made them (an eviction on its lease clock): forwarded to a newer
+    /// leader, such a decision could evict a node that has been renewing
+    /// its lease there all along. A timeout means the outcome is unknown;
+    /// an entry of a cut-off leader commits only if no other leader was
+    /// elected meanwhile (then nobody else could renew either).
+    pub async fn propose_as_leader(&self, p: Proposal, deadline: Instant) -> Result<Outcomes, ReplicaError> {
+        match tokio::time::timeout_at(deadline, self.propose_here(p)).await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(Local::Fatal(e))) => Err(ReplicaError::Fatal(e)),
+            Ok(Err(Local::Forward(_))) | Err(_) => Err(ReplicaError::Timeout),
+        }
+    }
+
     /// Answers `r` linearizably, forwarding to the leader.
     pub async fn read(&self, r: ReadRequest, deadline: Instant) -> Result<Result<Answer, Errno>, ReplicaError> {
         self.with_leader(
