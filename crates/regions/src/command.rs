@@ -86,10 +86,10 @@ pub enum Command {
     /// Node `node` comes back after an eviction without a reboot: its
     /// kernel kept its tables and the in-sync hints it cached before, which
     /// may now be above regions that went out of sync meanwhile, so it may
-    /// write them without asking IS_REMOTE_RECOVERING. Every out-of-sync
-    /// region of its logs is treated as after an eviction (no copy starts,
-    /// copies under way are disowned) until its kernel has been kicked and
-    /// resumed. Sent by the node itself in its rejoin entry.
+    /// write them without asking IS_REMOTE_RECOVERING. Those regions (see
+    /// `Log::disown_behind_stale_hint`) are treated as after an eviction (no
+    /// copy starts, copies under way are disowned) until its kernel has
+    /// been kicked and resumed. Sent by the node itself in its rejoin entry.
     StaleHints {
         /// The node.
         node: NodeId,

@@ -601,13 +601,26 @@ impl Log {
         self.instances.iter().filter(|(_, s)| s.phase.is_active()).map(|(i, _)| i.node).collect()
     }
 
-    /// Every out-of-sync region, with the recovery assignments released: a
-    /// copy under way could race a write from a kernel behind a stale hint,
-    /// so its SET_REGION_SYNC will not be believed and the region is copied
-    /// again later (see [`crate::Command::StaleHints`]).
-    pub(crate) fn disown_out_of_sync(&mut self) -> Vec<Region> {
-        self.assignments.clear();
-        self.sync.zeros_iter().map(Region).collect()
+    /// The regions node `n`'s kernel may write behind a stale hint after
+    /// it comes back without a reboot, with their recovery assignments
+    /// released (a copy under way could race such a write, so its
+    /// SET_REGION_SYNC will not be believed and the region is copied again
+    /// later; see [`crate::Command::StaleHints`]): the out-of-sync regions
+    /// it marks (its own eviction put them out of sync) and those still
+    /// unsettled by other evictions. Regions that were out of sync before
+    /// it went away are below the hint it last got (I7): it asks about
+    /// them and gets the true answer, so they are left alone (counting
+    /// them as unsettled would tell it and the survivors IN_SYNC = 1 for
+    /// regions whose legs may differ in old data).
+    pub(crate) fn disown_behind_stale_hint(&mut self, n: NodeId) -> Vec<Region> {
+        let mut regions: BTreeSet<Region> = self.unsettled.clone();
+        for (r, who) in &self.marks {
+            if who.iter().any(|i| i.node == n) && !self.sync.get(r.0) {
+                regions.insert(*r);
+            }
+        }
+        self.assignments.retain(|_, r| !regions.contains(r));
+        regions.into_iter().collect()
     }
 
     /// A full resync: every region goes out of sync. Returns the regions

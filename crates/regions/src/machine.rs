@@ -108,11 +108,11 @@ impl Machine {
                     if !log.active_nodes().contains(node) {
                         continue;
                     }
-                    let out_of_sync = log.disown_out_of_sync();
-                    if out_of_sync.is_empty() {
+                    let behind = log.disown_behind_stale_hint(*node);
+                    if behind.is_empty() {
                         continue;
                     }
-                    if let Some(first) = log.unsettle(&out_of_sync, BTreeSet::from([*node])) {
+                    if let Some(first) = log.unsettle(&behind, BTreeSet::from([*node])) {
                         effects.push(Effect::KickKernel { node: first, uuid: uuid.clone() });
                     }
                 }

@@ -488,24 +488,52 @@ fn an_admin_resync_puts_every_region_out_of_sync_and_kicks_every_kernel_in_turn(
 fn a_kernel_back_behind_stale_hints_holds_every_copy_until_it_has_resumed() {
     let mut h = H::new(2);
     let (a, b) = (inst(1, 1), inst(2, 1));
-    h.up(a, CORE);
-    h.up(b, CORE);
-    // b is copying region 0 when node 1 comes back from an eviction with
-    // its kernel's old hints.
-    assert_eq!(h.work(b), Some(0));
+    h.up(a, CORE_NOSYNC);
+    h.up(b, CORE_NOSYNC);
+    // Node 1 is writing region 3 when it is evicted (it fenced); node 2's
+    // kernel is kicked and starts copying region 3.
+    h.ok(a, KernelOp::Mark(regions(&[3])));
+    let _ = h.apply(Command::NodeEvicted { node: NodeId(1) });
+    h.ok(b, KernelOp::Presuspend);
+    h.ok(b, KernelOp::Postsuspend);
+    h.ok(b, KernelOp::Resume { disk: None });
+    assert_eq!(h.work(b), Some(3));
+    // Node 1 comes back without a reboot: its table, its marks again, and
+    // the notice that its kernel's hint may be stale.
+    let _ = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 1 });
+    h.ok(a, KernelOp::Ctr { args: CORE_NOSYNC.into() });
+    h.ok(a, KernelOp::Resume { disk: None });
+    h.ok(a, KernelOp::Flush { marks: regions(&[3]) });
     let applied = h.apply(Command::StaleHints { node: NodeId(1) });
     assert_eq!(kicked(&applied.effects), vec![1], "node 1's kernel is kicked");
-    // The copy under way is disowned, and nothing is copied until node 1's
-    // kernel has suspended and resumed.
-    h.ok(b, KernelOp::SetRegionSync { region: Region(0), in_sync: true });
-    assert!(!h.in_sync(b, 0), "a copy that may have raced a stale-hint write is not believed");
+    // The copy under way is disowned, and region 3 is not copied until
+    // node 1's kernel has suspended and resumed and cleared it.
+    h.ok(b, KernelOp::SetRegionSync { region: Region(3), in_sync: true });
+    assert!(!h.in_sync(b, 3), "a copy that may have raced a stale-hint write is not believed");
     assert_eq!(h.work(b), None);
-    assert_eq!(h.recovering(a, 5), (false, 0), "node 1's writes pass (it must drain them to suspend)");
+    assert!(!h.recovering(a, 3).0, "node 1's writes pass (it must drain them to suspend)");
     h.ok(a, KernelOp::Presuspend);
     h.ok(a, KernelOp::Postsuspend);
     assert!(kicked(&h.full(a, KernelOp::Resume { disk: None }).effects).is_empty());
-    assert_eq!(h.work(b), Some(0), "settled: copies start again");
+    h.ok(a, KernelOp::Clear(regions(&[3])));
+    assert_eq!(h.work(b), Some(3), "settled: the copy starts again");
     assert_eq!(h.apply(Command::StaleHints { node: NodeId(9) }).outcome, Err(Refusal::NotAMember(NodeId(9))));
+}
+
+#[test]
+fn stale_hints_leave_regions_that_were_out_of_sync_before_alone() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    // A new mirror: every region out of sync, node 2 copying region 0.
+    h.up(a, CORE);
+    h.up(b, CORE);
+    assert_eq!(h.work(b), Some(0));
+    let applied = h.apply(Command::StaleHints { node: NodeId(1) });
+    assert!(kicked(&applied.effects).is_empty(), "nothing went out of sync behind node 1's hint");
+    // No pass-through: node 1 is told the truth, and the copy goes on.
+    assert!(!h.in_sync(a, 5));
+    h.ok(b, KernelOp::SetRegionSync { region: Region(0), in_sync: true });
+    assert!(h.in_sync(a, 0));
 }
 
 #[test]
