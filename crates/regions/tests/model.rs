@@ -95,6 +95,9 @@ struct MLog {
     failed: Vec<u64>,
     activated: bool,
     awaiting: Vec<u64>,
+    /// Nodes of `awaiting` whose kernel suspended since the eviction: only
+    /// their RESUME was prepared after it.
+    suspended_since: Vec<u64>,
     unsettled: Vec<u64>,
     kick_queue: Vec<u64>,
     kicking: Option<u64>,
@@ -130,6 +133,7 @@ impl MLog {
             failed: vec![],
             activated: false,
             awaiting: vec![],
+            suspended_since: vec![],
             unsettled: vec![],
             kick_queue: vec![],
             kicking: None,
@@ -137,6 +141,7 @@ impl MLog {
     }
     fn settle(&mut self, node: u64) -> Option<u64> {
         self.awaiting.retain(|n| *n != node);
+        self.suspended_since.retain(|n| *n != node);
         self.kick_queue.retain(|n| *n != node);
         if self.kicking == Some(node) {
             self.kicking = None;
@@ -210,6 +215,7 @@ impl Model {
                 ns.sort();
                 ns.dedup();
                 for n in &ns {
+                    log.suspended_since.retain(|s| s != n);
                     if !log.awaiting.contains(n) {
                         log.awaiting.push(*n);
                         log.kick_queue.push(*n);
@@ -275,6 +281,10 @@ impl Model {
             KOp::Presuspend | KOp::Postsuspend => {
                 log.assigned.retain(|a| !(a.0 == node && a.1 == luid));
                 log.insts[ii].phase = if matches!(k, KOp::Presuspend) { 2 } else { 3 };
+                if matches!(k, KOp::Postsuspend) && log.awaiting.contains(&node) && !log.suspended_since.contains(&node)
+                {
+                    log.suspended_since.push(node);
+                }
                 done()
             }
             KOp::Resume(img) => {
@@ -297,6 +307,11 @@ impl Model {
                 log.insts[ii].phase = 1;
                 log.insts[ii].ever = true;
                 log.failed.clear();
+                // A RESUME that may have been prepared before the eviction
+                // (no suspend since) settles nothing.
+                if log.awaiting.contains(&node) && !log.suspended_since.contains(&node) {
+                    return done();
+                }
                 let next = log.settle(node);
                 (Ok(Answer::Done), next.into_iter().collect())
             }
