@@ -79,11 +79,10 @@ pub struct Log {
     pub(crate) activated: bool,
     /// Bumped on every clean-bit change; a disk log is durable up to a version.
     pub(crate) clean_version: u64,
-    /// The last log-device write failed (`D` in STATUS_INFO).
-    pub(crate) disk_failed: bool,
     /// The newest clean-bit version reported durable on the log device.
     pub(crate) disk_version: u64,
-    /// The newest version whose write failed, if no write has succeeded since.
+    /// The newest version whose write failed, if no write has succeeded
+    /// since (`D` in STATUS_INFO while set).
     pub(crate) disk_failed_version: Option<u64>,
     /// The node that reported the last device write.
     pub(crate) last_disk_writer: Option<NodeId>,
@@ -148,7 +147,6 @@ impl Log {
             recovery_failed: BTreeSet::new(),
             activated: false,
             clean_version: 0,
-            disk_failed: false,
             disk_version: 0,
             disk_failed_version: None,
             last_disk_writer: None,
@@ -252,7 +250,6 @@ impl Log {
     /// Records a device write by `node` (see [`crate::Command::DiskLogWritten`]).
     pub(crate) fn disk_written(&mut self, node: NodeId, version: u64, failed: bool) {
         self.last_disk_writer = Some(node);
-        self.disk_failed = failed;
         if failed {
             self.disk_failed_version = Some(self.disk_failed_version.map_or(version, |v| v.max(version)));
         } else {

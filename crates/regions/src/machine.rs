@@ -289,7 +289,7 @@ impl Machine {
             Query::StatusInfo => Answer::Text(match &inst.args.log_type {
                 LogType::Core => "1 clustered-core".to_owned(),
                 LogType::Disk { device } => {
-                    format!("3 clustered-disk {device} {}", if log.disk_failed { 'D' } else { 'A' })
+                    format!("3 clustered-disk {device} {}", if log.disk_failed_version.is_some() { 'D' } else { 'A' })
                 }
             }),
             Query::StatusTable => Answer::Text(inst.args.status_table()),
