@@ -154,12 +154,8 @@ impl<L: LeaderLink> LiveTask<L> {
             table.set_members(members, now);
             table.expired(NodeId(self.id), now, &self.config.timing)
         };
-        // Each eviction names the membership it was decided against.
-        let joined: Vec<(NodeId, u64)> = self
-            .replica
-            .state
-            .read(|m| expired.iter().filter_map(|n| m.members().get(n).map(|mm| (*n, mm.joined))).collect());
-        for (n, joined) in joined {
+        // Each eviction names the membership its timer ran for.
+        for (n, joined) in expired {
             if !lock(evicting).insert(n.0) {
                 continue;
             }

@@ -175,13 +175,16 @@ impl LeaseTable {
     }
 
     /// Members other than `me` unseen for more than `dead_after_ms`, if
-    /// this node leads. A timer never started before this leadership.
-    pub fn expired(&self, me: NodeId, now: u64, timing: &Timing) -> Vec<NodeId> {
+    /// this node leads, each with the membership ([`regions::Member::joined`])
+    /// its timer ran for: the eviction must name that one, not whatever
+    /// membership the node has by the time it is proposed. A timer never
+    /// started before this leadership.
+    pub fn expired(&self, me: NodeId, now: u64, timing: &Timing) -> Vec<(NodeId, u64)> {
         let Some(since) = self.leading_since else { return Vec::new() };
         self.seen
             .iter()
             .filter(|(n, (_, t))| **n != me && now.saturating_sub((*t).max(since)) > timing.dead_after_ms)
-            .map(|(n, _)| *n)
+            .map(|(n, (joined, _))| (*n, *joined))
             .collect()
     }
 
@@ -309,7 +312,7 @@ mod tests {
         table.became_leader(50_000);
         assert!(table.expired(NodeId(1), 62_000, &t).is_empty());
         table.renewed(NodeId(2), 61_000);
-        assert_eq!(table.expired(NodeId(1), 62_001, &t), vec![NodeId(3)]);
+        assert_eq!(table.expired(NodeId(1), 62_001, &t), vec![(NodeId(3), 3)]);
         table.stepped_down();
         assert!(table.expired(NodeId(1), 90_000, &t).is_empty());
     }
@@ -321,7 +324,7 @@ mod tests {
         table.became_leader(1_000);
         table.set_members([(NodeId(1), 1), (NodeId(4), 4)], 5_000);
         assert!(table.expired(NodeId(1), 17_000, &t).is_empty());
-        assert_eq!(table.expired(NodeId(1), 17_001, &t), vec![NodeId(4)]);
+        assert_eq!(table.expired(NodeId(1), 17_001, &t), vec![(NodeId(4), 4)]);
     }
 
     #[test]
@@ -334,7 +337,7 @@ mod tests {
         // timer does not carry over.
         table.set_members([(NodeId(1), 1), (NodeId(2), 5)], 20_000);
         assert!(table.expired(NodeId(1), 20_001, &t).is_empty());
-        assert_eq!(table.expired(NodeId(1), 20_000 + t.dead_after_ms + 1, &t), vec![NodeId(2)]);
+        assert_eq!(table.expired(NodeId(1), 20_000 + t.dead_after_ms + 1, &t), vec![(NodeId(2), 5)]);
     }
 
     proptest::proptest! {
