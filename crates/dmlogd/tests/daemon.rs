@@ -4,11 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
+use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kernel_sim::{Config, Kernel, Legs, SharedLegs, Table};
+use kernel_sim::{Config, Kernel, Legs, MirrorId, SharedLegs, Table};
 use wire::Uuid;
 
 fn free_port() -> u16 {
@@ -41,12 +42,33 @@ fn start(dir: &Path, extra: &[&str]) -> (Child, std::path::PathBuf) {
     (child, sock)
 }
 
+/// One round between the simulated kernel (socket `me`) and the daemon at
+/// `daemon`: the kernel's clock to `now`, its requests out, the replies in;
+/// a kick notice suspends and resumes mirror `m`. Whether a kick came.
+fn exchange(kernel: &mut Kernel, m: MirrorId, me: &UnixDatagram, daemon: &Path, now: u64) -> bool {
+    let mut kicked = false;
+    kernel.advance_to(now);
+    for dg in kernel.take_requests() {
+        me.send_to(&dg, daemon).unwrap();
+    }
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = me.recv(&mut buf) {
+        if node::kick::parse_kick_notice(&buf[..n]).is_some() {
+            kernel.kick(m);
+            kicked = true;
+        } else {
+            kernel.deliver(&buf[..n]);
+        }
+    }
+    kicked
+}
+
 #[test]
 fn a_kernel_resyncs_and_writes_through_the_daemon_which_stops_on_sigterm() {
     let dir = tempfile::TempDir::new().unwrap();
     let metrics = format!("127.0.0.1:{}", free_port());
     let (mut daemon, sock) = start(dir.path(), &["--metrics", &metrics]);
-    let me = std::os::unix::net::UnixDatagram::bind(dir.path().join("me.sock")).unwrap();
+    let me = UnixDatagram::bind(dir.path().join("me.sock")).unwrap();
     me.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
     let mut kernel = Kernel::new(Config::default(), 1, 0x99);
     let regions = 16;
@@ -59,18 +81,11 @@ fn a_kernel_resyncs_and_writes_through_the_daemon_which_stops_on_sigterm() {
     let legs = SharedLegs::new(Legs::new(regions, true));
     let m = kernel.create(table, legs.clone());
     let start = Instant::now();
-    let mut buf = vec![0u8; 16 * 1024];
     let mut wrote = 0;
     let mut asked = false;
     while start.elapsed() < Duration::from_secs(60) {
         let now = u64::try_from(start.elapsed().as_millis()).unwrap();
-        kernel.advance_to(now);
-        for dg in kernel.take_requests() {
-            me.send_to(&dg, &sock).unwrap();
-        }
-        while let Ok(n) = me.recv(&mut buf) {
-            kernel.deliver(&buf[..n]);
-        }
+        exchange(&mut kernel, m, &me, &sock, now);
         if wrote < 20 && now > 1_000 {
             kernel.write(m, wrote % regions);
             wrote += 1;
@@ -112,18 +127,7 @@ fn a_kernel_resyncs_and_writes_through_the_daemon_which_stops_on_sigterm() {
     kernel.status(m);
     while start2.elapsed() < Duration::from_secs(60) {
         let now = u64::try_from(start.elapsed().as_millis()).unwrap();
-        kernel.advance_to(now);
-        for dg in kernel.take_requests() {
-            me.send_to(&dg, &sock).unwrap();
-        }
-        while let Ok(n) = me.recv(&mut buf) {
-            if node::kick::parse_kick_notice(&buf[..n]).is_some() {
-                kernel.kick(m);
-                kicked = true;
-            } else {
-                kernel.deliver(&buf[..n]);
-            }
-        }
+        kicked |= exchange(&mut kernel, m, &me, &sock, now);
         if kicked && kernel.is_idle() {
             if kernel.mirror(m).unwrap().status_sync_count == Some(regions) {
                 break;
