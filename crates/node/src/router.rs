@@ -7,6 +7,11 @@
 //! * **Batching.** Lanes hand their commands to one proposer, which puts
 //!   everything queued at that moment into one Raft entry (one
 //!   [`replication::Proposal`]), so concurrent logs share a commit.
+//! * **Empty flushes.** A FLUSH without marks of a `clustered-core` log
+//!   is answered without a Raft round: the lane committed every MARK and
+//!   CLEAR before it answered them, so there is nothing left to make
+//!   durable ([`regions::Machine::empty_flush_is_noop`]). A write then
+//!   costs two commits (its MARK and its CLEAR), not four.
 //! * **No quorum.** A command or read that cannot complete is retried until
 //!   it does; the kernel gets no error that would fail its mirror, and
 //!   re-sends after 15 s, which queue behind the original in the same lane
@@ -153,6 +158,11 @@ impl<L: LeaderLink> Router<L> {
     /// One request, to its answer.
     async fn answer(&self, msg: &Message) -> Option<Result<wire::Answer, Errno>> {
         match route(self.node, msg) {
+            Routed::Command(Command::Kernel { uuid, instance, op: KernelOp::Flush { marks } })
+                if marks.is_empty() && self.replica.state.read(|m| m.empty_flush_is_noop(&uuid, instance)) =>
+            {
+                Some(Ok(wire::Answer::Done))
+            }
             Routed::Command(mut c) => {
                 if let Command::Kernel { uuid, instance, op: KernelOp::Resume { disk } } = &mut c
                     && let Some((token, regions)) = self.disk_table(uuid, instance.luid)

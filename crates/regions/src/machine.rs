@@ -303,6 +303,21 @@ impl Machine {
         })
     }
 
+    /// Whether a FLUSH without marks from `instance` of log `uuid` would
+    /// change nothing and answer `Done`: a member's existing instance of a
+    /// `clustered-core` log. Such a FLUSH has nothing to make durable
+    /// (every MARK and CLEAR its kernel sent before it was committed before
+    /// it was answered), so a node may answer it from its own copy of the
+    /// state without a Raft round. A stale copy can only say `false` too
+    /// early (an instance not applied here yet) or keep saying `true` for
+    /// a node evicted elsewhere, which fences before it is evicted (see
+    /// `docs/fencing.md`) and then answers nothing. A disk log's FLUSH
+    /// writes the device, so it always goes through Raft.
+    pub fn empty_flush_is_noop(&self, uuid: &Uuid, instance: Instance) -> bool {
+        self.members.contains_key(&instance.node)
+            && self.logs.get(uuid).is_some_and(|l| !l.is_disk() && l.instances.contains_key(&instance))
+    }
+
     /// Runs every state invariant (see [`crate::invariants`]).
     pub fn check(&self) -> Result<(), Violation> {
         invariants::check_machine(self)

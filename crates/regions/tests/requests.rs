@@ -198,6 +198,28 @@ fn integrated_flush_marks_its_payload() {
 }
 
 #[test]
+fn an_empty_flush_of_a_core_log_changes_nothing_so_it_needs_no_commit() {
+    let mut h = H::new(2);
+    let a = inst(1, 1);
+    assert!(!h.m.empty_flush_is_noop(&h.uuid, a), "no log yet");
+    h.up(a, CORE);
+    h.ok(a, KernelOp::Mark(regions(&[1, 3])));
+    h.ok(a, KernelOp::Clear(regions(&[3])));
+    assert!(h.m.empty_flush_is_noop(&h.uuid, a));
+    assert!(!h.m.empty_flush_is_noop(&h.uuid, inst(1, 2)), "unknown instance");
+    assert!(!h.m.empty_flush_is_noop(&h.uuid, inst(2, 1)), "node 2 has no table");
+    let before = h.m.snapshot();
+    let applied = h.full(a, KernelOp::Flush { marks: vec![] });
+    assert_eq!((applied.outcome, applied.effects), (Ok(Answer::Done), vec![]));
+    assert_eq!(h.m.snapshot(), before, "the flush changed the state");
+
+    let mut d = H::new(1);
+    d.op(a, KernelOp::Ctr { args: "64 clustered-disk 253:3 8 nosync".into() }).unwrap();
+    d.ok(a, KernelOp::Resume { disk: None });
+    assert!(!d.m.empty_flush_is_noop(&d.uuid, a), "a disk log's flush writes the device");
+}
+
+#[test]
 fn flush_of_a_disk_log_asks_for_the_dirtied_bits_to_be_durable() {
     let mut h = H::new(1);
     let a = inst(1, 1);
