@@ -26,7 +26,7 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -37,12 +37,30 @@ use tokio::time::Instant;
 use wire::Uuid;
 
 /// Where a table's log device token points: `major:minor` is the block
-/// device node under `/dev/block`; anything else is a path.
+/// device node under `/dev/block` (udev's links) or, on a host without
+/// those links (an initramfs, a container), the node the kernel names in
+/// `/sys/dev/block/<major:minor>/uevent`; anything else is a path.
 pub fn device_path(token: &str) -> PathBuf {
+    device_path_in(token, Path::new("/"))
+}
+
+/// [`device_path`] with `/dev` and `/sys` under `root` (for tests).
+fn device_path_in(token: &str, root: &Path) -> PathBuf {
     let is_dev_number = token.split_once(':').is_some_and(|(a, b)| {
         !a.is_empty() && !b.is_empty() && (a.chars().chain(b.chars())).all(|c| c.is_ascii_digit())
     });
-    if is_dev_number { PathBuf::from(format!("/dev/block/{token}")) } else { PathBuf::from(token) }
+    if !is_dev_number {
+        return PathBuf::from(token);
+    }
+    let link = root.join("dev/block").join(token);
+    if link.exists() {
+        return link;
+    }
+    let uevent = std::fs::read_to_string(root.join("sys/dev/block").join(token).join("uevent")).unwrap_or_default();
+    match uevent.lines().find_map(|l| l.strip_prefix("DEVNAME=")) {
+        Some(name) if !name.is_empty() && !name.contains("..") => root.join("dev").join(name),
+        _ => link,
+    }
 }
 
 /// Reads the header and bitmap of a log of `region_count` regions from the
@@ -234,8 +252,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn device_numbers_are_block_nodes_and_anything_else_a_path() {
-        assert_eq!(device_path("253:3"), PathBuf::from("/dev/block/253:3"));
+    fn device_numbers_are_udev_links_or_the_node_sysfs_names_and_anything_else_a_path() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(device_path_in("253:3", root.path()), root.path().join("dev/block/253:3"));
+        std::fs::create_dir_all(root.path().join("sys/dev/block/254:32")).unwrap();
+        std::fs::write(
+            root.path().join("sys/dev/block/254:32/uevent"),
+            "MAJOR=254\nMINOR=32\nDEVNAME=vdc\nDEVTYPE=disk\n",
+        )
+        .unwrap();
+        assert_eq!(device_path_in("254:32", root.path()), root.path().join("dev/vdc"));
+        std::fs::create_dir_all(root.path().join("dev/block")).unwrap();
+        std::fs::write(root.path().join("dev/block/254:32"), "").unwrap();
+        assert_eq!(device_path_in("254:32", root.path()), root.path().join("dev/block/254:32"));
         assert_eq!(device_path("/dev/vg/lv_mlog"), PathBuf::from("/dev/vg/lv_mlog"));
         assert_eq!(device_path("253:"), PathBuf::from("253:"));
         assert_eq!(device_path("a:1"), PathBuf::from("a:1"));
