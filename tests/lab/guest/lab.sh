@@ -1,5 +1,8 @@
 # Shell helpers for the lab's guest scripts (sourced before every job).
 
+# The shared log disk as major:minor (how LVM names a clustered-disk log).
+LOGDEV=$(cat "/sys/block/$(basename "$(readlink -f /dev/lab/log)")/dev" 2>/dev/null)
+
 # in_sync <dm name>: "<in sync>/<regions>" from the mirror's status.
 in_sync() {
     dmsetup status "$1" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\/[0-9]+$/) {print $i; exit}}'
@@ -29,8 +32,9 @@ writes() {
         b=$((first + (RANDOM % (span / 3)) * 3 + node - 1))
         dd if=/dev/urandom of="$dev" bs=4096 count=1 seek=$b oflag=direct conv=notrunc status=none || return 1
         i=$((i + 1))
-        [ -n "$WRITES_DONE" ] && echo $i > "$WRITES_DONE"
+        if [ -n "$WRITES_DONE" ]; then echo $i > "$WRITES_DONE"; fi
     done
+    return 0
 }
 
 # start_dmlogd: starts the daemon with /etc/dmlogd.toml, logging to the console.

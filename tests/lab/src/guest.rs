@@ -297,6 +297,22 @@ impl Guest {
         self.from_guest = None;
     }
 
+    /// Waits for qemu to exit by itself (the guest rebooted: qemu runs
+    /// with `-no-reboot`).
+    pub fn wait_exit(&mut self, limit: Duration) -> Outcome<()> {
+        let deadline = Instant::now() + limit;
+        let node = self.node;
+        let child = self.child.as_mut().ok_or("guest is not running")?;
+        while Instant::now() < deadline {
+            if child.try_wait().map_err(|e| format!("node {node}: {e}"))?.is_some() {
+                self.kill();
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!("node {node} did not reset within {limit:?} (see {})", self.console.display()))
+    }
+
     /// Sends a signal to qemu (`STOP` freezes the guest, `CONT` thaws it).
     pub fn signal(&self, sig: &str) -> Outcome<()> {
         let pid = self.pid().ok_or("guest is not running")?;
