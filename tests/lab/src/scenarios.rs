@@ -71,6 +71,16 @@ fn cluster_up(guests: &mut [Guest]) -> Outcome<()> {
     Ok(())
 }
 
+/// Boots node `node` of an `n`-node cluster again on its old data disk and
+/// waits until its daemon is back and healthy.
+fn reboot(lab: &Lab, node: u32, n: u32) -> Outcome<Guest> {
+    let mut g = Guest::start(lab, node)?;
+    g.ready(SECS(180))?;
+    start_daemon(&mut g, n)?;
+    wait_healthy(&mut g, SECS(120))?;
+    Ok(g)
+}
+
 /// Waits until `dmlogctl status` on the node exits 0.
 fn wait_healthy(g: &mut Guest, limit: Duration) -> Outcome<()> {
     let script = format!(
@@ -287,10 +297,7 @@ fn crash(lab: &Lab) -> Outcome<()> {
     println!("   legs identical after the survivors' resync");
 
     // Node 3 reboots (same data disk) and rejoins.
-    let mut g3 = Guest::start(lab, 3)?;
-    g3.ready(SECS(180))?;
-    start_daemon(&mut g3, 3)?;
-    wait_healthy(&mut g3, SECS(120))?;
+    let mut g3 = reboot(lab, 3, 3)?;
     create(&mut g3, "m", &table("lab-crash", &[], "clustered-core", &[], LEG1))?;
     g3.run("writes /dev/mapper/m 3 100", SECS(300))?;
     guests[2] = g3;
@@ -353,10 +360,7 @@ fn partition(lab: &Lab) -> Outcome<()> {
             writers_done(g, 1, 600)?;
         }
     }
-    let mut back = Guest::start(lab, leader as u32)?;
-    back.ready(SECS(180))?;
-    start_daemon(&mut back, 3)?;
-    wait_healthy(&mut back, SECS(120))?;
+    let mut back = reboot(lab, leader as u32, 3)?;
     create(&mut back, "m", &table("lab-partition", &[], "clustered-core", &[], LEG1))?;
     back.run(&format!("writes /dev/mapper/m {leader} 100"), SECS(300))?;
     guests[leader - 1] = back;
