@@ -198,6 +198,20 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_configurations_in_deploy_are_valid() {
+        for (n, text) in [
+            (1, include_str!("../../../deploy/config/node1.toml")),
+            (2, include_str!("../../../deploy/config/node2.toml")),
+            (3, include_str!("../../../deploy/config/node3.toml")),
+        ] {
+            let c = Config::build(Some(text), &Overrides::default()).unwrap_or_else(|e| panic!("node{n}.toml: {e}"));
+            assert_eq!((c.id, c.members.len(), c.kernel), (n, 3, Kernel::Netlink));
+            assert_eq!(c.listen, c.members[&n]);
+            assert_eq!(c.timing, node::liveness::Timing::default());
+        }
+    }
+
+    #[test]
     fn bad_values_are_one_clear_line() {
         let bad = |text: &str, o: Overrides| Config::build(Some(text), &o).unwrap_err();
         assert!(bad("id = 0", Overrides::default()).contains("id must be 1 or more"));

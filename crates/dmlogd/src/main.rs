@@ -5,78 +5,13 @@
 use std::io;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use dmlogd::cli::{Daemon, DaemonCmd};
 use dmlogd::config::{Config, Overrides};
 
-/// dmlogd: a cluster-coherent dirty-region log for device-mapper mirrors.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// TOML configuration file.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// This node's id (overrides the file).
-    #[arg(long)]
-    id: Option<u64>,
-    /// Data directory (overrides the file).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// gRPC listen address host:port (overrides the file).
-    #[arg(long)]
-    listen: Option<String>,
-    /// An initial member ID=HOST:PORT (repeat; overrides the file's).
-    #[arg(long = "member")]
-    members: Vec<String>,
-    /// Kernel transport: netlink or unix:<path>.
-    #[arg(long)]
-    kernel: Option<String>,
-    /// Fence action: reboot, suspend or command:<program> [args…].
-    #[arg(long)]
-    fence: Option<String>,
-    /// The admin API's Unix socket (default: admin.sock in the data dir).
-    #[arg(long)]
-    admin_socket: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long)]
-    metrics: Option<String>,
-    /// The kernel's boot identity (default: from /proc/sys/kernel/random/boot_id).
-    /// For simulated kernels only.
-    #[arg(long, hide = true)]
-    incarnation: Option<u64>,
-    /// Log as JSON lines instead of plain text.
-    #[arg(long)]
-    json: bool,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Three dmlogd processes on loopback, each with a simulated kernel
-    /// writing to one shared mirror: crashes, failover, eviction, resync,
-    /// rejoin, then a verification. Exit status 1 if a check fails.
-    Demo {
-        /// Regions of the mirror.
-        #[arg(long, default_value_t = 256)]
-        regions: u64,
-        /// Seconds of writes between the steps.
-        #[arg(long, default_value_t = 4)]
-        seconds: u64,
-        /// Working directory (default: a temporary one, kept on failure).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Seed of the write pattern.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// One line per step instead of the live table.
-        #[arg(long)]
-        plain: bool,
-    },
-}
-
 fn main() {
-    let args = Args::parse();
-    if let Some(Cmd::Demo { regions, seconds, dir, seed, plain }) = args.command {
+    let args = Daemon::parse();
+    if let Some(DaemonCmd::Demo { regions, seconds, dir, seed, plain }) = args.command {
         demo(regions, seconds, dir, seed, plain);
     }
     init_logging(args.json);
@@ -102,6 +37,10 @@ fn main() {
         Ok(c) => c,
         Err(e) => fail(&e),
     };
+    if args.check_config {
+        println!("dmlogd: configuration ok: node {} of {} members", config.id, config.members.len());
+        return;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => fail(&format!("runtime: {e}")),

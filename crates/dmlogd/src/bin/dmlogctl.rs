@@ -1,88 +1,12 @@
 //! `dmlogctl`: look at and change a running dmlogd cluster through one
 //! node's admin socket.
 
-use std::path::PathBuf;
-
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use dmlogd::cli::{Ctl as Args, CtlCmd as Cmd, LeaderCmd, MembersCmd};
 use dmlogd::ctl;
 use replication::pb::admin::{
     AddNodeRequest, LogRequest, LogsRequest, RemoveNodeRequest, ResyncRequest, StatusRequest, TransferLeaderRequest,
 };
-
-/// dmlogctl: status and administration of a dmlogd cluster.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// The node's admin socket.
-    #[arg(long, env = "DMLOGD_SOCKET", default_value = "/var/lib/dmlogd/admin.sock", global = true)]
-    socket: PathBuf,
-    /// Print JSON instead of text (read commands).
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Members, leader, term, commit index, replication lag, health.
-    /// Exit status 1 when the node is not healthy.
-    Status,
-    /// Every mirror log: regions, dirty, out of sync, recovering, marks per node.
-    Logs,
-    /// One mirror log in detail, with a map of its regions.
-    Log {
-        /// The log's uuid (the one in the mirror table).
-        uuid: String,
-        /// Characters per line of the region map.
-        #[arg(long, default_value_t = 64)]
-        width: u32,
-        /// At most this many characters in the map (regions are grouped beyond).
-        #[arg(long, default_value_t = 1024)]
-        max_chars: u64,
-    },
-    /// Membership changes (on the leader).
-    Members {
-        #[command(subcommand)]
-        change: MembersCmd,
-    },
-    /// Resync every region of a mirror log (as after a crash): its kernels
-    /// copy each region from the default leg once more.
-    Resync {
-        /// The log's uuid.
-        uuid: String,
-    },
-    /// Leadership (on the leader).
-    Leader {
-        #[command(subcommand)]
-        change: LeaderCmd,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum MembersCmd {
-    /// Add a node: it joins as a learner, catches up, then votes.
-    Add {
-        /// Its node id (never used before in this cluster).
-        id: u64,
-        /// Its peer address, host:port.
-        addr: String,
-    },
-    /// Remove a node; its id is retired for good.
-    Remove {
-        /// Its node id.
-        id: u64,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum LeaderCmd {
-    /// Hand leadership to another voter.
-    Transfer {
-        /// The voter to lead.
-        to: u64,
-    },
-}
 
 fn main() {
     let args = Args::parse();

@@ -1,0 +1,156 @@
+//! The command lines of `dmlogd` and `dmlogctl` (clap), in the library so
+//! that `cargo run -p dmlogd --example gen-docs` can render their man pages
+//! and shell completions from the same definitions. Doc comments here are
+//! the programs' help text, so subcommand fields and enums, which clap
+//! shows no text for, have none.
+
+#![allow(missing_docs)]
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// A cluster-coherent dirty-region log for device-mapper mirrors.
+#[derive(Parser, Debug)]
+#[command(name = "dmlogd", version)]
+pub struct Daemon {
+    /// TOML configuration file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This node's id (overrides the file).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Data directory (overrides the file).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address host:port (overrides the file).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// An initial member ID=HOST:PORT (repeat; overrides the file's).
+    #[arg(long = "member")]
+    pub members: Vec<String>,
+    /// Kernel transport: netlink or unix:<path>.
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Fence action: reboot, suspend or command:<program> [args…].
+    #[arg(long)]
+    pub fence: Option<String>,
+    /// The admin API's Unix socket (default: admin.sock in the data dir).
+    #[arg(long)]
+    pub admin_socket: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics: Option<String>,
+    /// The kernel's boot identity (default: from /proc/sys/kernel/random/boot_id).
+    /// For simulated kernels only.
+    #[arg(long, hide = true)]
+    pub incarnation: Option<u64>,
+    /// Check the configuration and exit: 0 if it is valid, else status 2
+    /// and one line naming the problem.
+    #[arg(long)]
+    pub check_config: bool,
+    /// Log as JSON lines instead of plain text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<DaemonCmd>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DaemonCmd {
+    /// Three dmlogd processes on loopback, each with a simulated kernel
+    /// writing to one shared mirror: crashes, failover, eviction, resync,
+    /// rejoin, then a verification. Exit status 1 if a check fails.
+    Demo {
+        /// Regions of the mirror.
+        #[arg(long, default_value_t = 256)]
+        regions: u64,
+        /// Seconds of writes between the steps.
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+        /// Working directory (default: a temporary one, kept on failure).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seed of the write pattern.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// One line per step instead of the live table.
+        #[arg(long)]
+        plain: bool,
+    },
+}
+
+/// Status and administration of a dmlogd cluster.
+#[derive(Parser, Debug)]
+#[command(name = "dmlogctl", version)]
+pub struct Ctl {
+    /// The node's admin socket.
+    #[arg(long, env = "DMLOGD_SOCKET", default_value = "/var/lib/dmlogd/admin.sock", global = true)]
+    pub socket: PathBuf,
+    /// Print JSON instead of text (read commands).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCmd {
+    /// Members, leader, term, commit index, replication lag, health.
+    /// Exit status 1 when the node is not healthy.
+    Status,
+    /// Every mirror log: regions, dirty, out of sync, recovering, marks per node.
+    Logs,
+    /// One mirror log in detail, with a map of its regions.
+    Log {
+        /// The log's uuid (the one in the mirror table).
+        uuid: String,
+        /// Characters per line of the region map.
+        #[arg(long, default_value_t = 64)]
+        width: u32,
+        /// At most this many characters in the map (regions are grouped beyond).
+        #[arg(long, default_value_t = 1024)]
+        max_chars: u64,
+    },
+    /// Membership changes (on the leader).
+    Members {
+        #[command(subcommand)]
+        change: MembersCmd,
+    },
+    /// Resync every region of a mirror log (as after a crash): its kernels
+    /// copy each region from the default leg once more.
+    Resync {
+        /// The log's uuid.
+        uuid: String,
+    },
+    /// Leadership (on the leader).
+    Leader {
+        #[command(subcommand)]
+        change: LeaderCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MembersCmd {
+    /// Add a node: it joins as a learner, catches up, then votes.
+    Add {
+        /// Its node id (never used before in this cluster).
+        id: u64,
+        /// Its peer address, host:port.
+        addr: String,
+    },
+    /// Remove a node; its id is retired for good.
+    Remove {
+        /// Its node id.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaderCmd {
+    /// Hand leadership to another voter.
+    Transfer {
+        /// The voter to lead.
+        to: u64,
+    },
+}

@@ -1,0 +1,50 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_dmlogd_global_optspecs
+    string join \n config= id= data-dir= listen= member= kernel= fence= admin-socket= metrics= incarnation= check-config json h/help V/version
+end
+
+function __fish_dmlogd_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_dmlogd_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_dmlogd_using_subcommand
+    set -l cmd (__fish_dmlogd_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l config -d 'TOML configuration file' -r -F
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l id -d 'This node\'s id (overrides the file)' -r
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l data-dir -d 'Data directory (overrides the file)' -r -F
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l listen -d 'gRPC listen address host:port (overrides the file)' -r
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l member -d 'An initial member ID=HOST:PORT (repeat; overrides the file\'s)' -r
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l kernel -d 'Kernel transport: netlink or unix:<path>' -r
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l fence -d 'Fence action: reboot, suspend or command:<program> [args…]' -r
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l admin-socket -d 'The admin API\'s Unix socket (default: admin.sock in the data dir)' -r -F
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l metrics -d 'Serve Prometheus metrics at http://ADDR/metrics' -r
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l incarnation -d 'The kernel\'s boot identity (default: from /proc/sys/kernel/random/boot_id). For simulated kernels only' -r
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l check-config -d 'Check the configuration and exit: 0 if it is valid, else status 2 and one line naming the problem'
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l json -d 'Log as JSON lines instead of plain text'
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -s h -l help -d 'Print help'
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -s V -l version -d 'Print version'
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -f -a "demo" -d 'Three dmlogd processes on loopback, each with a simulated kernel writing to one shared mirror: crashes, failover, eviction, resync, rejoin, then a verification. Exit status 1 if a check fails'
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -l regions -d 'Regions of the mirror' -r
+complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -l seconds -d 'Seconds of writes between the steps' -r
+complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -l dir -d 'Working directory (default: a temporary one, kept on failure)' -r -F
+complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -l seed -d 'Seed of the write pattern' -r
+complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -l plain -d 'One line per step instead of the live table'
+complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -s h -l help -d 'Print help'
+complete -c dmlogd -n "__fish_dmlogd_using_subcommand help; and not __fish_seen_subcommand_from demo help" -f -a "demo" -d 'Three dmlogd processes on loopback, each with a simulated kernel writing to one shared mirror: crashes, failover, eviction, resync, rejoin, then a verification. Exit status 1 if a check fails'
+complete -c dmlogd -n "__fish_dmlogd_using_subcommand help; and not __fish_seen_subcommand_from demo help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -1,0 +1,119 @@
+#compdef dmlogd
+
+autoload -U is-at-least
+
+_dmlogd() {
+    typeset -A opt_args
+    typeset -a _arguments_options
+    local ret=1
+
+    if is-at-least 5.2; then
+        _arguments_options=(-s -S -C)
+    else
+        _arguments_options=(-s -C)
+    fi
+
+    local context curcontext="$curcontext" state line
+    _arguments "${_arguments_options[@]}" : \
+'--config=[TOML configuration file]:CONFIG:_files' \
+'--id=[This node'\''s id (overrides the file)]:ID:_default' \
+'--data-dir=[Data directory (overrides the file)]:DATA_DIR:_files' \
+'--listen=[gRPC listen address host\:port (overrides the file)]:LISTEN:_default' \
+'*--member=[An initial member ID=HOST\:PORT (repeat; overrides the file'\''s)]:MEMBERS:_default' \
+'--kernel=[Kernel transport\: netlink or unix\:<path>]:KERNEL:_default' \
+'--fence=[Fence action\: reboot, suspend or command\:<program> \[args…\]]:FENCE:_default' \
+'--admin-socket=[The admin API'\''s Unix socket (default\: admin.sock in the data dir)]:ADMIN_SOCKET:_files' \
+'--metrics=[Serve Prometheus metrics at http\://ADDR/metrics]:METRICS:_default' \
+'--incarnation=[The kernel'\''s boot identity (default\: from /proc/sys/kernel/random/boot_id). For simulated kernels only]:INCARNATION:_default' \
+'--check-config[Check the configuration and exit\: 0 if it is valid, else status 2 and one line naming the problem]' \
+'--json[Log as JSON lines instead of plain text]' \
+'-h[Print help]' \
+'--help[Print help]' \
+'-V[Print version]' \
+'--version[Print version]' \
+":: :_dmlogd_commands" \
+"*::: :->dmlogd" \
+&& ret=0
+    case $state in
+    (dmlogd)
+        words=($line[1] "${words[@]}")
+        (( CURRENT += 1 ))
+        curcontext="${curcontext%:*:*}:dmlogd-command-$line[1]:"
+        case $line[1] in
+            (demo)
+_arguments "${_arguments_options[@]}" : \
+'--regions=[Regions of the mirror]:REGIONS:_default' \
+'--seconds=[Seconds of writes between the steps]:SECONDS:_default' \
+'--dir=[Working directory (default\: a temporary one, kept on failure)]:DIR:_files' \
+'--seed=[Seed of the write pattern]:SEED:_default' \
+'--plain[One line per step instead of the live table]' \
+'-h[Print help]' \
+'--help[Print help]' \
+&& ret=0
+;;
+(help)
+_arguments "${_arguments_options[@]}" : \
+":: :_dmlogd__subcmd__help_commands" \
+"*::: :->help" \
+&& ret=0
+
+    case $state in
+    (help)
+        words=($line[1] "${words[@]}")
+        (( CURRENT += 1 ))
+        curcontext="${curcontext%:*:*}:dmlogd-help-command-$line[1]:"
+        case $line[1] in
+            (demo)
+_arguments "${_arguments_options[@]}" : \
+&& ret=0
+;;
+(help)
+_arguments "${_arguments_options[@]}" : \
+&& ret=0
+;;
+        esac
+    ;;
+esac
+;;
+        esac
+    ;;
+esac
+}
+
+(( $+functions[_dmlogd_commands] )) ||
+_dmlogd_commands() {
+    local commands; commands=(
+'demo:Three dmlogd processes on loopback, each with a simulated kernel writing to one shared mirror\: crashes, failover, eviction, resync, rejoin, then a verification. Exit status 1 if a check fails' \
+'help:Print this message or the help of the given subcommand(s)' \
+    )
+    _describe -t commands 'dmlogd commands' commands "$@"
+}
+(( $+functions[_dmlogd__subcmd__demo_commands] )) ||
+_dmlogd__subcmd__demo_commands() {
+    local commands; commands=()
+    _describe -t commands 'dmlogd demo commands' commands "$@"
+}
+(( $+functions[_dmlogd__subcmd__help_commands] )) ||
+_dmlogd__subcmd__help_commands() {
+    local commands; commands=(
+'demo:Three dmlogd processes on loopback, each with a simulated kernel writing to one shared mirror\: crashes, failover, eviction, resync, rejoin, then a verification. Exit status 1 if a check fails' \
+'help:Print this message or the help of the given subcommand(s)' \
+    )
+    _describe -t commands 'dmlogd help commands' commands "$@"
+}
+(( $+functions[_dmlogd__subcmd__help__subcmd__demo_commands] )) ||
+_dmlogd__subcmd__help__subcmd__demo_commands() {
+    local commands; commands=()
+    _describe -t commands 'dmlogd help demo commands' commands "$@"
+}
+(( $+functions[_dmlogd__subcmd__help__subcmd__help_commands] )) ||
+_dmlogd__subcmd__help__subcmd__help_commands() {
+    local commands; commands=()
+    _describe -t commands 'dmlogd help help commands' commands "$@"
+}
+
+if [ "$funcstack[1]" = "_dmlogd" ]; then
+    _dmlogd "$@"
+else
+    compdef _dmlogd dmlogd
+fi
