@@ -35,13 +35,17 @@ _dmlogd() {
 
     case "${cmd}" in
         dmlogd)
-            opts="-h -V --config --id --data-dir --listen --member --kernel --fence --admin-socket --metrics --incarnation --check-config --json --help --version demo help"
+            opts="-h -V --config --cluster --id --data-dir --listen --member --kernel --fence --admin-socket --metrics --incarnation --check-config --json --help --version demo help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cluster)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

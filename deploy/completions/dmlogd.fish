@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_dmlogd_global_optspecs
-    string join \n config= id= data-dir= listen= member= kernel= fence= admin-socket= metrics= incarnation= check-config json h/help V/version
+    string join \n config= cluster= id= data-dir= listen= member= kernel= fence= admin-socket= metrics= incarnation= check-config json h/help V/version
 end
 
 function __fish_dmlogd_needs_command
@@ -25,6 +25,7 @@ function __fish_dmlogd_using_subcommand
 end
 
 complete -c dmlogd -n "__fish_dmlogd_needs_command" -l config -d 'TOML configuration file' -r -F
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -l cluster -d 'The cluster\'s name (overrides the file; default dmlogd)' -r
 complete -c dmlogd -n "__fish_dmlogd_needs_command" -l id -d 'This node\'s id (overrides the file)' -r
 complete -c dmlogd -n "__fish_dmlogd_needs_command" -l data-dir -d 'Data directory (overrides the file)' -r -F
 complete -c dmlogd -n "__fish_dmlogd_needs_command" -l listen -d 'gRPC listen address host:port (overrides the file)' -r

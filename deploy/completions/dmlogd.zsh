@@ -16,6 +16,7 @@ _dmlogd() {
     local context curcontext="$curcontext" state line
     _arguments "${_arguments_options[@]}" : \
 '--config=[TOML configuration file]:CONFIG:_files' \
+'--cluster=[The cluster'\''s name (overrides the file; default dmlogd)]:CLUSTER:_default' \
 '--id=[This node'\''s id (overrides the file)]:ID:_default' \
 '--data-dir=[Data directory (overrides the file)]:DATA_DIR:_files' \
 '--listen=[gRPC listen address host\:port (overrides the file)]:LISTEN:_default' \

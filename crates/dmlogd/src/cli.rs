@@ -17,6 +17,9 @@ pub struct Daemon {
     /// TOML configuration file.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The cluster's name (overrides the file; default dmlogd).
+    #[arg(long)]
+    pub cluster: Option<String>,
     /// This node's id (overrides the file).
     #[arg(long)]
     pub id: Option<u64>,

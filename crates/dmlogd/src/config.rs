@@ -36,6 +36,9 @@ impl std::str::FromStr for Kernel {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
+    /// The cluster's name (default `dmlogd`): checked on every peer call
+    /// and stamped into the data directory.
+    pub cluster: Option<String>,
     /// This node's id (1 or more).
     pub id: Option<u64>,
     /// Where the Raft store lives.
@@ -59,6 +62,8 @@ pub struct File {
 /// The checked configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The cluster's name.
+    pub cluster: String,
     /// This node.
     pub id: u64,
     /// The store's directory.
@@ -85,6 +90,8 @@ pub struct Config {
 /// Overrides from the command line.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
+    /// `--cluster`.
+    pub cluster: Option<String>,
     /// `--id`.
     pub id: Option<u64>,
     /// `--data-dir`.
@@ -113,6 +120,13 @@ impl Config {
             Some(text) => toml::from_str(text).map_err(|e| format!("config: {}", e.message()))?,
             None => File::default(),
         };
+        let cluster = o.cluster.clone().or(f.cluster).unwrap_or_else(|| replication::node::DEFAULT_CLUSTER.into());
+        let name_ok = |c: &str| {
+            (1..=64).contains(&c.len()) && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+        };
+        if !name_ok(&cluster) {
+            return Err(format!("config: cluster {cluster:?} must be 1 to 64 letters, digits, '.', '_' or '-'"));
+        }
         let id = o.id.or(f.id).unwrap_or(1);
         if id == 0 {
             return Err("config: id must be 1 or more".into());
@@ -151,6 +165,7 @@ impl Config {
             None => None,
         };
         Ok(Config {
+            cluster,
             id,
             data_dir,
             listen,
@@ -162,6 +177,37 @@ impl Config {
             metrics,
             incarnation: o.incarnation,
         })
+    }
+}
+
+/// The file in a data directory naming the cluster it belongs to.
+const CLUSTER_FILE: &str = "cluster";
+
+/// Stamps `data_dir` with `cluster` the first time, and refuses a data
+/// directory that belongs to another cluster (its Raft state would be
+/// another cluster's: joining with it would corrupt both). A directory
+/// from before the stamp existed is stamped as it is.
+pub fn claim_data_dir(data_dir: &std::path::Path, cluster: &str) -> Result<(), String> {
+    let path = data_dir.join(CLUSTER_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim() == cluster => Ok(()),
+        Ok(text) => Err(format!(
+            "data dir {} belongs to cluster {:?}, not {cluster:?}: refusing to start (nothing was changed)",
+            data_dir.display(),
+            text.trim()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = data_dir.join(format!("{CLUSTER_FILE}.tmp"));
+            let write = || -> std::io::Result<()> {
+                let mut f = std::fs::File::create(&tmp)?;
+                std::io::Write::write_all(&mut f, format!("{cluster}\n").as_bytes())?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                std::fs::File::open(data_dir)?.sync_all()
+            };
+            write().map_err(|e| format!("{}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
@@ -205,16 +251,34 @@ mod tests {
             (3, include_str!("../../../deploy/config/node3.toml")),
         ] {
             let c = Config::build(Some(text), &Overrides::default()).unwrap_or_else(|e| panic!("node{n}.toml: {e}"));
-            assert_eq!((c.id, c.members.len(), c.kernel), (n, 3, Kernel::Netlink));
+            assert_eq!((c.id, c.members.len(), c.kernel, c.cluster.as_str()), (n, 3, Kernel::Netlink, "san-a"));
             assert_eq!(c.listen, c.members[&n]);
             assert_eq!(c.timing, node::liveness::Timing::default());
         }
     }
 
     #[test]
+    fn a_data_dir_is_stamped_with_its_cluster_and_refused_to_another() {
+        let dir = tempfile::tempdir().unwrap();
+        claim_data_dir(dir.path(), "alpha").unwrap();
+        claim_data_dir(dir.path(), "alpha").unwrap();
+        std::fs::write(dir.path().join("raft.redb"), b"state").unwrap();
+        let e = claim_data_dir(dir.path(), "beta").unwrap_err();
+        assert!(e.contains("belongs to cluster \"alpha\", not \"beta\""), "{e}");
+        assert!(!e.contains('\n'));
+        assert_eq!(std::fs::read_to_string(dir.path().join("cluster")).unwrap(), "alpha\n");
+        assert_eq!(std::fs::read(dir.path().join("raft.redb")).unwrap(), b"state", "the refusal changed the store");
+        let c = Config::build(Some("cluster = \"prod-a\""), &Overrides::default()).unwrap();
+        assert_eq!(c.cluster, "prod-a");
+        assert_eq!(Config::build(None, &Overrides::default()).unwrap().cluster, "dmlogd");
+    }
+
+    #[test]
     fn bad_values_are_one_clear_line() {
         let bad = |text: &str, o: Overrides| Config::build(Some(text), &o).unwrap_err();
         assert!(bad("id = 0", Overrides::default()).contains("id must be 1 or more"));
+        assert!(bad("cluster = \"a b\"", Overrides::default()).contains("cluster \"a b\" must be"));
+        assert!(bad("cluster = \"\"", Overrides::default()).contains("must be 1 to 64"));
         assert!(bad("colour = 3", Overrides::default()).contains("unknown field"));
         assert!(bad("kernel = \"tcp\"", Overrides::default()).contains("expected netlink or unix"));
         assert!(bad("id = 4\n[members]\n1 = \"a:1\"", Overrides::default()).contains("not among the members"));

@@ -50,6 +50,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let lock_path = config.data_dir.join("dmlogd.lock");
     let lock = File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
     lock.try_lock().map_err(|_| format!("another dmlogd holds {}", lock_path.display()))?;
+    crate::config::claim_data_dir(&config.data_dir, &config.cluster)?;
     match config.kernel.clone() {
         Kernel::Netlink => {
             let t = node::netlink::NetlinkTransport::open().map_err(|e| e.to_string())?;
@@ -112,7 +113,11 @@ impl<L: replication::LeaderLink> LiveHooks for DaemonHooks<L> {
 async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(), String> {
     let listener =
         tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| format!("listen {}: {e}", config.listen))?;
-    let settings = RaftSettings { election_max_ms: config.timing.election_max_ms, ..RaftSettings::default() };
+    let settings = RaftSettings {
+        election_max_ms: config.timing.election_max_ms,
+        cluster: config.cluster.clone(),
+        ..RaftSettings::default()
+    };
     let settings = RaftSettings { election_min_ms: settings.election_max_ms / 2, ..settings };
     let path = config.data_dir.join("raft.redb");
     let mut grpc = GrpcNode::start(config.id, &path, listener, settings, Some(&config.members))

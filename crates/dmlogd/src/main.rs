@@ -23,6 +23,7 @@ fn main() {
         None => None,
     };
     let overrides = Overrides {
+        cluster: args.cluster.clone(),
         id: args.id,
         data_dir: args.data_dir.clone(),
         listen: args.listen.clone(),

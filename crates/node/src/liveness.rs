@@ -23,8 +23,11 @@ use std::collections::BTreeMap;
 
 use regions::NodeId;
 
-/// The liveness timings of a cluster (every node must use the same).
+/// The liveness timings of a cluster (every node must use the same). In a
+/// configuration file every key is optional; a missing one keeps its
+/// default, and the whole set is checked against the fencing inequality.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timing {
     /// How often a node renews its lease.
     pub renew_every_ms: u64,

@@ -133,7 +133,14 @@ async fn main() -> Result<(), Error> {
     let mut samples = Vec::new();
     for _ in 0..n {
         let t = std::time::Instant::now();
-        let refused = peer.pre_vote(Envelope { from: 0, to: u64::MAX, payload: Vec::new() }).await;
+        let refused = peer
+            .pre_vote(Envelope {
+                from: 0,
+                to: u64::MAX,
+                payload: Vec::new(),
+                cluster: replication::node::DEFAULT_CLUSTER.into(),
+            })
+            .await;
         samples.push(t.elapsed());
         if refused.is_ok() {
             return Err("a call to another id was answered".into());

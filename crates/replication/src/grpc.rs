@@ -63,13 +63,14 @@ pub enum Campaign {
 #[derive(Clone)]
 pub struct GrpcNet {
     id: NodeId,
+    cluster: Arc<str>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl GrpcNet {
-    /// The network of node `id`.
-    pub fn new(id: NodeId) -> GrpcNet {
-        GrpcNet { id, channels: Arc::default() }
+    /// The network of node `id` of cluster `cluster`.
+    pub fn new(id: NodeId, cluster: &str) -> GrpcNet {
+        GrpcNet { id, cluster: cluster.into(), channels: Arc::default() }
     }
 
     /// The channel to `addr` (`host:port`), created lazily: no connection
@@ -106,13 +107,14 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNet {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> GrpcLink {
         let client = self.client(&node.addr).map_err(|e| e.to_string());
-        GrpcLink { from: self.id, to: target, client }
+        GrpcLink { from: self.id, cluster: self.cluster.clone(), to: target, client }
     }
 }
 
 /// A link to one peer.
 pub struct GrpcLink {
     from: NodeId,
+    cluster: Arc<str>,
     to: NodeId,
     client: Result<PeerClient<Channel>, String>,
 }
@@ -138,7 +140,7 @@ fn status_to_rpc<E: std::error::Error>(s: &Status) -> RPCError<NodeId, Node, E> 
 impl GrpcLink {
     fn envelope<T: Serialize>(&self, to: NodeId, v: &T) -> Result<Envelope, TransportError> {
         let payload = encode(v).map_err(|e| TransportError(format!("encode: {e}")))?;
-        Ok(Envelope { from: self.from, to, payload })
+        Ok(Envelope { from: self.from, to, payload, cluster: self.cluster.to_string() })
     }
 
     fn client(&self) -> Result<PeerClient<Channel>, TransportError> {
@@ -262,7 +264,8 @@ impl GrpcLeaderLink {
         let addr = self.addr(to).ok_or(ForwardError::Unreachable(to))?;
         let client = self.net.client(&addr).map_err(|_| ForwardError::Unreachable(to))?;
         let payload = encode(req).map_err(|e| ForwardError::Fatal(e.to_string()))?;
-        let mut request = Request::new(Envelope { from: self.net.id, to, payload });
+        let mut request =
+            Request::new(Envelope { from: self.net.id, to, payload, cluster: self.net.cluster.to_string() });
         request.set_timeout(FORWARD_DEADLINE);
         let reply = match tokio::time::timeout(FORWARD_DEADLINE, call(client, request)).await {
             Ok(Ok(r)) => r.into_inner(),
@@ -299,12 +302,13 @@ impl LeaderLink for GrpcLeaderLink {
 /// The server side of `dmlogd.peer.Peer` for one node.
 pub struct PeerService {
     replica: Arc<Replica<GrpcLeaderLink>>,
+    cluster: String,
 }
 
 impl PeerService {
-    /// Serves `replica`'s node.
-    pub fn new(replica: Arc<Replica<GrpcLeaderLink>>) -> PeerService {
-        PeerService { replica }
+    /// Serves `replica`'s node, a member of `cluster`.
+    pub fn new(replica: Arc<Replica<GrpcLeaderLink>>, cluster: &str) -> PeerService {
+        PeerService { replica, cluster: cluster.to_owned() }
     }
 
     /// The tonic service, with raised message limits.
@@ -313,6 +317,13 @@ impl PeerService {
     }
 
     fn open<T: DeserializeOwned>(&self, env: &Envelope) -> Result<T, Status> {
+        if env.cluster != self.cluster {
+            tracing::warn!(from = env.from, cluster = %env.cluster, "refused a call from another cluster");
+            return Err(Status::permission_denied(format!(
+                "this is node {} of cluster {:?}; node {} of cluster {:?} may not call it",
+                self.replica.id, self.cluster, env.from, env.cluster
+            )));
+        }
         if env.to != self.replica.id {
             return Err(Status::failed_precondition(format!(
                 "this is node {}, not node {} (stale address?)",
@@ -324,7 +335,7 @@ impl PeerService {
 
     fn seal<T: Serialize>(&self, to: NodeId, v: &T) -> Result<Response<Envelope>, Status> {
         let payload = encode(v).map_err(|e| Status::internal(format!("encode: {e}")))?;
-        Ok(Response::new(Envelope { from: self.replica.id, to, payload }))
+        Ok(Response::new(Envelope { from: self.replica.id, to, payload, cluster: self.cluster.clone() }))
     }
 
     fn raft(&self) -> &Raft {

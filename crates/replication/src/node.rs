@@ -17,7 +17,7 @@ use crate::state_machine::{AppliedEffects, StateMachine};
 use crate::types::{NodeId, Raft};
 
 /// Raft timing and log retention.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaftSettings {
     /// Leader heartbeat, ms. Must exceed the p99 of one append round trip
     /// including the follower's sync.
@@ -31,7 +31,13 @@ pub struct RaftSettings {
     pub snapshot_every: u64,
     /// Entries kept behind the last snapshot for slow followers.
     pub keep_behind_snapshot: u64,
+    /// The cluster's name: every peer call carries it, and a node refuses
+    /// calls from another cluster.
+    pub cluster: String,
 }
+
+/// The cluster name when none is configured.
+pub const DEFAULT_CLUSTER: &str = "dmlogd";
 
 impl Default for RaftSettings {
     /// LAN values: heartbeat 100 ms, elections 750–1500 ms.
@@ -42,6 +48,7 @@ impl Default for RaftSettings {
             election_max_ms: 1500,
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
+            cluster: DEFAULT_CLUSTER.to_owned(),
         }
     }
 }
@@ -104,7 +111,7 @@ impl GrpcNode {
         let (tx, effects) = mpsc::unbounded_channel();
         let sm = StateMachine::open(db).map_err(StartError::Raft)?.with_effects(tx);
         let state = sm.reader();
-        let net = GrpcNet::new(id);
+        let net = GrpcNet::new(id, &settings.cluster);
         let raft = Raft::new(id, settings.config().map_err(StartError::Raft)?, net.clone(), log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -112,7 +119,7 @@ impl GrpcNode {
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
-            .add_service(PeerService::new(replica.clone()).into_server())
+            .add_service(PeerService::new(replica.clone(), &settings.cluster).into_server())
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
             });

@@ -26,6 +26,7 @@ fn settings() -> RaftSettings {
         election_max_ms: 600,
         snapshot_every: 40,
         keep_behind_snapshot: 0,
+        ..RaftSettings::default()
     }
 }
 
@@ -190,11 +191,17 @@ async fn a_call_meant_for_another_node_is_refused() {
     let addr = c.nodes[&1].addr;
     let mut client = PeerClient::connect(format!("http://{addr}")).await.unwrap();
     let payload = replication::types::encode(&Campaign::Elect).unwrap();
-    let e = client.campaign(Envelope { from: 9, to: 2, payload: payload.clone() }).await.unwrap_err();
+    let ours = || replication::node::DEFAULT_CLUSTER.to_owned();
+    let e = client.campaign(Envelope { from: 9, to: 2, payload: payload.clone(), cluster: ours() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     // Garbage for the right node is refused too, without harm.
-    let e = client.vote(Envelope { from: 9, to: 1, payload: vec![1, 0xff, 0xff] }).await.unwrap_err();
+    let e = client.vote(Envelope { from: 9, to: 1, payload: vec![1, 0xff, 0xff], cluster: ours() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
-    let ok = client.campaign(Envelope { from: 9, to: 1, payload }).await;
+    // So is a call from another cluster, whatever it carries.
+    let other = Envelope { from: 9, to: 1, payload: payload.clone(), cluster: "other".into() };
+    let e = client.campaign(other).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("\"other\"") && e.message().contains("\"dmlogd\""), "{e}");
+    let ok = client.campaign(Envelope { from: 9, to: 1, payload, cluster: ours() }).await;
     assert!(ok.is_ok(), "{ok:?}");
 }
