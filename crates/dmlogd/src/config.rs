@@ -57,6 +57,22 @@ pub struct File {
     pub admin_socket: Option<PathBuf>,
     /// host:port for Prometheus `/metrics` (off when absent).
     pub metrics: Option<String>,
+    /// Mutual TLS between nodes (plain when absent).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The `[tls]` table: PEM files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster CA's certificate: peers must present a certificate it
+    /// signed.
+    pub ca: PathBuf,
+    /// This node's certificate; it must name the host of its `listen`
+    /// address.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
 }
 
 /// The checked configuration.
@@ -82,6 +98,8 @@ pub struct Config {
     pub admin_socket: PathBuf,
     /// Where `/metrics` is served, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Mutual TLS between nodes, loaded.
+    pub tls: Option<replication::grpc::PeerTls>,
     /// The kernel's boot identity, when given (tests and the demo, whose
     /// simulated kernels "reboot" without the host rebooting).
     pub incarnation: Option<u64>,
@@ -164,7 +182,21 @@ impl Config {
             }
             None => None,
         };
+        let tls = match f.tls {
+            Some(t) => {
+                let read = |what: &str, p: &PathBuf| {
+                    std::fs::read(p).map_err(|e| format!("config: tls {what} {}: {e}", p.display()))
+                };
+                Some(replication::grpc::PeerTls {
+                    ca: read("ca", &t.ca)?,
+                    cert: read("cert", &t.cert)?,
+                    key: read("key", &t.key)?,
+                })
+            }
+            None => None,
+        };
         Ok(Config {
+            tls,
             cluster,
             id,
             data_dir,
@@ -271,6 +303,22 @@ mod tests {
         let c = Config::build(Some("cluster = \"prod-a\""), &Overrides::default()).unwrap();
         assert_eq!(c.cluster, "prod-a");
         assert_eq!(Config::build(None, &Overrides::default()).unwrap().cluster, "dmlogd");
+    }
+
+    #[test]
+    fn tls_files_are_read_at_start_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "node.pem", "node.key"] {
+            std::fs::write(dir.path().join(f), f).unwrap();
+        }
+        let d = dir.path().display();
+        let text = format!("[tls]\nca = \"{d}/ca.pem\"\ncert = \"{d}/node.pem\"\nkey = \"{d}/node.key\"\n");
+        let tls = Config::build(Some(&text), &Overrides::default()).unwrap().tls.unwrap();
+        assert_eq!((tls.ca, tls.cert, tls.key), (b"ca.pem".to_vec(), b"node.pem".to_vec(), b"node.key".to_vec()));
+        let e = Config::build(Some(&text.replace("node.key", "gone.key")), &Overrides::default()).unwrap_err();
+        assert!(e.starts_with("config: tls key ") && e.contains("gone.key") && !e.contains('\n'), "{e}");
+        let e = Config::build(Some("[tls]\nca = \"/x\"\n"), &Overrides::default()).unwrap_err();
+        assert!(e.contains("missing field `cert`"), "{e}");
     }
 
     #[test]

@@ -116,6 +116,7 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     let settings = RaftSettings {
         election_max_ms: config.timing.election_max_ms,
         cluster: config.cluster.clone(),
+        tls: config.tls.clone(),
         ..RaftSettings::default()
     };
     let settings = RaftSettings { election_min_ms: settings.election_max_ms / 2, ..settings };
@@ -152,6 +153,9 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     };
     let inc = config.incarnation.unwrap_or_else(boot_incarnation);
     join(&replica, inc).await;
+    if config.tls.is_none() {
+        tracing::warn!("peer traffic is not encrypted or authenticated: set [tls] (docs/operations.md)");
+    }
     tracing::info!(id = config.id, listen = %config.listen, members = ?config.members, "joined");
     let leader_watch = {
         let (metrics, mut watch) = (metrics.clone(), replica.raft.metrics());

@@ -23,7 +23,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotRespon
 use openraft::{OptionalSend, Snapshot};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status, Streaming};
 use wire::{Answer, Errno};
 
@@ -59,18 +59,59 @@ pub enum Campaign {
     },
 }
 
+/// Mutual TLS between the nodes of a cluster: the cluster's CA certificate
+/// and this node's certificate and key, PEM. Each side presents its
+/// certificate and accepts only a peer whose certificate the cluster's CA
+/// signed (a node of another cluster, with another CA, fails the
+/// handshake); a node's certificate must name the host part of its peer
+/// address (IP or DNS subject alternative name).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerTls {
+    /// The cluster CA's certificate.
+    pub ca: Vec<u8>,
+    /// This node's certificate (chain).
+    pub cert: Vec<u8>,
+    /// This node's private key.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls").field("ca", &self.ca.len()).field("cert", &self.cert.len()).finish_non_exhaustive()
+    }
+}
+
+impl PeerTls {
+    /// The client side: present our certificate, trust only the CA.
+    pub fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .identity(Identity::from_pem(&self.cert, &self.key))
+    }
+
+    /// The server side: present our certificate, require a client
+    /// certificate signed by the CA.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert, &self.key))
+            .client_ca_root(Certificate::from_pem(&self.ca))
+    }
+}
+
 /// The network factory: one channel per peer, shared by every link to it.
 #[derive(Clone)]
 pub struct GrpcNet {
     id: NodeId,
     cluster: Arc<str>,
+    tls: Option<ClientTlsConfig>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl GrpcNet {
-    /// The network of node `id` of cluster `cluster`.
-    pub fn new(id: NodeId, cluster: &str) -> GrpcNet {
-        GrpcNet { id, cluster: cluster.into(), channels: Arc::default() }
+    /// The network of node `id` of cluster `cluster`, over TLS when
+    /// `tls` is given.
+    pub fn new(id: NodeId, cluster: &str, tls: Option<&PeerTls>) -> GrpcNet {
+        GrpcNet { id, cluster: cluster.into(), tls: tls.map(PeerTls::client), channels: Arc::default() }
     }
 
     /// The channel to `addr` (`host:port`), created lazily: no connection
@@ -80,7 +121,12 @@ impl GrpcNet {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let ch = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_while_idle(true)

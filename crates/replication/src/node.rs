@@ -34,6 +34,8 @@ pub struct RaftSettings {
     /// The cluster's name: every peer call carries it, and a node refuses
     /// calls from another cluster.
     pub cluster: String,
+    /// Mutual TLS between nodes (plain HTTP/2 when absent).
+    pub tls: Option<crate::grpc::PeerTls>,
 }
 
 /// The cluster name when none is configured.
@@ -49,6 +51,7 @@ impl Default for RaftSettings {
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
             cluster: DEFAULT_CLUSTER.to_owned(),
+            tls: None,
         }
     }
 }
@@ -82,6 +85,9 @@ pub enum StartError {
     /// The listening socket.
     #[error("listen: {0}")]
     Listen(#[from] std::io::Error),
+    /// The TLS certificate or key is unusable.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// A running node with its gRPC server.
@@ -111,14 +117,18 @@ impl GrpcNode {
         let (tx, effects) = mpsc::unbounded_channel();
         let sm = StateMachine::open(db).map_err(StartError::Raft)?.with_effects(tx);
         let state = sm.reader();
-        let net = GrpcNet::new(id, &settings.cluster);
+        let net = GrpcNet::new(id, &settings.cluster, settings.tls.as_ref());
         let raft = Raft::new(id, settings.config().map_err(StartError::Raft)?, net.clone(), log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let replica = Arc::new(Replica::new(id, raft.clone(), state, net.leader_link(raft.clone())).with_log(log));
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &settings.tls {
+            builder = builder.tls_config(tls.server()).map_err(|e| StartError::Tls(e.to_string()))?;
+        }
+        let server = builder
             .add_service(PeerService::new(replica.clone(), &settings.cluster).into_server())
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
