@@ -156,7 +156,12 @@ impl Config {
         let mut members = BTreeMap::new();
         for (k, v) in f.members.unwrap_or_default() {
             let n: u64 = k.parse().map_err(|_| format!("config: member id {k:?} is not a number"))?;
-            members.insert(n, v);
+            if n == 0 {
+                return Err("config: member id 0: ids are 1 or more".into());
+            }
+            if members.insert(n, v).is_some() {
+                return Err(format!("config: member id {n} is given twice ({k:?})"));
+            }
         }
         for m in &o.members {
             let (k, v) = m.split_once('=').ok_or_else(|| format!("--member {m:?}: expected ID=HOST:PORT"))?;
@@ -165,6 +170,17 @@ impl Config {
         }
         if members.is_empty() {
             members.insert(id, listen.clone());
+        }
+        let mut seen = BTreeMap::new();
+        for (n, addr) in &members {
+            if addr.parse::<std::net::SocketAddr>().is_err()
+                && !addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            {
+                return Err(format!("config: member {n} address {addr:?} is not host:port"));
+            }
+            if let Some(other) = seen.insert(addr.clone(), *n) {
+                return Err(format!("config: members {other} and {n} have the same address {addr}"));
+            }
         }
         if !members.contains_key(&id) {
             return Err(format!("config: this node ({id}) is not among the members {:?}", members.keys()));
@@ -326,6 +342,12 @@ mod tests {
         let bad = |text: &str, o: Overrides| Config::build(Some(text), &o).unwrap_err();
         assert!(bad("id = 0", Overrides::default()).contains("id must be 1 or more"));
         assert!(bad("cluster = \"a b\"", Overrides::default()).contains("cluster \"a b\" must be"));
+        let dup = "id = 1\n[members]\n1 = \"10.0.0.1:7601\"\n01 = \"10.0.0.9:7601\"";
+        assert!(bad(dup, Overrides::default()).contains("member id 1 is given twice"));
+        let same = "id = 1\n[members]\n1 = \"10.0.0.1:7601\"\n2 = \"10.0.0.1:7601\"";
+        assert!(bad(same, Overrides::default()).contains("members 1 and 2 have the same address 10.0.0.1:7601"));
+        let noport = "id = 1\n[members]\n1 = \"10.0.0.1\"";
+        assert!(bad(noport, Overrides::default()).contains("member 1 address \"10.0.0.1\" is not host:port"));
         assert!(bad("cluster = \"\"", Overrides::default()).contains("must be 1 to 64"));
         assert!(bad("colour = 3", Overrides::default()).contains("unknown field"));
         assert!(bad("kernel = \"tcp\"", Overrides::default()).contains("expected netlink or unix"));

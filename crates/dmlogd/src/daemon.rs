@@ -153,6 +153,22 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     };
     let inc = config.incarnation.unwrap_or_else(boot_incarnation);
     join(&replica, inc).await;
+    // One line per peer that cannot be reached at start, rather than
+    // only the Raft layer's repeated retries.
+    for (id, addr) in config.members.clone() {
+        if id == config.id {
+            continue;
+        }
+        tokio::spawn(async move {
+            let attempt = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&addr)).await;
+            let why = match attempt {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer within 3 s".to_owned(),
+            };
+            tracing::warn!(peer = id, %addr, "peer unreachable at start: {why} (not started yet, or a wrong address or port)");
+        });
+    }
     if config.tls.is_none() {
         tracing::warn!("peer traffic is not encrypted or authenticated: set [tls] (docs/operations.md)");
     }
