@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_dmlogctl_global_optspecs
-    string join \n socket= json h/help V/version
+    string join \n socket= connect= ca= token-file= json h/help V/version
 end
 
 function __fish_dmlogctl_needs_command
@@ -25,6 +25,9 @@ function __fish_dmlogctl_using_subcommand
 end
 
 complete -c dmlogctl -n "__fish_dmlogctl_needs_command" -l socket -d 'The node\'s admin socket' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_needs_command" -l connect -d 'A node\'s admin API over TCP (host:port) instead of the socket: needs --ca and a token' -r
+complete -c dmlogctl -n "__fish_dmlogctl_needs_command" -l ca -d 'The cluster CA\'s certificate, to trust the node (with --connect)' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_needs_command" -l token-file -d 'A file holding the admin token (with --connect)' -r -F
 complete -c dmlogctl -n "__fish_dmlogctl_needs_command" -l json -d 'Print JSON instead of text (read commands)'
 complete -c dmlogctl -n "__fish_dmlogctl_needs_command" -s h -l help -d 'Print help'
 complete -c dmlogctl -n "__fish_dmlogctl_needs_command" -s V -l version -d 'Print version'
@@ -36,40 +39,67 @@ complete -c dmlogctl -n "__fish_dmlogctl_needs_command" -f -a "resync" -d 'Resyn
 complete -c dmlogctl -n "__fish_dmlogctl_needs_command" -f -a "leader" -d 'Leadership (on the leader)'
 complete -c dmlogctl -n "__fish_dmlogctl_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand status" -l socket -d 'The node\'s admin socket' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand status" -l connect -d 'A node\'s admin API over TCP (host:port) instead of the socket: needs --ca and a token' -r
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand status" -l ca -d 'The cluster CA\'s certificate, to trust the node (with --connect)' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand status" -l token-file -d 'A file holding the admin token (with --connect)' -r -F
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand status" -l json -d 'Print JSON instead of text (read commands)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand status" -s h -l help -d 'Print help'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand logs" -l socket -d 'The node\'s admin socket' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand logs" -l connect -d 'A node\'s admin API over TCP (host:port) instead of the socket: needs --ca and a token' -r
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand logs" -l ca -d 'The cluster CA\'s certificate, to trust the node (with --connect)' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand logs" -l token-file -d 'A file holding the admin token (with --connect)' -r -F
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand logs" -l json -d 'Print JSON instead of text (read commands)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand logs" -s h -l help -d 'Print help'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand log" -l width -d 'Characters per line of the region map' -r
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand log" -l max-chars -d 'At most this many characters in the map (regions are grouped beyond)' -r
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand log" -l socket -d 'The node\'s admin socket' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand log" -l connect -d 'A node\'s admin API over TCP (host:port) instead of the socket: needs --ca and a token' -r
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand log" -l ca -d 'The cluster CA\'s certificate, to trust the node (with --connect)' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand log" -l token-file -d 'A file holding the admin token (with --connect)' -r -F
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand log" -l json -d 'Print JSON instead of text (read commands)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand log" -s h -l help -d 'Print help'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -l socket -d 'The node\'s admin socket' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -l connect -d 'A node\'s admin API over TCP (host:port) instead of the socket: needs --ca and a token' -r
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -l ca -d 'The cluster CA\'s certificate, to trust the node (with --connect)' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -l token-file -d 'A file holding the admin token (with --connect)' -r -F
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -l json -d 'Print JSON instead of text (read commands)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -s h -l help -d 'Print help'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -f -a "add" -d 'Add a node: it joins as a learner, catches up, then votes'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -f -a "remove" -d 'Remove a node; its id is retired for good'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from add" -l socket -d 'The node\'s admin socket' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from add" -l connect -d 'A node\'s admin API over TCP (host:port) instead of the socket: needs --ca and a token' -r
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from add" -l ca -d 'The cluster CA\'s certificate, to trust the node (with --connect)' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from add" -l token-file -d 'A file holding the admin token (with --connect)' -r -F
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from add" -l json -d 'Print JSON instead of text (read commands)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from add" -s h -l help -d 'Print help'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from remove" -l socket -d 'The node\'s admin socket' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from remove" -l connect -d 'A node\'s admin API over TCP (host:port) instead of the socket: needs --ca and a token' -r
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from remove" -l ca -d 'The cluster CA\'s certificate, to trust the node (with --connect)' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from remove" -l token-file -d 'A file holding the admin token (with --connect)' -r -F
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from remove" -l json -d 'Print JSON instead of text (read commands)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from remove" -s h -l help -d 'Print help'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from help" -f -a "add" -d 'Add a node: it joins as a learner, catches up, then votes'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from help" -f -a "remove" -d 'Remove a node; its id is retired for good'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand resync" -l socket -d 'The node\'s admin socket' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand resync" -l connect -d 'A node\'s admin API over TCP (host:port) instead of the socket: needs --ca and a token' -r
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand resync" -l ca -d 'The cluster CA\'s certificate, to trust the node (with --connect)' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand resync" -l token-file -d 'A file holding the admin token (with --connect)' -r -F
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand resync" -l json -d 'Print JSON instead of text (read commands)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand resync" -s h -l help -d 'Print help'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and not __fish_seen_subcommand_from transfer help" -l socket -d 'The node\'s admin socket' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and not __fish_seen_subcommand_from transfer help" -l connect -d 'A node\'s admin API over TCP (host:port) instead of the socket: needs --ca and a token' -r
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and not __fish_seen_subcommand_from transfer help" -l ca -d 'The cluster CA\'s certificate, to trust the node (with --connect)' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and not __fish_seen_subcommand_from transfer help" -l token-file -d 'A file holding the admin token (with --connect)' -r -F
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and not __fish_seen_subcommand_from transfer help" -l json -d 'Print JSON instead of text (read commands)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and not __fish_seen_subcommand_from transfer help" -s h -l help -d 'Print help'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and not __fish_seen_subcommand_from transfer help" -f -a "transfer" -d 'Hand leadership to another voter'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and not __fish_seen_subcommand_from transfer help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and __fish_seen_subcommand_from transfer" -l socket -d 'The node\'s admin socket' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and __fish_seen_subcommand_from transfer" -l connect -d 'A node\'s admin API over TCP (host:port) instead of the socket: needs --ca and a token' -r
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and __fish_seen_subcommand_from transfer" -l ca -d 'The cluster CA\'s certificate, to trust the node (with --connect)' -r -F
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and __fish_seen_subcommand_from transfer" -l token-file -d 'A file holding the admin token (with --connect)' -r -F
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and __fish_seen_subcommand_from transfer" -l json -d 'Print JSON instead of text (read commands)'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and __fish_seen_subcommand_from transfer" -s h -l help -d 'Print help'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand leader; and __fish_seen_subcommand_from help" -f -a "transfer" -d 'Hand leadership to another voter'

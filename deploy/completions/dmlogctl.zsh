@@ -16,6 +16,9 @@ _dmlogctl() {
     local context curcontext="$curcontext" state line
     _arguments "${_arguments_options[@]}" : \
 '--socket=[The node'\''s admin socket]:SOCKET:_files' \
+'--connect=[A node'\''s admin API over TCP (host\:port) instead of the socket\: needs --ca and a token]:CONNECT:_default' \
+'--ca=[The cluster CA'\''s certificate, to trust the node (with --connect)]:CA:_files' \
+'--token-file=[A file holding the admin token (with --connect)]:TOKEN_FILE:_files' \
 '--json[Print JSON instead of text (read commands)]' \
 '-h[Print help]' \
 '--help[Print help]' \
@@ -33,6 +36,9 @@ _dmlogctl() {
             (status)
 _arguments "${_arguments_options[@]}" : \
 '--socket=[The node'\''s admin socket]:SOCKET:_files' \
+'--connect=[A node'\''s admin API over TCP (host\:port) instead of the socket\: needs --ca and a token]:CONNECT:_default' \
+'--ca=[The cluster CA'\''s certificate, to trust the node (with --connect)]:CA:_files' \
+'--token-file=[A file holding the admin token (with --connect)]:TOKEN_FILE:_files' \
 '--json[Print JSON instead of text (read commands)]' \
 '-h[Print help]' \
 '--help[Print help]' \
@@ -41,6 +47,9 @@ _arguments "${_arguments_options[@]}" : \
 (logs)
 _arguments "${_arguments_options[@]}" : \
 '--socket=[The node'\''s admin socket]:SOCKET:_files' \
+'--connect=[A node'\''s admin API over TCP (host\:port) instead of the socket\: needs --ca and a token]:CONNECT:_default' \
+'--ca=[The cluster CA'\''s certificate, to trust the node (with --connect)]:CA:_files' \
+'--token-file=[A file holding the admin token (with --connect)]:TOKEN_FILE:_files' \
 '--json[Print JSON instead of text (read commands)]' \
 '-h[Print help]' \
 '--help[Print help]' \
@@ -51,6 +60,9 @@ _arguments "${_arguments_options[@]}" : \
 '--width=[Characters per line of the region map]:WIDTH:_default' \
 '--max-chars=[At most this many characters in the map (regions are grouped beyond)]:MAX_CHARS:_default' \
 '--socket=[The node'\''s admin socket]:SOCKET:_files' \
+'--connect=[A node'\''s admin API over TCP (host\:port) instead of the socket\: needs --ca and a token]:CONNECT:_default' \
+'--ca=[The cluster CA'\''s certificate, to trust the node (with --connect)]:CA:_files' \
+'--token-file=[A file holding the admin token (with --connect)]:TOKEN_FILE:_files' \
 '--json[Print JSON instead of text (read commands)]' \
 '-h[Print help]' \
 '--help[Print help]' \
@@ -60,6 +72,9 @@ _arguments "${_arguments_options[@]}" : \
 (members)
 _arguments "${_arguments_options[@]}" : \
 '--socket=[The node'\''s admin socket]:SOCKET:_files' \
+'--connect=[A node'\''s admin API over TCP (host\:port) instead of the socket\: needs --ca and a token]:CONNECT:_default' \
+'--ca=[The cluster CA'\''s certificate, to trust the node (with --connect)]:CA:_files' \
+'--token-file=[A file holding the admin token (with --connect)]:TOKEN_FILE:_files' \
 '--json[Print JSON instead of text (read commands)]' \
 '-h[Print help]' \
 '--help[Print help]' \
@@ -76,6 +91,9 @@ _arguments "${_arguments_options[@]}" : \
             (add)
 _arguments "${_arguments_options[@]}" : \
 '--socket=[The node'\''s admin socket]:SOCKET:_files' \
+'--connect=[A node'\''s admin API over TCP (host\:port) instead of the socket\: needs --ca and a token]:CONNECT:_default' \
+'--ca=[The cluster CA'\''s certificate, to trust the node (with --connect)]:CA:_files' \
+'--token-file=[A file holding the admin token (with --connect)]:TOKEN_FILE:_files' \
 '--json[Print JSON instead of text (read commands)]' \
 '-h[Print help]' \
 '--help[Print help]' \
@@ -86,6 +104,9 @@ _arguments "${_arguments_options[@]}" : \
 (remove)
 _arguments "${_arguments_options[@]}" : \
 '--socket=[The node'\''s admin socket]:SOCKET:_files' \
+'--connect=[A node'\''s admin API over TCP (host\:port) instead of the socket\: needs --ca and a token]:CONNECT:_default' \
+'--ca=[The cluster CA'\''s certificate, to trust the node (with --connect)]:CA:_files' \
+'--token-file=[A file holding the admin token (with --connect)]:TOKEN_FILE:_files' \
 '--json[Print JSON instead of text (read commands)]' \
 '-h[Print help]' \
 '--help[Print help]' \
@@ -127,6 +148,9 @@ esac
 (resync)
 _arguments "${_arguments_options[@]}" : \
 '--socket=[The node'\''s admin socket]:SOCKET:_files' \
+'--connect=[A node'\''s admin API over TCP (host\:port) instead of the socket\: needs --ca and a token]:CONNECT:_default' \
+'--ca=[The cluster CA'\''s certificate, to trust the node (with --connect)]:CA:_files' \
+'--token-file=[A file holding the admin token (with --connect)]:TOKEN_FILE:_files' \
 '--json[Print JSON instead of text (read commands)]' \
 '-h[Print help]' \
 '--help[Print help]' \
@@ -136,6 +160,9 @@ _arguments "${_arguments_options[@]}" : \
 (leader)
 _arguments "${_arguments_options[@]}" : \
 '--socket=[The node'\''s admin socket]:SOCKET:_files' \
+'--connect=[A node'\''s admin API over TCP (host\:port) instead of the socket\: needs --ca and a token]:CONNECT:_default' \
+'--ca=[The cluster CA'\''s certificate, to trust the node (with --connect)]:CA:_files' \
+'--token-file=[A file holding the admin token (with --connect)]:TOKEN_FILE:_files' \
 '--json[Print JSON instead of text (read commands)]' \
 '-h[Print help]' \
 '--help[Print help]' \
@@ -152,6 +179,9 @@ _arguments "${_arguments_options[@]}" : \
             (transfer)
 _arguments "${_arguments_options[@]}" : \
 '--socket=[The node'\''s admin socket]:SOCKET:_files' \
+'--connect=[A node'\''s admin API over TCP (host\:port) instead of the socket\: needs --ca and a token]:CONNECT:_default' \
+'--ca=[The cluster CA'\''s certificate, to trust the node (with --connect)]:CA:_files' \
+'--token-file=[A file holding the admin token (with --connect)]:TOKEN_FILE:_files' \
 '--json[Print JSON instead of text (read commands)]' \
 '-h[Print help]' \
 '--help[Print help]' \

@@ -90,6 +90,16 @@ pub struct Ctl {
     /// The node's admin socket.
     #[arg(long, env = "DMLOGD_SOCKET", default_value = "/var/lib/dmlogd/admin.sock", global = true)]
     pub socket: PathBuf,
+    /// A node's admin API over TCP (host:port) instead of the socket:
+    /// needs --ca and a token.
+    #[arg(long, global = true)]
+    pub connect: Option<String>,
+    /// The cluster CA's certificate, to trust the node (with --connect).
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
+    /// A file holding the admin token (with --connect).
+    #[arg(long, env = "DMLOGD_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
     /// Print JSON instead of text (read commands).
     #[arg(long, global = true)]
     pub json: bool,

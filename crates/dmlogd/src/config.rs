@@ -59,6 +59,21 @@ pub struct File {
     pub metrics: Option<String>,
     /// Mutual TLS between nodes (plain when absent).
     pub tls: Option<TlsFiles>,
+    /// host:port for the admin API over TCP (off when absent; needs
+    /// `[tls]` and `admin_token_file`).
+    pub admin_tcp: Option<String>,
+    /// A file holding the token remote admin calls must present.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// A secret that `Debug` does not print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 /// The `[tls]` table: PEM files.
@@ -100,6 +115,8 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// Mutual TLS between nodes, loaded.
     pub tls: Option<replication::grpc::PeerTls>,
+    /// The admin API on TCP: where, and the token it requires.
+    pub admin_tcp: Option<(std::net::SocketAddr, Secret)>,
     /// The kernel's boot identity, when given (tests and the demo, whose
     /// simulated kernels "reboot" without the host rebooting).
     pub incarnation: Option<u64>,
@@ -211,7 +228,32 @@ impl Config {
             }
             None => None,
         };
+        let admin_tcp = match (f.admin_tcp, f.admin_token_file) {
+            (None, None) => None,
+            (Some(_), None) => return Err("config: admin_tcp needs admin_token_file".into()),
+            (None, Some(_)) => return Err("config: admin_token_file without admin_tcp".into()),
+            (Some(_), Some(_)) if tls.is_none() => {
+                return Err("config: admin_tcp needs [tls] (the admin API is never served in the clear)".into());
+            }
+            (Some(addr), Some(file)) => {
+                let addr = addr
+                    .parse()
+                    .map_err(|_| format!("config: admin_tcp {addr:?} is not host:port with a numeric host"))?;
+                let token = std::fs::read_to_string(&file)
+                    .map_err(|e| format!("config: admin_token_file {}: {e}", file.display()))?
+                    .trim()
+                    .to_owned();
+                if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(format!(
+                        "config: admin_token_file {}: the token must be at least 16 characters, without spaces",
+                        file.display()
+                    ));
+                }
+                Some((addr, Secret(token)))
+            }
+        };
         Ok(Config {
+            admin_tcp,
             tls,
             cluster,
             id,
@@ -335,6 +377,28 @@ mod tests {
         assert!(e.starts_with("config: tls key ") && e.contains("gone.key") && !e.contains('\n'), "{e}");
         let e = Config::build(Some("[tls]\nca = \"/x\"\n"), &Overrides::default()).unwrap_err();
         assert!(e.contains("missing field `cert`"), "{e}");
+    }
+
+    #[test]
+    fn the_admin_tcp_listener_needs_tls_and_a_real_token() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "node.pem", "node.key"] {
+            std::fs::write(dir.path().join(f), f).unwrap();
+        }
+        std::fs::write(dir.path().join("token"), "0123456789abcdef0123\n").unwrap();
+        std::fs::write(dir.path().join("short"), "abc\n").unwrap();
+        let d = dir.path().display();
+        let tls = format!("[tls]\nca = \"{d}/ca.pem\"\ncert = \"{d}/node.pem\"\nkey = \"{d}/node.key\"\n");
+        let admin = |token: &str| format!("admin_tcp = \"127.0.0.1:7611\"\nadmin_token_file = \"{d}/{token}\"\n");
+        let c = Config::build(Some(&format!("{}{tls}", admin("token"))), &Overrides::default()).unwrap();
+        let (addr, token) = c.admin_tcp.unwrap();
+        assert_eq!((addr.port(), token.0.as_str()), (7611, "0123456789abcdef0123"));
+        assert!(!format!("{token:?}").contains("0123"), "Debug shows the token");
+        let bad = |text: String| Config::build(Some(&text), &Overrides::default()).unwrap_err();
+        assert!(bad(admin("token")).contains("admin_tcp needs [tls]"));
+        assert!(bad(format!("{}{tls}", admin("short"))).contains("at least 16 characters"));
+        assert!(bad(format!("{}{tls}", admin("missing"))).contains("admin_token_file"));
+        assert!(bad(format!("admin_tcp = \"127.0.0.1:7611\"\n{tls}")).contains("needs admin_token_file"));
     }
 
     #[test]

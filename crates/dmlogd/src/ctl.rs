@@ -8,10 +8,55 @@ use hyper_util::rt::TokioIo;
 use replication::pb::admin::admin_client::AdminClient;
 use replication::pb::admin::{LogReply, LogSummary, LogsReply, StatusReply};
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Uri};
 
 /// A client of one node's admin API.
-pub type Client = AdminClient<Channel>;
+pub type Client = AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call when there is a
+/// token (the TCP listener requires one; the Unix socket does not).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The innermost cause of an error (tonic's outer ones say only
+/// "transport error").
+fn deepest(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(s) = e.source() {
+        e = s;
+    }
+    e.to_string()
+}
+
+/// Connects to a node's admin API over TCP (`host:port`) with TLS,
+/// trusting the CA in `ca_pem`, presenting `token`.
+pub async fn connect_tcp(addr: &str, ca_pem: &[u8], token: &str) -> Result<Client, String> {
+    let header: MetadataValue<Ascii> =
+        format!("Bearer {token}").parse().map_err(|_| "the token holds characters a header cannot carry".to_owned())?;
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| format!("{addr}: {e}"))?
+        .tls_config(tls)
+        .map_err(|e| format!("{addr}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(120))
+        .connect()
+        .await
+        .map_err(|e| format!("{addr}: {}", deepest(&e)))?;
+    Ok(AdminClient::with_interceptor(channel, Bearer(Some(header))))
+}
 
 /// Connects to the admin socket at `path`.
 pub async fn connect(path: &Path) -> Result<Client, String> {
@@ -35,7 +80,7 @@ pub async fn connect(path: &Path) -> Result<Client, String> {
             let why = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
             format!("{shown}: {why}")
         })?;
-    Ok(AdminClient::new(channel))
+    Ok(AdminClient::with_interceptor(channel, Bearer(None)))
 }
 
 /// A refusal from the node, in one line (naming the leader when the node

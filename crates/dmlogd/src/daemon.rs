@@ -143,6 +143,21 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
         })
         .await
         .map_err(|e| format!("admin socket {}: {e}", config.admin_socket.display()))?;
+    let (stop_admin_tcp, admin_tcp_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_tcp = match (&config.admin_tcp, &config.tls) {
+        (Some((addr, token)), Some(tls)) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("admin_tcp {addr}: {e}"))?;
+            let service = AdminService::new(replica.clone(), fenced.clone());
+            let stopped = async move {
+                let _ = admin_tcp_stopped.await;
+            };
+            let server =
+                node::admin::serve_tcp(service, listener, tls.server_for_tools(), token.0.clone(), stopped).await?;
+            tracing::info!(%addr, "admin API on TCP (TLS, token)");
+            Some(server)
+        }
+        _ => None,
+    };
     let metrics_server = match config.metrics {
         Some(addr) => Some(
             node::metrics::serve(addr, metrics.clone(), replica.clone(), fenced.clone())
@@ -265,6 +280,10 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     handoff(&replica).await;
     let _ = stop_admin.send(());
     let _ = admin.await;
+    let _ = stop_admin_tcp.send(());
+    if let Some(a) = admin_tcp {
+        let _ = a.await;
+    }
     let _ = replica.raft.shutdown().await;
     effects.abort();
     leader_watch.abort();

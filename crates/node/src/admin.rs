@@ -154,6 +154,43 @@ pub async fn serve_unix(
     }))
 }
 
+/// Serves the admin API on TCP for remote tools: TLS only (the node's
+/// certificate), and every call must carry `authorization: Bearer <token>`
+/// (refused with UNAUTHENTICATED otherwise). Off unless configured; the
+/// Unix socket stays the way for local tools.
+pub async fn serve_tcp(
+    service: AdminService,
+    listener: tokio::net::TcpListener,
+    tls: tonic::transport::ServerTlsConfig,
+    token: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let expected = format!("Bearer {token}").into_bytes();
+    let check = move |req: Request<()>| -> Result<Request<()>, Status> {
+        let given = req.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
+        if constant_time_eq(given, &expected) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("the admin API needs a valid token (authorization: Bearer …)"))
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| format!("admin tls: {e}"))?
+        .add_service(AdminServer::with_interceptor(service, check));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
+            tracing::error!(error = %e, "admin TCP listener stopped");
+        }
+    }))
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 fn members(list: Vec<MemberInfo>) -> Vec<Member> {
     list.into_iter().map(|m| Member { id: m.id, addr: m.addr, voter: m.voter }).collect()
 }

@@ -89,6 +89,13 @@ impl PeerTls {
             .identity(Identity::from_pem(&self.cert, &self.key))
     }
 
+    /// A server for tools rather than peers: present our certificate, ask
+    /// for no client certificate (such a listener authenticates its
+    /// callers otherwise, e.g. by token).
+    pub fn server_for_tools(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new().identity(Identity::from_pem(&self.cert, &self.key))
+    }
+
     /// The server side: present our certificate, require a client
     /// certificate signed by the CA.
     pub fn server(&self) -> ServerTlsConfig {

@@ -30,7 +30,16 @@ fn print_json(v: &serde_json::Value) {
 }
 
 async fn run(args: Args) -> Result<i32, String> {
-    let mut c = ctl::connect(&args.socket).await?;
+    let mut c = match &args.connect {
+        None => ctl::connect(&args.socket).await?,
+        Some(addr) => {
+            let ca = args.ca.as_ref().ok_or("--connect needs --ca <cluster CA certificate>")?;
+            let ca = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+            let tf = args.token_file.as_ref().ok_or("--connect needs --token-file (or DMLOGD_TOKEN_FILE)")?;
+            let token = std::fs::read_to_string(tf).map_err(|e| format!("--token-file {}: {e}", tf.display()))?;
+            ctl::connect_tcp(addr, &ca, token.trim()).await?
+        }
+    };
     let e = |s: tonic::Status| ctl::refusal(&s);
     match args.command {
         Cmd::Status => {
