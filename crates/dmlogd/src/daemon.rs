@@ -166,10 +166,9 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
         ),
         None => None,
     };
-    let inc = config.incarnation.unwrap_or_else(boot_incarnation);
-    join(&replica, inc).await;
     // One line per peer that cannot be reached at start, rather than
-    // only the Raft layer's repeated retries.
+    // only the Raft layer's repeated retries (before the join, which
+    // waits for a quorum).
     for (id, addr) in config.members.clone() {
         if id == config.id {
             continue;
@@ -184,6 +183,8 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
             tracing::warn!(peer = id, %addr, "peer unreachable at start: {why} (not started yet, or a wrong address or port)");
         });
     }
+    let inc = config.incarnation.unwrap_or_else(boot_incarnation);
+    join(&replica, inc).await;
     if config.tls.is_none() {
         tracing::warn!("peer traffic is not encrypted or authenticated: set [tls] (docs/operations.md)");
     }

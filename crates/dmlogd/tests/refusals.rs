@@ -55,3 +55,48 @@ fn a_bad_configuration_is_one_line_and_check_config_says_so() {
         Command::new(env!("CARGO_BIN_EXE_dmlogd")).arg("--config").arg(&file).arg("--check-config").output().unwrap();
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn an_unreachable_peer_is_named_in_one_line_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (me, gone) = (free(), free());
+    let file = dir.path().join("dmlogd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "id = 1\ndata_dir = \"{d}/data\"\nlisten = \"127.0.0.1:{me}\"\nkernel = \"unix:{d}/k.sock\"\n\
+             [members]\n1 = \"127.0.0.1:{me}\"\n2 = \"127.0.0.1:{gone}\"\n3 = \"127.0.0.1:{me2}\"\n",
+            d = dir.path().display(),
+            me2 = free(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dmlogd"))
+        .arg("--config")
+        .arg(&file)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.matches("peer unreachable at start").count() >= 2 || std::time::Instant::now() > until {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = text
+        .lines()
+        .find(|l| l.contains("peer unreachable at start") && l.contains("peer=2"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(&format!("127.0.0.1:{gone}")) && line.contains("refused"), "{line}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("peer unreachable at start") && l.contains("peer=2")).count(),
+        1,
+        "{text}"
+    );
+}
