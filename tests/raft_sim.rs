@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use dmlogd_tests::raft_sim::run_seed;
+use dmlogd_tests::raft_sim::{run_recoverer_dies, run_seed};
 
 #[cfg(not(feature = "sim-canary"))]
 #[test]
@@ -12,6 +12,20 @@ fn seeded_raft_runs_converge() {
     for seed in 0..seeds {
         if let Err(e) = run_seed(seed) {
             panic!("{e}\nreplay: cargo run --release -p dmlogd-tests --bin sim -- --raft-seed {seed}");
+        }
+    }
+}
+
+/// The node recovering a region dies mid-copy: the resync continues on
+/// another node (`DMLOGD_RECOVERER_SEEDS` sets how many seeds).
+#[cfg(not(feature = "sim-canary"))]
+#[test]
+fn when_the_recovering_node_dies_the_resync_continues_elsewhere() {
+    let seeds: u64 = std::env::var("DMLOGD_RECOVERER_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    for seed in 0..seeds {
+        match run_recoverer_dies(seed) {
+            Ok((node, region)) => assert!((1..=3).contains(&node) && region < 32),
+            Err(e) => panic!("{e}"),
         }
     }
 }

@@ -495,6 +495,16 @@ impl RaftCluster {
         n.replica.propose(p, Instant::now() + Duration::from_secs(10)).await.is_ok()
     }
 
+    /// A recovery under way, as (node, region), in some node's replica.
+    pub fn recovering(&self) -> Option<(u64, u64)> {
+        let uuid = Uuid::new("LVM-raft-sim")?;
+        self.nodes.values().find_map(|n| {
+            n.replica
+                .state
+                .read(|m| m.log(&uuid).and_then(|l| l.assignments().iter().next().map(|(i, r)| (i.node.0, r.0))))
+        })
+    }
+
     /// Whether node `id`'s kernel has a write in flight.
     pub fn writing(&self, id: u64) -> bool {
         self.nodes

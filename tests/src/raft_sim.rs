@@ -58,6 +58,63 @@ pub fn run_seed(seed: u64) -> Result<SimSummary, String> {
     rt.block_on(scenario(seed)).map_err(|e| format!("seed {seed}: {e}"))
 }
 
+/// A named scenario: the node recovering a region dies mid-copy; it is
+/// evicted, its assignment released, and another node recovers the region
+/// (the legs converge, every node reports the mirror in sync). Returns the
+/// (node, region) that was being recovered at the crash.
+pub fn run_recoverer_dies(seed: u64) -> Result<(u64, u64), String> {
+    replication::runtime::seed_thread_rng(seed);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(recoverer_dies(seed)).map_err(|e| format!("recoverer-dies seed {seed}: {e}"))
+}
+
+async fn recoverer_dies(seed: u64) -> Result<(u64, u64), String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let storage =
+        Storage::Memory { dbs: BTreeMap::new(), sync_latency: Duration::from_micros(rng.random_range(100..2000)) };
+    let mut timing = Timing {
+        renew_every_ms: 200,
+        tick_ms: 50,
+        fence_after_ms: 4_000,
+        fence_action_max_ms: 100,
+        dead_after_ms: 0,
+        clock_drift_ppm: 10_000,
+        election_max_ms: 900,
+    };
+    timing.dead_after_ms = timing.least_dead_after_ms() + rng.random_range(0..500);
+    let rates: BTreeMap<u64, f64> = (1..=3).map(|id| (id, 1.0 + rng.random_range(-0.0099..0.0099))).collect();
+    let liveness = LivenessConfig { timing, rates, seed: rng.random(), suspend: false };
+    // Without nosync: every region starts out of sync and is recovered.
+    let mut c = RaftCluster::start_live(storage, 3, "clustered-core 8", 32, Some(liveness)).await;
+    let mut found = None;
+    for _ in 0..10_000 {
+        if let Some(r) = c.recovering() {
+            found = Some(r);
+            break;
+        }
+        // Writes go on meanwhile.
+        if rng.random_range(0..100) < 10 {
+            let id = rng.random_range(1..=3u64);
+            c.write(id, rng.random_range(0..32));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (victim, region) = found.ok_or("no node ever recovered a region")?;
+    let at = c.now_ms();
+    c.crash(victim).await;
+    if !c.wait_evicted(victim, at, Duration::from_secs(30)).await {
+        return Err(format!("n{victim} was never evicted; {}", c.raft_states()));
+    }
+    let verdict =
+        c.verify(Duration::from_secs(120)).await.and_then(|()| c.check_fencing(&BTreeMap::from([(victim, at)])));
+    c.shutdown().await;
+    verdict.map(|()| (victim, region))
+}
+
 async fn scenario(seed: u64) -> Result<SimSummary, String> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let log_args = if rng.random_bool(0.5) { "clustered-core 8 nosync" } else { "clustered-core 8" };
