@@ -49,33 +49,24 @@ pub struct SimSummary {
 
 /// Runs one seed on its own single-threaded runtime with paused time.
 pub fn run_seed(seed: u64) -> Result<SimSummary, String> {
+    on_sim_runtime(seed, scenario(seed)).map_err(|e| format!("seed {seed}: {e}"))
+}
+
+/// Runs a seed's future on its own single-threaded runtime with paused
+/// time, openraft's randomness seeded from `seed`.
+fn on_sim_runtime<T>(seed: u64, run: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
     replication::runtime::seed_thread_rng(seed);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    rt.block_on(scenario(seed)).map_err(|e| format!("seed {seed}: {e}"))
+    rt.block_on(run)
 }
 
-/// A named scenario: the node recovering a region dies mid-copy; it is
-/// evicted, its assignment released, and another node recovers the region
-/// (the legs converge, every node reports the mirror in sync). Returns the
-/// (node, region) that was being recovered at the crash.
-pub fn run_recoverer_dies(seed: u64) -> Result<(u64, u64), String> {
-    replication::runtime::seed_thread_rng(seed);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    rt.block_on(recoverer_dies(seed)).map_err(|e| format!("recoverer-dies seed {seed}: {e}"))
-}
-
-async fn recoverer_dies(seed: u64) -> Result<(u64, u64), String> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let storage =
-        Storage::Memory { dbs: BTreeMap::new(), sync_latency: Duration::from_micros(rng.random_range(100..2000)) };
+/// The simulation's lease timings: the fencing inequality holds with a
+/// seed-chosen slack.
+fn sim_timing(rng: &mut SmallRng) -> Result<Timing, String> {
     let mut timing = Timing {
         renew_every_ms: 200,
         tick_ms: 50,
@@ -86,6 +77,23 @@ async fn recoverer_dies(seed: u64) -> Result<(u64, u64), String> {
         election_max_ms: 900,
     };
     timing.dead_after_ms = timing.least_dead_after_ms() + rng.random_range(0..500);
+    timing.validate().map_err(|e| e.to_string())?;
+    Ok(timing)
+}
+
+/// A named scenario: the node recovering a region dies mid-copy; it is
+/// evicted, its assignment released, and another node recovers the region
+/// (the legs converge, every node reports the mirror in sync). Returns the
+/// (node, region) that was being recovered at the crash.
+pub fn run_recoverer_dies(seed: u64) -> Result<(u64, u64), String> {
+    on_sim_runtime(seed, recoverer_dies(seed)).map_err(|e| format!("recoverer-dies seed {seed}: {e}"))
+}
+
+async fn recoverer_dies(seed: u64) -> Result<(u64, u64), String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let storage =
+        Storage::Memory { dbs: BTreeMap::new(), sync_latency: Duration::from_micros(rng.random_range(100..2000)) };
+    let timing = sim_timing(&mut rng)?;
     let rates: BTreeMap<u64, f64> = (1..=3).map(|id| (id, 1.0 + rng.random_range(-0.0099..0.0099))).collect();
     let liveness = LivenessConfig { timing, rates, seed: rng.random(), suspend: false };
     // Without nosync: every region starts out of sync and is recovered.
@@ -125,17 +133,7 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     // Leases: every node's clock runs at its own rate within the drift
     // bound; the timing satisfies the fencing inequality by a seed-chosen
     // slack.
-    let mut timing = Timing {
-        renew_every_ms: 200,
-        tick_ms: 50,
-        fence_after_ms: 4_000,
-        fence_action_max_ms: 100,
-        dead_after_ms: 0,
-        clock_drift_ppm: 10_000,
-        election_max_ms: 900,
-    };
-    timing.dead_after_ms = timing.least_dead_after_ms() + rng.random_range(0..500);
-    timing.validate().map_err(|e| e.to_string())?;
+    let timing = sim_timing(&mut rng)?;
     let rates: BTreeMap<u64, f64> = (1..=3).map(|id| (id, 1.0 + rng.random_range(-0.0099..0.0099))).collect();
     // The fence action: a reboot, or for half the seeds a suspend of the
     // mirror and a rejoin without a reboot (DMLOGD_SIM_FENCE=reboot keeps
