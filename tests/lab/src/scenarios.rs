@@ -197,6 +197,13 @@ fn single(lab: &Lab) -> Outcome<()> {
 fn three_with_mirror(lab: &Lab, uuid: &str, log: &str, leg1_of: fn(u32) -> String) -> Outcome<Vec<Guest>> {
     let mut guests = boot(lab, 3)?;
     cluster_up(&mut guests)?;
+    mirror_on_all(&mut guests, uuid, log, leg1_of, 60)?;
+    Ok(guests)
+}
+
+/// Creates mirror `m` (log `uuid`) on every guest: node 1 first, which
+/// resyncs it fully; then the others, each waited for up to `secs`.
+fn mirror_on_all(guests: &mut [Guest], uuid: &str, log: &str, leg1_of: fn(u32) -> String, secs: u64) -> Outcome<()> {
     let started = Instant::now();
     for g in guests.iter_mut() {
         let leg1 = leg1_of(g.node);
@@ -207,10 +214,10 @@ fn three_with_mirror(lab: &Lab, uuid: &str, log: &str, leg1_of: fn(u32) -> Strin
         }
     }
     for g in guests.iter_mut() {
-        wait_in_sync(g, "m", 60)?;
+        wait_in_sync(g, "m", secs)?;
     }
-    println!("   mirror active on 3 nodes and in sync in {:.1} s", started.elapsed().as_secs_f64());
-    Ok(guests)
+    println!("   mirror active on {} nodes and in sync in {:.1} s", guests.len(), started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn plain_leg1(_: u32) -> String {
@@ -253,15 +260,7 @@ fn crash(lab: &Lab) -> Outcome<()> {
     let mut guests = boot(lab, 3)?;
     cluster_up(&mut guests)?;
     guests[2].sh(&format!("dmsetup create slow1 --table \"0 131072 delay {LEG1} 0 0 {LEG1} 0 300\""))?;
-    for g in guests.iter_mut() {
-        create(g, "m", &table("lab-crash", &[], "clustered-core", &[], &slow_leg1_on_3(g.node)))?;
-        if g.node == 1 {
-            wait_in_sync(g, "m", 300)?;
-        }
-    }
-    for g in guests.iter_mut() {
-        wait_in_sync(g, "m", 120)?;
-    }
+    mirror_on_all(&mut guests, "lab-crash", "clustered-core", slow_leg1_on_3, 120)?;
     start_writers(&mut guests[0], "/dev/mapper/m", 300, 1)?;
     start_writers(&mut guests[1], "/dev/mapper/m", 300, 1)?;
     start_writers(&mut guests[2], "/dev/mapper/m", 100_000, 6)?;
