@@ -190,13 +190,19 @@ pub fn check_log(log: &Log) -> Result<(), Violation> {
     i13_geometry_valid(log)
 }
 
-/// I6: no instance is copying a region another instance was let write
-/// unmarked to the default leg while recovery was halted, before that
-/// writer drained its writes.
+/// I6: a region some kernel was let write unmarked to the default leg is
+/// copied only by a kernel that was let write it too (its own writes are
+/// quiesced during its copy; see `Log::halted_passes`).
 pub fn i06_no_copy_under_an_unmarked_write(log: &Log) -> Result<(), Violation> {
     for (i, r) in log.assignments() {
-        if log.passed_to_another(*r, *i) {
+        if log.reserved_for_others(*r, *i) {
             return fail("I6", log, Some(*r), format!("{i} copies it while another kernel may write it unmarked"));
+        }
+    }
+    // Nor is such a region in sync before each of those kernels copied it.
+    for (i, rs) in &log.halted_passes {
+        if let Some(r) = rs.iter().find(|r| log.sync.get(r.0)) {
+            return fail("I6", log, Some(*r), format!("in sync while {i} may still write it to the default leg only"));
         }
     }
     Ok(())
@@ -239,7 +245,8 @@ pub fn i09_resync_answer(log: &Log, instance: Instance, region: Region) -> Resul
 }
 
 /// I6 for an answer: a write to an out-of-sync region is held while some
-/// instance is able to recover it.
+/// instance is able to recover it, unless the asking kernel was let write
+/// it before (then only it copies the region, with its writes quiesced).
 pub fn i06_remote_recovering_answer(
     log: &Log,
     instance: Instance,
@@ -247,7 +254,10 @@ pub fn i06_remote_recovering_answer(
     is_recovering: bool,
 ) -> Result<(), Violation> {
     let unsettled_here = log.unsettled.contains(&region) && log.writes_behind_stale_hint(instance.node);
-    let recoverable = log.recovery_running() && !log.recovery_failed.contains(&region) && !unsettled_here;
+    let recoverable = log.recovery_running()
+        && !log.recovery_failed.contains(&region)
+        && !unsettled_here
+        && !log.passed(region, instance);
     if !log.in_sync(region) && recoverable && !is_recovering {
         return fail("I6", log, Some(region), "write allowed to an out-of-sync region under recovery");
     }

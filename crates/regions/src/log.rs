@@ -102,14 +102,15 @@ pub struct Log {
     /// has resumed no resync copy of them starts (it could race such a
     /// write). A kernel that has not resumed yet gets its writes to them
     /// through (a held write would stop the very suspend that resets its
-    /// hint) and IN_SYNC = 1 for them, so that those writes go to both legs
-    /// and are marked rather than leaving a NOSYNC entry in its region hash
-    /// that would outlive the resync; its suspend drains them before it
-    /// resumes. A kernel that has resumed is held off them like any
-    /// out-of-sync region, so no write admitted this way is still on its
-    /// way when the regions become resync work. Their legs can differ only
-    /// in blocks of the evicted node's unacknowledged writes, which may
-    /// read back old or new, as after any crash.
+    /// hint), and every kernel gets IN_SYNC = 1 for them, so that writes to
+    /// them go to both legs and are marked rather than leaving a NOSYNC
+    /// entry in a region hash that would outlive the resync; a suspend
+    /// drains them before its kernel resumes. A kernel that has resumed is
+    /// held off them like any out-of-sync region while recovery runs; when
+    /// recovery is halted everywhere its writes pass too, marked, to both
+    /// legs. Their legs can differ only in blocks of the evicted node's
+    /// unacknowledged writes, which may read back old or new, as after any
+    /// crash: never in a block some live kernel wrote to one leg only.
     pub(crate) unsettled: BTreeSet<Region>,
     /// Survivors still to be kicked, one at a time: while one kernel is
     /// suspended the others stay resumed, so recovery keeps running and
@@ -119,14 +120,19 @@ pub struct Log {
     pub(crate) kick_queue: Vec<NodeId>,
     /// The survivor being kicked now.
     pub(crate) kicking: Option<NodeId>,
-    /// Out-of-sync regions an instance was told nobody recovers while no
-    /// instance anywhere was resumed (recovery halted: holding the write
-    /// would hang that kernel's own suspend). Its kernel then writes them
-    /// to the default leg only, unmarked, and nothing says when that write
-    /// ends but the instance's next POSTSUSPEND (a suspend drains every
-    /// write). Until then no other instance is handed such a region: a copy
-    /// racing that write would leave the legs different and the region in
-    /// sync.
+    /// Out-of-sync regions whose writes from an instance were let through
+    /// (IS_REMOTE_RECOVERING = 0: recovery halted everywhere, where holding
+    /// the write would hang that kernel's own suspend; or nobody may
+    /// recover the region now). Its kernel may then keep a NOSYNC entry for
+    /// the region in its region hash, and such an entry lives until that
+    /// kernel recovers the region itself (or its table goes): every write
+    /// it makes there meanwhile goes to the default leg only, unmarked,
+    /// even after another node's copy made the region in sync. So such a
+    /// region is copied only by an instance that let writes through to it
+    /// (it never races its own writes: the kernel quiesces a region before
+    /// copying it), is in sync only once each such instance has copied it,
+    /// and its passers' further writes pass too (holding them would hang a
+    /// suspend that nothing else can finish).
     pub(crate) halted_passes: BTreeMap<Instance, BTreeSet<Region>>,
 }
 
@@ -406,7 +412,7 @@ impl Log {
             return Some(r);
         }
         let found = self.resync_candidates().find(|r| {
-            self.marks.get(r).is_none_or(|who| who.iter().all(|m| *m == i)) && !self.passed_to_another(*r, i)
+            self.marks.get(r).is_none_or(|who| who.iter().all(|m| *m == i)) && !self.reserved_for_others(*r, i)
         });
         if let Some(r) = found {
             self.assignments.insert(i, r);
@@ -425,7 +431,7 @@ impl Log {
             self.assignments.remove(&i);
         }
         if in_sync {
-            if assigned {
+            if assigned && self.copied_by(r, i) {
                 self.sync.set(r.0, true);
                 self.recovery_failed.remove(&r);
             }
@@ -462,10 +468,17 @@ impl Log {
         !self.sync.get(r.0) && !self.recovery_failed.contains(&r) && !unsettled_here && self.recovery_running()
     }
 
-    /// IN_SYNC from `node`: the sync bit, except for unsettled regions asked
-    /// by a kernel that has not resumed yet (see [`Log::unsettled`]).
-    pub fn in_sync_answer(&self, r: Region, node: NodeId) -> bool {
-        self.sync.get(r.0) || (self.unsettled.contains(&r) && self.writes_behind_stale_hint(node))
+    /// IS_REMOTE_RECOVERING from instance `i`: as
+    /// [`Log::is_remote_recovering`], except that a kernel let through to a
+    /// region before is let through again (see [`Log::halted_passes`]).
+    pub fn remote_recovering(&self, r: Region, i: Instance) -> bool {
+        !self.passed(r, i) && self.is_remote_recovering(r, i.node)
+    }
+
+    /// IN_SYNC: the sync bit, except for unsettled regions, which every
+    /// kernel is told are in sync (see [`Log::unsettled`]).
+    pub fn in_sync_answer(&self, r: Region, _node: NodeId) -> bool {
+        self.sync.get(r.0) || self.unsettled.contains(&r)
     }
 
     /// Nodes whose kernels must resume before an eviction's regions are
@@ -529,27 +542,48 @@ impl Log {
         self.next_kick()
     }
 
-    /// Whether an instance other than `i` may have an unmarked write to `r`
-    /// on its way (see [`Log::halted_passes`]).
-    pub(crate) fn passed_to_another(&self, r: Region, i: Instance) -> bool {
-        self.halted_passes.iter().any(|(who, rs)| *who != i && rs.contains(&r))
+    /// Whether instance `i` let writes through to `r` and has not copied
+    /// it since (see [`Log::halted_passes`]).
+    pub(crate) fn passed(&self, r: Region, i: Instance) -> bool {
+        self.halted_passes.get(&i).is_some_and(|rs| rs.contains(&r))
+    }
+
+    /// Whether `r` may be copied only by instances other than `i`: some
+    /// instance let writes through to it and `i` did not (see
+    /// [`Log::halted_passes`]).
+    pub(crate) fn reserved_for_others(&self, r: Region, i: Instance) -> bool {
+        !self.passed(r, i) && self.halted_passes.values().any(|rs| rs.contains(&r))
     }
 
     /// IS_REMOTE_RECOVERING from `i` on its write path: the answer, and a
-    /// record of the pass when it lets an unmarked default-leg-only write
-    /// through because recovery is halted everywhere.
+    /// record of the pass when it lets a write through to an out-of-sync
+    /// region (see [`Log::halted_passes`]).
     pub(crate) fn remote_recovering_for_write(&mut self, r: Region, i: Instance) -> bool {
+        if self.sync.get(r.0) || self.passed(r, i) {
+            return false;
+        }
         let recovering = self.is_remote_recovering(r, i.node);
-        let nosync_write = !recovering && !self.in_sync_answer(r, i.node);
-        if nosync_write && !self.recovery_running() {
+        // A kernel behind a stale hint is told IN_SYNC = 1 for an unsettled
+        // region until it has resumed, which its suspend (draining this
+        // write) comes before: its write is marked and goes to both legs.
+        let marked_pass = self.unsettled.contains(&r) && self.writes_behind_stale_hint(i.node);
+        if !recovering && !marked_pass {
             self.halted_passes.entry(i).or_default().insert(r);
         }
         recovering
     }
 
-    /// Instance `i`'s kernel drained its writes (POSTSUSPEND) or is gone.
-    pub(crate) fn drop_halted_passes(&mut self, i: Instance) -> bool {
-        self.halted_passes.remove(&i).is_some()
+    /// Instance `i` copied `r`: its kernel dropped its region-hash entry.
+    /// Returns whether the region may be in sync now (no other instance let
+    /// writes through to it since its last copy).
+    fn copied_by(&mut self, r: Region, i: Instance) -> bool {
+        if let Some(rs) = self.halted_passes.get_mut(&i) {
+            rs.remove(&r);
+            if rs.is_empty() {
+                self.halted_passes.remove(&i);
+            }
+        }
+        !self.halted_passes.values().any(|rs| rs.contains(&r))
     }
 
     /// Node `n`'s kernel suspended (POSTSUSPEND).
@@ -566,6 +600,23 @@ impl Log {
             return None;
         }
         self.node_settled(n)
+    }
+
+    /// Whether GET_RESYNC_WORK from some resumed instance would hand out a
+    /// region now (marks and reservations counted).
+    pub(crate) fn claimable_work(&self) -> bool {
+        let resumed: Vec<Instance> =
+            self.instances.iter().filter(|(_, s)| s.phase == Phase::Resumed).map(|(i, _)| *i).collect();
+        if resumed.is_empty() {
+            return false;
+        }
+        self.resync_candidates().any(|r| {
+            resumed.iter().any(|&i| {
+                !self.assignments.contains_key(&i)
+                    && self.marks.get(&r).is_none_or(|who| who.iter().all(|m| *m == i))
+                    && !self.reserved_for_others(r, i)
+            })
+        })
     }
 
     /// Whether some out-of-sync region could be handed out for resync now.

@@ -146,7 +146,8 @@ impl Machine {
                 if !self.members.contains_key(&instance.node) {
                     return Applied::refuse(Refusal::NotAMember(instance.node));
                 }
-                match op {
+                let claimable_before = self.logs.get(uuid).is_some_and(Log::claimable_work);
+                let mut applied = match op {
                     KernelOp::Ctr { args } => self.ctr(uuid, *instance, args),
                     KernelOp::Dtr => self.dtr(uuid, *instance),
                     _ => match self.logs.get_mut(uuid) {
@@ -156,7 +157,24 @@ impl Machine {
                         }
                         Some(log) => log_op(log, *instance, op),
                     },
+                };
+                // A resumed kernel that asked for resync work and got none
+                // asks again only when something wakes it: when this request
+                // made a region claimable (a CLEAR of its last mark, a
+                // released assignment, a copy that leaves it to another
+                // writer), the other resumed kernels are woken.
+                if let Some(log) = self.logs.get(uuid)
+                    && !claimable_before
+                    && log.claimable_work()
+                {
+                    for n in log.resumed_nodes_except(instance.node) {
+                        let wake = Effect::WakeRecovery { node: n, uuid: uuid.clone() };
+                        if !applied.effects.contains(&wake) {
+                            applied.effects.push(wake);
+                        }
+                    }
                 }
+                applied
             }
         }
     }
@@ -296,7 +314,7 @@ impl Machine {
             Query::IsRemoteRecovering(r) => {
                 log.check_region(*r)?;
                 Answer::RemoteRecovering {
-                    is_recovering: log.is_remote_recovering(*r, instance.node),
+                    is_recovering: log.remote_recovering(*r, instance),
                     in_sync_hint: log.in_sync_hint(),
                 }
             }
@@ -367,14 +385,9 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
             log.assignments.remove(&i);
             set_phase(log, Phase::Suspended);
             log.node_suspended(i.node);
-            // Its writes are drained: regions it wrote unmarked may be copied.
-            let mut effects = Vec::new();
-            if log.drop_halted_passes(i) && log.has_resync_work() {
-                for n in log.resumed_nodes_except(i.node) {
-                    effects.push(Effect::WakeRecovery { node: n, uuid: log.uuid.clone() });
-                }
-            }
-            Applied { outcome: Ok(Answer::Done), effects }
+            // Regions it let writes through to stay reserved for its own
+            // copy: its region hash outlives the suspend (`Log::halted_passes`).
+            Applied::answer(Answer::Done)
         }
         KernelOp::Resume { disk } => {
             let first = log.activate(disk.as_ref());

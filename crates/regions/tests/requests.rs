@@ -531,7 +531,7 @@ fn a_kernel_back_behind_stale_hints_holds_every_copy_until_it_has_resumed() {
     // The copy under way is disowned, and region 3 is not copied until
     // node 1's kernel has suspended and resumed and cleared it.
     h.ok(b, KernelOp::SetRegionSync { region: Region(3), in_sync: true });
-    assert!(!h.in_sync(b, 3), "a copy that may have raced a stale-hint write is not believed");
+    assert!(!h.m.log(&h.uuid).unwrap().in_sync(Region(3)), "a copy that may have raced a stale-hint write is not believed");
     assert_eq!(h.work(b), None);
     assert!(!h.recovering(a, 3).0, "node 1's writes pass (it must drain them to suspend)");
     h.ok(a, KernelOp::Presuspend);
@@ -605,10 +605,12 @@ fn eviction_turns_marks_into_resync_work_for_the_survivors() {
     let resumed = h.full(b, KernelOp::Resume { disk: None });
     assert_eq!(kicked(&resumed.effects), vec![3]);
     // b has resumed: it is held off region 2 like any out-of-sync region,
-    // so no write of its can still be on its way when the region settles.
+    // so no write of its can still be on its way when the region settles
+    // (were recovery halted everywhere its write would pass, and IN_SYNC = 1
+    // for every kernel keeps such a write marked and on both legs).
     // c still writes behind its stale hint and is let through.
     assert_eq!(h.recovering(b, 2), (true, 2));
-    assert!(!h.in_sync(b, 2));
+    assert!(h.in_sync(b, 2));
     assert_eq!(h.recovering(c, 2), (false, 2));
     assert!(h.in_sync(c, 2));
     h.ok(c, KernelOp::Presuspend);
@@ -652,6 +654,36 @@ fn a_suspending_kernel_wakes_the_resumed_ones_to_resync() {
     h.up(inst(1, 1), CORE_NOSYNC);
     h.up(inst(2, 1), CORE_NOSYNC);
     assert!(h.full(inst(1, 1), KernelOp::Presuspend).effects.is_empty());
+}
+
+/// An idle resumed kernel that was told "no resync work" while a region
+/// was marked by another node asks again only when woken: the CLEAR of the
+/// region's last mark wakes it (found by the simulation: an idle survivor
+/// never resynced a region another node had marked when it asked, and that
+/// node's own writes to it waited forever).
+#[test]
+fn the_clear_that_makes_a_region_claimable_wakes_the_idle_resumed_kernels() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE_NOSYNC);
+    h.up(b, CORE_NOSYNC);
+    h.ok(a, KernelOp::Flush { marks: regions(&[5]) });
+    h.ok(b, KernelOp::SetRegionSync { region: Region(5), in_sync: false });
+    h.ok(a, KernelOp::Presuspend);
+    assert_eq!(h.work(b), None, "region 5 is marked by a");
+    let woken = |h: &mut H, i, op| -> Vec<u64> {
+        h.full(i, op)
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                regions::Effect::WakeRecovery { node, .. } => Some(node.0),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(woken(&mut h, a, KernelOp::Clear(regions(&[4]))), Vec::<u64>::new(), "nothing became claimable");
+    assert_eq!(woken(&mut h, a, KernelOp::Clear(regions(&[5]))), vec![2]);
+    assert_eq!(h.work(b), Some(5));
 }
 
 #[test]
@@ -771,11 +803,13 @@ fn a_retired_node_is_evicted_and_its_id_never_joins_again() {
     assert_eq!(h.m.snapshot(), before);
 }
 
-/// I6 with recovery halted: an unmarked default-leg write let through
-/// while no kernel anywhere was resumed keeps its region from being copied
-/// by another node until the writer's POSTSUSPEND (its writes drained).
+/// I6 with recovery halted: a write let through to an out-of-sync region
+/// while no kernel anywhere was resumed goes to the default leg only, and
+/// the writer's kernel keeps a NOSYNC region-hash entry for the region
+/// until it copies the region itself. So only that kernel copies it, and
+/// its later writes there pass too (holding them could hang its suspend).
 #[test]
-fn a_write_let_through_while_recovery_is_halted_blocks_that_regions_copy_until_the_writer_drains() {
+fn a_write_let_through_while_recovery_is_halted_reserves_that_regions_copy_for_the_writer() {
     let mut h = H::new(2);
     let (a, b) = (inst(1, 1), inst(2, 1));
     h.up(a, CORE);
@@ -788,20 +822,52 @@ fn a_write_let_through_while_recovery_is_halted_blocks_that_regions_copy_until_t
     let answer = h.op(a, KernelOp::IsRemoteRecovering(Region(0))).unwrap();
     assert_eq!(answer, Answer::RemoteRecovering { is_recovering: false, in_sync_hint: 0 }, "a suspend must not hang");
     assert!(!h.in_sync(a, 0), "so a writes region 0 to the default leg only, unmarked");
-    // b resumes: region 0 is not copied while a's write may be on its way.
+    // b resumes: region 0 is not copied by b, not even after a's suspend.
     h.ok(b, KernelOp::Resume { disk: None });
     assert_eq!(h.work(b), Some(1));
     h.ok(b, KernelOp::SetRegionSync { region: Region(1), in_sync: true });
-    assert_eq!(h.work(b), Some(2), "region 0 is still held back");
+    assert_eq!(h.work(b), Some(2), "region 0 is held back");
     h.ok(b, KernelOp::SetRegionSync { region: Region(2), in_sync: true });
-    // a's POSTSUSPEND means its writes are drained: b is woken and may copy.
-    let applied = h.full(a, KernelOp::Postsuspend);
-    assert!(applied.effects.contains(&Effect::WakeRecovery { node: NodeId(2), uuid: h.uuid.clone() }));
+    h.ok(a, KernelOp::Postsuspend);
+    assert_eq!(h.work(b), Some(3), "a's region hash outlives its suspend");
+    // Recovery runs (b is resumed), yet a's writes to region 0 still pass;
+    // its writes elsewhere are held and record nothing.
+    assert_eq!(h.recovering(a, 0), (false, 0));
+    assert_eq!(h.recovering(a, 4), (true, 0));
+    // b's writes to region 0 are held until a has copied it.
+    assert_eq!(h.recovering(b, 0), (true, 0));
+    h.ok(a, KernelOp::Resume { disk: None });
+    assert_eq!(h.work(a), Some(0));
+    h.ok(a, KernelOp::SetRegionSync { region: Region(0), in_sync: true });
+    assert!(h.in_sync(b, 0), "copied by the kernel that wrote it unmarked: in sync");
+    assert_eq!(h.recovering(b, 0).0, false);
+}
+
+/// A region two kernels were let write unmarked is in sync only after both
+/// copied it: a copy by one may race the other's default-leg write.
+#[test]
+fn a_region_two_kernels_wrote_unmarked_is_in_sync_only_after_both_copied_it() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE);
+    h.up(b, CORE);
+    h.ok(a, KernelOp::Presuspend);
+    h.ok(b, KernelOp::Presuspend);
+    for i in [a, b] {
+        let answer = h.op(i, KernelOp::IsRemoteRecovering(Region(0))).unwrap();
+        assert_eq!(answer, Answer::RemoteRecovering { is_recovering: false, in_sync_hint: 0 });
+    }
+    h.ok(a, KernelOp::Postsuspend);
+    h.ok(b, KernelOp::Postsuspend);
+    h.ok(a, KernelOp::Resume { disk: None });
+    h.ok(b, KernelOp::Resume { disk: None });
+    assert_eq!(h.work(a), Some(0));
+    h.ok(a, KernelOp::SetRegionSync { region: Region(0), in_sync: true });
+    assert!(!h.in_sync(a, 0), "b may still write region 0 to the default leg only");
+    assert_eq!(h.work(a), Some(1), "and a does not copy it again");
     assert_eq!(h.work(b), Some(0));
-    // While recovery runs somewhere, the same question holds the write and
-    // records nothing.
-    let answer = h.op(a, KernelOp::IsRemoteRecovering(Region(3))).unwrap();
-    assert_eq!(answer, Answer::RemoteRecovering { is_recovering: true, in_sync_hint: 0 });
+    h.ok(b, KernelOp::SetRegionSync { region: Region(0), in_sync: true });
+    assert!(h.in_sync(a, 0));
 }
 
 /// A RESUME that was on its way during an eviction (a kernel re-send after
