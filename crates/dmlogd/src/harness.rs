@@ -447,6 +447,10 @@ impl Harness {
                     self.kicks += 1;
                     continue;
                 }
+                if node::kick::parse_wake_notice(dg).is_some() {
+                    b.kernel.read(b.mirror, 0);
+                    continue;
+                }
                 if let Ok(f) = Frame::parse(dg)
                     && let Some((at, name)) = b.sent.remove(&f.header().seq.0)
                 {

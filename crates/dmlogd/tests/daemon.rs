@@ -56,6 +56,8 @@ fn exchange(kernel: &mut Kernel, m: MirrorId, me: &UnixDatagram, daemon: &Path, 
         if node::kick::parse_kick_notice(&buf[..n]).is_some() {
             kernel.kick(m);
             kicked = true;
+        } else if node::kick::parse_wake_notice(&buf[..n]).is_some() {
+            kernel.read(m, 0);
         } else {
             kernel.deliver(&buf[..n]);
         }

@@ -42,6 +42,23 @@ pub fn parse_kick_notice(datagram: &[u8]) -> Option<Uuid> {
     Uuid::new(std::str::from_utf8(rest).ok()?)
 }
 
+/// Prefix of a wake notice on the Unix transport; the log's uuid follows.
+pub const WAKE_NOTICE: &[u8] = b"dmlogd-wake\n";
+
+/// The notice that asks a simulated kernel to run a pass of its mirrors of
+/// `uuid` (it asks for resync work).
+pub fn wake_notice(uuid: &Uuid) -> Vec<u8> {
+    let mut v = WAKE_NOTICE.to_vec();
+    v.extend_from_slice(uuid.to_string().as_bytes());
+    v
+}
+
+/// The uuid of a wake notice, or `None` for any other datagram.
+pub fn parse_wake_notice(datagram: &[u8]) -> Option<Uuid> {
+    let rest = datagram.strip_prefix(WAKE_NOTICE)?;
+    Uuid::new(std::str::from_utf8(rest).ok()?)
+}
+
 /// The device-mapper devices, in `dmsetup table` output, whose mirror
 /// target uses the userspace log `uuid`.
 pub fn devices_using(table: &str, uuid: &str) -> Vec<String> {
@@ -72,6 +89,14 @@ pub enum KickError {
     /// No local device uses the log.
     #[error("no device-mapper device uses log {0}")]
     NoDevice(String),
+    /// A mirror could not be read (to wake it).
+    #[error("reading {device}: {why}")]
+    Read {
+        /// The device-mapper name.
+        device: String,
+        /// What went wrong.
+        why: String,
+    },
 }
 
 /// Runs `dmsetup args`, returning its standard output, killed at `limit`.
@@ -122,6 +147,42 @@ pub fn dm_kick(uuid: &Uuid) -> Result<Vec<String>, KickError> {
         dmsetup(&["resume", name], DMSETUP_LIMIT)?;
     }
     Ok(names)
+}
+
+/// Wakes the mirrors using `uuid` so they ask for resync work: an idle
+/// mirror's kernel thread runs only on I/O. A direct read of the mirror's
+/// last 4 KiB does it: the userspace log cannot answer IN_SYNC for a read
+/// without blocking above its cached hint, so the read is queued to the
+/// mirror's thread, whose pass asks GET_RESYNC_WORK. Returns the names.
+/// Blocking: run it on a blocking thread.
+pub fn dm_wake(uuid: &Uuid) -> Result<Vec<String>, KickError> {
+    let names = local_mirrors(uuid)?;
+    if names.is_empty() {
+        return Err(KickError::NoDevice(uuid.to_string()));
+    }
+    for name in &names {
+        read_tail(&format!("/dev/mapper/{name}")).map_err(|e| KickError::Read { device: name.clone(), why: e })?;
+    }
+    Ok(names)
+}
+
+/// Reads the last 4 KiB of block device `path`, bypassing the page cache.
+fn read_tail(path: &str) -> Result<(), String> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const BLOCK: usize = 4096;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let size = f.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    let at = size.checked_sub(BLOCK as u64).ok_or("smaller than 4 KiB")? / BLOCK as u64 * BLOCK as u64;
+    // O_DIRECT wants an aligned buffer: take an aligned window of a larger one.
+    let mut buf = vec![0u8; 2 * BLOCK];
+    let skip = buf.as_ptr().align_offset(BLOCK);
+    let window = buf.get_mut(skip..skip + BLOCK).ok_or("no aligned buffer")?;
+    f.read_at(window, at).map(|_| ()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -107,6 +107,15 @@ impl Transport for NetlinkTransport {
             Err(e) => Err(format!("kick task: {e}")),
         }
     }
+
+    async fn wake(&self, uuid: &wire::Uuid) -> Result<String, String> {
+        let uuid = uuid.clone();
+        match tokio::task::spawn_blocking(move || crate::kick::dm_wake(&uuid)).await {
+            Ok(Ok(names)) => Ok(format!("read {} to wake its recovery", names.join(", "))),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("wake task: {e}")),
+        }
+    }
 }
 
 #[cfg(test)]

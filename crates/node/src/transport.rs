@@ -36,6 +36,9 @@ pub trait Transport: Send + Sync + 'static {
     /// Makes the kernel pick up resync work of log `uuid` (suspend and
     /// resume its mirrors, see [`crate::kick`]); says what was done.
     fn kick(&self, uuid: &Uuid) -> impl Future<Output = Result<String, String>> + Send;
+    /// Makes an idle kernel ask for resync work of log `uuid` (see
+    /// [`crate::kick::dm_wake`]); says what was done.
+    fn wake(&self, uuid: &Uuid) -> impl Future<Output = Result<String, String>> + Send;
 }
 
 /// The Unix datagram transport (tests, benches, the demo).
@@ -93,6 +96,14 @@ impl Transport for UnixTransport {
         let to = to.ok_or("no kernel has spoken on this socket yet")?;
         self.socket.send_to(&crate::kick::kick_notice(uuid), &to).await.map_err(|e| e.to_string())?;
         Ok(format!("sent a kick notice to {}", to.display()))
+    }
+
+    /// Sends a wake notice to the last simulated kernel heard from.
+    async fn wake(&self, uuid: &Uuid) -> Result<String, String> {
+        let to = self.kernel.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let to = to.ok_or("no kernel has spoken on this socket yet")?;
+        self.socket.send_to(&crate::kick::wake_notice(uuid), &to).await.map_err(|e| e.to_string())?;
+        Ok(format!("sent a wake notice to {}", to.display()))
     }
 }
 
