@@ -1,9 +1,12 @@
 //! The deterministic cluster simulation over many seeds (see
-//! `dmlogd_tests::raft_sim`). `DMLOGD_RAFT_SEEDS` sets how many.
+//! `dmlogd_tests::raft_sim`; `DMLOGD_RAFT_SEEDS` sets how many) and its
+//! named liveness scenarios (`dmlogd_tests::scenarios`;
+//! `DMLOGD_SCENARIO_SEEDS`).
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
-use dmlogd_tests::raft_sim::{run_recoverer_dies, run_seed};
+use dmlogd_tests::raft_sim::run_seed;
+use dmlogd_tests::scenarios::{self, Scenario};
 
 #[cfg(not(feature = "sim-canary"))]
 #[test]
@@ -16,18 +19,53 @@ fn seeded_raft_runs_converge() {
     }
 }
 
-/// The node recovering a region dies mid-copy: the resync continues on
-/// another node (`DMLOGD_RECOVERER_SEEDS` sets how many seeds).
+/// Runs a named scenario over seeds 0..`DMLOGD_SCENARIO_SEEDS` (default 10).
+fn scenario_seeds(scenario: Scenario) {
+    let seeds: u64 = std::env::var("DMLOGD_SCENARIO_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    for seed in 0..seeds {
+        if let Err(e) = scenarios::run(scenario, seed) {
+            panic!(
+                "{e}\nreplay: cargo run --release -p dmlogd-tests --bin sim -- --scenario {} --scenario-seed {seed}",
+                scenario.name()
+            );
+        }
+    }
+}
+
+#[cfg(not(feature = "sim-canary"))]
+#[test]
+fn a_crashed_writers_regions_are_resynced_by_the_survivors() {
+    scenario_seeds(Scenario::WriterCrash);
+}
+
+#[cfg(not(feature = "sim-canary"))]
+#[test]
+fn a_cut_off_node_fences_before_its_eviction_and_writes_nothing_after() {
+    scenario_seeds(Scenario::PartitionedMinority);
+}
+
+#[cfg(not(feature = "sim-canary"))]
+#[test]
+fn a_node_back_without_a_reboot_marks_again_before_it_answers() {
+    scenario_seeds(Scenario::Rejoin);
+}
+
 #[cfg(not(feature = "sim-canary"))]
 #[test]
 fn when_the_recovering_node_dies_the_resync_continues_elsewhere() {
-    let seeds: u64 = std::env::var("DMLOGD_RECOVERER_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-    for seed in 0..seeds {
-        match run_recoverer_dies(seed) {
-            Ok((node, region)) => assert!((1..=3).contains(&node) && region < 32),
-            Err(e) => panic!("{e}"),
-        }
-    }
+    scenario_seeds(Scenario::RecovererDies);
+}
+
+#[cfg(not(feature = "sim-canary"))]
+#[test]
+fn a_node_frozen_past_its_lease_answers_nothing_before_it_fences() {
+    scenario_seeds(Scenario::Frozen);
+}
+
+#[cfg(not(feature = "sim-canary"))]
+#[test]
+fn a_leader_change_while_a_lease_runs_out_evicts_nobody_early() {
+    scenario_seeds(Scenario::LeaderChange);
 }
 
 #[cfg(not(feature = "sim-canary"))]

@@ -5,9 +5,12 @@
 //!   region machine (no replication yet), with crashes, evictions and the
 //!   leg model, and checks the invariants from outside the machine;
 //! * [`raft_cluster`] runs simulated kernels against a real Raft cluster
-//!   (openraft, redb, the in-memory network).
+//!   (openraft, redb, the in-memory network);
+//! * [`raft_sim`] is its seeded random run, [`scenarios`] its named
+//!   liveness scenarios.
 
 pub mod cluster;
 pub mod raft_cluster;
 pub mod raft_sim;
+pub mod scenarios;
 pub mod trace;

@@ -6,13 +6,13 @@
 
 #![allow(clippy::panic)] // Test support: a failed setup fails the test loudly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use kernel_sim::{Config as KernelConfig, Kernel, Legs, MirrorId, SharedLegs, Table};
-use node::live::{LiveConfig, LiveHooks, LiveTask, Renewals};
+use node::live::{Lease, LiveConfig, LiveHooks, LiveTask, Renewals};
 use node::liveness::Timing;
 use node::own_marks::OwnMarks;
 use openraft::BasicNode;
@@ -46,6 +46,10 @@ pub struct RaftNode {
     pub fenced: Arc<AtomicBool>,
     /// What its kernel holds, from the requests answered (for a rejoin).
     own: Arc<Mutex<OwnMarks>>,
+    /// Its lease: answers go to the kernel only while it holds.
+    lease: Lease,
+    /// Set while the whole node (kernel, daemon, workload) is stopped.
+    pub frozen: Arc<AtomicBool>,
 }
 
 /// Automatic liveness in the simulation: leases renewed through Raft, the
@@ -78,6 +82,8 @@ pub enum LiveEvent {
         node: u64,
         /// When.
         at_ms: u64,
+        /// When its kernel had last put a write on a leg.
+        last_write_ms: Option<u64>,
     },
     /// The leader's eviction of a node committed.
     Evicted {
@@ -88,6 +94,13 @@ pub enum LiveEvent {
     },
     /// A fenced node rejoined without a reboot and answers its kernel again.
     Rejoined {
+        /// The node.
+        node: u64,
+        /// When.
+        at_ms: u64,
+    },
+    /// A frozen node woke up.
+    Thawed {
         /// The node.
         node: u64,
         /// When.
@@ -111,6 +124,47 @@ pub struct RaftCluster {
     liveness: Option<LivenessConfig>,
     /// Fences and evictions, in order.
     pub events: Arc<Mutex<Vec<LiveEvent>>>,
+    /// What the harness saw go wrong outside the kernels and replicas.
+    watch: Watch,
+}
+
+/// Cross-node checks of the answers: after a node rejoins without a
+/// reboot, the regions its kernel may hold dirty must not be copied by
+/// another node until it has cleared them (it may write them without a
+/// MARK), which is what its re-marks are for.
+#[derive(Clone, Default)]
+struct Watch {
+    /// By node: regions its kernel may hold dirty since its rejoin, whose
+    /// CLEAR has not been answered yet.
+    held: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>,
+    /// Violations seen.
+    problems: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watch {
+    /// Node `id` got `answer` to `request`.
+    fn answered(&self, id: u64, request: &wire::Request, answer: &wire::Answer, at: Instant) {
+        match (request, answer) {
+            (wire::Request::ClearRegion(rs), _) => {
+                if let Some(held) = lock(&self.held).get_mut(&id) {
+                    for r in rs {
+                        held.remove(&r.0);
+                    }
+                }
+            }
+            (wire::Request::GetResyncWork, wire::Answer::ResyncWork(Some(r))) => {
+                for (n, held) in lock(&self.held).iter() {
+                    if *n != id && held.contains(&r.0) {
+                        lock(&self.problems).push(format!(
+                            "{at:?}: n{id} was handed region {} to copy while n{n}, back without a reboot, may write it unmarked",
+                            r.0
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Where the nodes keep their Raft state.
@@ -181,11 +235,14 @@ fn touches(req: &wire::Request, r: u64) -> bool {
     }
 }
 
-async fn answer(replica: &Replica<MemLink>, datagram: &[u8]) -> Option<(Vec<u8>, Option<wire::Message>)> {
+/// A reply to the kernel, the request when it succeeded, and the answer.
+type Answered = (Vec<u8>, Option<wire::Message>, Option<wire::Answer>);
+
+async fn answer(replica: &Replica<MemLink>, datagram: &[u8]) -> Option<Answered> {
     let frame = Frame::parse(datagram).ok()?;
     let msg = match frame.message() {
         Ok(m) => m,
-        Err(_) => return Some((Reply::error(frame.header(), wire::Errno::EINVAL).encode(), None)),
+        Err(_) => return Some((Reply::error(frame.header(), wire::Errno::EINVAL).encode(), None, None)),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let result = match route(Rn(replica.id), &msg) {
@@ -205,9 +262,10 @@ async fn answer(replica: &Replica<MemLink>, datagram: &[u8]) -> Option<(Vec<u8>,
         lock(&TRACE).push(format!("{:?} n{} {:?} -> {:?}", Instant::now(), replica.id, msg.request, result));
     }
     let result = kernel_answer(&msg.request, result);
-    let ok = result.is_ok();
+    let answered = result.as_ref().ok().cloned();
     let reply = Reply::new(&msg, result).ok()?.encode();
-    Some((reply, ok.then_some(msg)))
+    let ok = answered.is_some().then_some(msg);
+    Some((reply, ok, answered))
 }
 
 impl RaftCluster {
@@ -244,6 +302,7 @@ impl RaftCluster {
             incarnations: BTreeMap::new(),
             liveness,
             events: Arc::default(),
+            watch: Watch::default(),
         };
         for id in 1..=n {
             c.boot(id).await;
@@ -279,22 +338,26 @@ impl RaftCluster {
             prevote: !broken("no-prevote"),
             fence: !broken("no-fence"),
         };
-        let (start, events, net) = (self.start, self.events.clone(), self.net.clone());
+        let (start, events, net, watch) = (self.start, self.events.clone(), self.net.clone(), self.watch.clone());
         let Some(n) = self.nodes.get_mut(&id) else { return };
         let hooks = Arc::new(SimHooks {
             id,
             kernel: n.kernel.clone(),
             down: n.down.clone(),
             fenced: n.fenced.clone(),
+            frozen: n.frozen.clone(),
+            lease: n.lease.clone(),
+            fence_after: Duration::from_millis(cfg.timing.fence_after_ms),
             suspend: cfg.suspend,
             events,
             net,
             start,
+            watch,
         });
         let (replica, renewals, own) = (n.replica.clone(), n.renewals.clone(), n.own.clone());
         n.live = Some(tokio::spawn(async move {
             loop {
-                let task = LiveTask::new(replica.clone(), incarnation, config, start);
+                let task = LiveTask::new(replica.clone(), incarnation, config, start).with_lease(hooks.lease.clone());
                 *lock(&renewals) = Some(task.renewals());
                 task.run(hooks.clone()).await;
                 if !hooks.suspend {
@@ -409,6 +472,7 @@ impl RaftCluster {
         let down = Arc::new(AtomicBool::new(false));
         let fenced = Arc::new(AtomicBool::new(false));
         let own: Arc<Mutex<OwnMarks>> = Arc::default();
+        let (lease, frozen) = (Lease::new(), Arc::new(AtomicBool::new(false)));
         let driver = tokio::spawn(drive(
             Driver {
                 id,
@@ -419,11 +483,26 @@ impl RaftCluster {
                 down: down.clone(),
                 fenced: fenced.clone(),
                 own: own.clone(),
+                lease: lease.clone(),
+                frozen: frozen.clone(),
+                watch: self.watch.clone(),
             },
             rx,
         ));
-        let node =
-            RaftNode { id, replica, kernel, mirror: MirrorId(0), driver, live: None, down, renewals, fenced, own };
+        let node = RaftNode {
+            id,
+            replica,
+            kernel,
+            mirror: MirrorId(0),
+            driver,
+            live: None,
+            down,
+            renewals,
+            fenced,
+            own,
+            lease,
+            frozen,
+        };
         self.nodes.insert(id, node);
     }
 
@@ -444,6 +523,7 @@ impl RaftCluster {
         if trace_region().is_some() {
             lock(&TRACE).push(format!("{:?} n{id} CRASH", Instant::now()));
         }
+        lock(&self.watch.held).remove(&id);
         if let Some(n) = self.nodes.remove(&id) {
             n.driver.abort();
             if let Some(l) = &n.live {
@@ -455,6 +535,26 @@ impl RaftCluster {
             if let Some(k) = kernel {
                 k.crash();
             }
+        }
+    }
+
+    /// The whole node stops (a VM pause, SIGSTOP of everything): its
+    /// kernel, its daemon's tasks and its network. Its answers already on
+    /// their way wait for the thaw.
+    pub fn freeze(&self, id: u64) {
+        if let Some(n) = self.nodes.get(&id) {
+            n.frozen.store(true, Ordering::SeqCst);
+            self.net.isolate(id);
+        }
+    }
+
+    /// The frozen node runs again, its clock jumped: it must fence before
+    /// its kernel is answered again.
+    pub fn thaw(&self, id: u64) {
+        if let Some(n) = self.nodes.get(&id) {
+            self.net.heal();
+            n.frozen.store(false, Ordering::SeqCst);
+            lock(&self.events).push(LiveEvent::Thawed { node: id, at_ms: self.now_ms() });
         }
     }
 
@@ -505,6 +605,89 @@ impl RaftCluster {
         })
     }
 
+    /// When node `id`'s current kernel last put a write on a leg.
+    pub fn last_write_ms(&self, id: u64) -> Option<u64> {
+        self.nodes.get(&id).and_then(|n| lock(&n.kernel).stats().last_write_ms)
+    }
+
+    /// The regions node `id` has marked, in some live node's replica.
+    pub fn marked_by(&self, id: u64) -> BTreeSet<u64> {
+        self.read_log(|l| {
+            l.marks().iter().filter(|(_, who)| who.iter().any(|i| i.node.0 == id)).map(|(r, _)| r.0).collect()
+        })
+    }
+
+    /// A line in the debug trace (`DMLOGD_TRACE_REGION`).
+    pub fn note(&self, line: &str) {
+        if trace_region().is_some() {
+            lock(&TRACE).push(format!("{:?} {line}", Instant::now()));
+        }
+    }
+
+    /// The node that leads, if any.
+    pub fn leader(&self) -> Option<u64> {
+        self.nodes.values().find(|n| n.replica.raft.metrics().borrow().state.is_leader()).map(|n| n.id)
+    }
+
+    /// Regions with writes in flight in node `id`'s kernel.
+    pub fn inflight_regions(&self, id: u64) -> Vec<u64> {
+        self.nodes
+            .get(&id)
+            .and_then(|n| lock(&n.kernel).mirror(n.mirror).map(|v| v.inflight_regions))
+            .unwrap_or_default()
+    }
+
+    /// The out-of-sync regions in the leader's replica (which has applied
+    /// everything committed).
+    pub fn out_of_sync_at_leader(&self) -> BTreeSet<u64> {
+        let Some(uuid) = Uuid::new("LVM-raft-sim") else { return BTreeSet::new() };
+        self.nodes
+            .values()
+            .find(|n| n.replica.raft.metrics().borrow().state.is_leader())
+            .and_then(|n| {
+                n.replica.state.read(|m| {
+                    m.log(&uuid).map(|l| (0..l.region_count()).filter(|&r| !l.in_sync(wire::Region(r))).collect())
+                })
+            })
+            .unwrap_or_default()
+    }
+
+    /// The out-of-sync regions, in some live node's replica.
+    pub fn out_of_sync(&self) -> BTreeSet<u64> {
+        self.read_log(|l| (0..l.region_count()).filter(|&r| !l.in_sync(wire::Region(r))).collect())
+    }
+
+    /// The regions node `id`'s kernel holds dirty, as its daemon counts them
+    /// from the requests it answered (what a rejoin marks again).
+    pub fn held_dirty(&self, id: u64) -> BTreeSet<u64> {
+        let Some(n) = self.nodes.get(&id) else { return BTreeSet::new() };
+        let Some(luid) = lock(&n.kernel).mirror(n.mirror).map(|v| v.luid) else { return BTreeSet::new() };
+        lock(&n.own).dirty(&self.table.uuid, luid).into_iter().map(|r| r.0).collect()
+    }
+
+    fn read_log<T: Default>(&self, f: impl Fn(&regions::Log) -> T) -> T {
+        let Some(uuid) = Uuid::new("LVM-raft-sim") else { return T::default() };
+        self.nodes
+            .values()
+            .find(|n| !n.down.load(Ordering::SeqCst) && !n.frozen.load(Ordering::SeqCst))
+            .and_then(|n| n.replica.state.read(|m| m.log(&uuid).map(&f)))
+            .unwrap_or_default()
+    }
+
+    /// The events of `node` (fences, evictions, rejoins, thaws), in order.
+    pub fn events_of(&self, node: u64) -> Vec<LiveEvent> {
+        lock(&self.events)
+            .iter()
+            .filter(|e| match e {
+                LiveEvent::Fenced { node: n, .. }
+                | LiveEvent::Evicted { node: n, .. }
+                | LiveEvent::Rejoined { node: n, .. }
+                | LiveEvent::Thawed { node: n, .. } => *n == node,
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Whether node `id`'s kernel has a write in flight.
     pub fn writing(&self, id: u64) -> bool {
         self.nodes
@@ -550,12 +733,21 @@ impl RaftCluster {
             problems.extend(k.violations().iter().map(|v| format!("n{} at {} ms: {}", n.id, v.at_ms, v.what)));
             match k.mirror(n.mirror) {
                 Some(v) if v.status_sync_count == Some(v.region_count) => {}
-                v => problems.push(format!("n{} status: {:?}", n.id, v.map(|v| (v.status_sync_count, v.region_count)))),
+                v => problems.push(format!(
+                    "n{} status: {:?}; kernel: {}",
+                    n.id,
+                    v.map(|v| (v.status_sync_count, v.region_count)),
+                    k.explain(n.mirror)
+                )),
             }
         }
         let differ = self.legs.lock().differing();
         if !differ.is_empty() {
             problems.push(format!("legs differ in {differ:?}"));
+        }
+        problems.extend(lock(&self.watch.problems).iter().cloned());
+        if !problems.is_empty() {
+            problems.push(self.read_log(|l| l.describe()));
         }
         // Followers learn the last commit index with the next heartbeat.
         let applied = || self.nodes.values().map(|n| n.replica.state.last_applied()).collect::<Vec<_>>();
@@ -594,13 +786,21 @@ struct Driver {
     down: Arc<AtomicBool>,
     fenced: Arc<AtomicBool>,
     own: Arc<Mutex<OwnMarks>>,
+    lease: Lease,
+    frozen: Arc<AtomicBool>,
+    watch: Watch,
 }
 
 async fn drive(d: Driver, mut effects: mpsc::UnboundedReceiver<AppliedEffects>) {
-    let Driver { id, replica, kernel, start, renewals, down, fenced, own } = d;
+    let Driver { id, replica, kernel, start, renewals, down, fenced, own, lease, frozen, watch } = d;
     loop {
         if down.load(Ordering::SeqCst) {
             return;
+        }
+        // A frozen node's kernel stands still; its clock jumps at the thaw.
+        if frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
         }
         let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let requests = {
@@ -610,14 +810,29 @@ async fn drive(d: Driver, mut effects: mpsc::UnboundedReceiver<AppliedEffects>) 
         };
         for datagram in requests {
             let (replica, kernel, fenced, own) = (replica.clone(), kernel.clone(), fenced.clone(), own.clone());
+            let (lease, frozen, watch) = (lease.clone(), frozen.clone(), watch.clone());
             tokio::spawn(async move {
-                if let Some((reply, ok)) = answer(&replica, &datagram).await {
-                    // A fenced node answers nothing (as the daemon's router).
-                    if fenced.load(Ordering::SeqCst) {
+                if let Some((reply, ok, answered)) = answer(&replica, &datagram).await {
+                    // A CLEAR counts once committed; a copy once delivered.
+                    if let (Some(msg), Some(a)) = (&ok, &answered)
+                        && matches!(msg.request, wire::Request::ClearRegion(_))
+                    {
+                        watch.answered(id, &msg.request, a, Instant::now());
+                    }
+                    // A stopped process sends its answer when it wakes.
+                    while frozen.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    // A fenced node answers nothing, nor one whose lease ran
+                    // out (as the daemon's router).
+                    if fenced.load(Ordering::SeqCst) || !(lease.holds() || broken("no-lease-gate")) {
                         return;
                     }
                     if let Some(msg) = ok {
                         lock(&own).acknowledged(&msg.uuid, msg.luid(), &msg.request);
+                        if let (wire::Request::GetResyncWork, Some(a)) = (&msg.request, &answered) {
+                            watch.answered(id, &msg.request, a, Instant::now());
+                        }
                     }
                     lock(&kernel).deliver(&reply);
                 }
@@ -626,7 +841,9 @@ async fn drive(d: Driver, mut effects: mpsc::UnboundedReceiver<AppliedEffects>) 
         while let Ok(applied) = effects.try_recv() {
             for e in applied.effects {
                 match e {
-                    Effect::KickKernel { node, .. } if node.0 == id => lock(&kernel).kick(MirrorId(0)),
+                    Effect::KickKernel { node, .. } if node.0 == id && !broken("no-kick") => {
+                        lock(&kernel).kick(MirrorId(0))
+                    }
                     // A read wakes kmirrord, whose pass asks for resync work.
                     Effect::WakeRecovery { node, .. } if node.0 == id => lock(&kernel).read(MirrorId(0), 0),
                     Effect::LeaseRenewed { node } => {
@@ -656,10 +873,14 @@ struct SimHooks {
     kernel: Arc<Mutex<Kernel>>,
     down: Arc<AtomicBool>,
     fenced: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    lease: Lease,
+    fence_after: Duration,
     suspend: bool,
     events: Arc<Mutex<Vec<LiveEvent>>>,
     net: MemNet,
     start: Instant,
+    watch: Watch,
 }
 
 impl SimHooks {
@@ -669,9 +890,15 @@ impl SimHooks {
 }
 
 impl LiveHooks for SimHooks {
+    fn frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
+    }
+
     fn fence(&self) {
         let at_ms = self.sim_ms();
-        lock(&self.events).push(LiveEvent::Fenced { node: self.id, at_ms });
+        let last_write_ms = lock(&self.kernel).stats().last_write_ms;
+        lock(&self.watch.held).remove(&self.id);
+        lock(&self.events).push(LiveEvent::Fenced { node: self.id, at_ms, last_write_ms });
         self.trace(format!("n{} FENCED", self.id));
         if self.suspend {
             // Stop answering, and suspend the mirror: its writes are held
@@ -688,6 +915,9 @@ impl LiveHooks for SimHooks {
 
     fn evicted(&self, node: Rn) {
         let at_ms = self.sim_ms();
+        // An evicted node's regions are resynced: it must not write them
+        // (it fenced, or it is stopped and fences when it wakes).
+        lock(&self.watch.held).remove(&node.0);
         lock(&self.events).push(LiveEvent::Evicted { node: node.0, at_ms });
     }
 
@@ -706,6 +936,15 @@ impl LiveHooks for SimHooks {
 async fn rejoin(replica: &Replica<MemLink>, own: &Mutex<OwnMarks>, incarnation: u64, hooks: &SimHooks) {
     loop {
         let mut commands = lock(own).rejoin(Rn(replica.id), incarnation);
+        let held: BTreeSet<u64> = commands
+            .iter()
+            .filter_map(|c| match c {
+                regions::Command::Kernel { op: regions::KernelOp::Flush { marks }, .. } => Some(marks),
+                _ => None,
+            })
+            .flatten()
+            .map(|r| r.0)
+            .collect();
         if broken("no-remark") {
             commands.retain(|c| !matches!(c, regions::Command::Kernel { op: regions::KernelOp::Flush { .. }, .. }));
         }
@@ -714,10 +953,14 @@ async fn rejoin(replica: &Replica<MemLink>, own: &Mutex<OwnMarks>, incarnation: 
         }
         let p = Proposal { commands };
         match replica.propose(p, Instant::now() + Duration::from_secs(5)).await {
-            Ok(out) if out.0.iter().all(|o| o.refusal.is_none()) => break,
+            Ok(out) if out.0.iter().all(|o| o.refusal.is_none()) => {
+                lock(&hooks.watch.held).insert(hooks.id, held);
+                break;
+            }
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
+    hooks.lease.grant(hooks.fence_after);
     hooks.fenced.store(false, Ordering::SeqCst);
     lock(&hooks.events).push(LiveEvent::Rejoined { node: hooks.id, at_ms: hooks.sim_ms() });
     hooks.trace(format!("n{} REJOINED", hooks.id));

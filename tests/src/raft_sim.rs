@@ -5,7 +5,8 @@
 //! One seed decides everything: the log flavour, the workload, the sync
 //! latency of the simulated disks, the rates of lost requests, lost
 //! replies and late duplicates on the network, which node is cut off from
-//! the others and when, which node crashes mid-write (losing what its disk
+//! the others and when, which node is frozen (kernel and daemon) past its
+//! lease, which node crashes mid-write (losing what its disk
 //! had not synced), and whether it comes back. Faults first (safety phase), then the network
 //! heals and the cluster must converge (liveness phase): every node's
 //! `dmsetup status` shows the mirror in sync, the legs are identical and
@@ -40,6 +41,8 @@ pub struct SimSummary {
     pub partitions: u32,
     /// Nodes that fenced themselves (cut off past their lease).
     pub fenced: u32,
+    /// Nodes frozen past their lease.
+    pub freezes: u32,
     /// Simulated milliseconds.
     pub sim_ms: u64,
     /// A hash of the final replicated state and the legs: equal for equal
@@ -54,7 +57,10 @@ pub fn run_seed(seed: u64) -> Result<SimSummary, String> {
 
 /// Runs a seed's future on its own single-threaded runtime with paused
 /// time, openraft's randomness seeded from `seed`.
-fn on_sim_runtime<T>(seed: u64, run: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+pub(crate) fn on_sim_runtime<T>(
+    seed: u64,
+    run: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
     replication::runtime::seed_thread_rng(seed);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -66,7 +72,7 @@ fn on_sim_runtime<T>(seed: u64, run: impl std::future::Future<Output = Result<T,
 
 /// The simulation's lease timings: the fencing inequality holds with a
 /// seed-chosen slack.
-fn sim_timing(rng: &mut SmallRng) -> Result<Timing, String> {
+pub(crate) fn sim_timing(rng: &mut SmallRng) -> Result<Timing, String> {
     let mut timing = Timing {
         renew_every_ms: 200,
         tick_ms: 50,
@@ -79,48 +85,6 @@ fn sim_timing(rng: &mut SmallRng) -> Result<Timing, String> {
     timing.dead_after_ms = timing.least_dead_after_ms() + rng.random_range(0..500);
     timing.validate().map_err(|e| e.to_string())?;
     Ok(timing)
-}
-
-/// A named scenario: the node recovering a region dies mid-copy; it is
-/// evicted, its assignment released, and another node recovers the region
-/// (the legs converge, every node reports the mirror in sync). Returns the
-/// (node, region) that was being recovered at the crash.
-pub fn run_recoverer_dies(seed: u64) -> Result<(u64, u64), String> {
-    on_sim_runtime(seed, recoverer_dies(seed)).map_err(|e| format!("recoverer-dies seed {seed}: {e}"))
-}
-
-async fn recoverer_dies(seed: u64) -> Result<(u64, u64), String> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let storage =
-        Storage::Memory { dbs: BTreeMap::new(), sync_latency: Duration::from_micros(rng.random_range(100..2000)) };
-    let timing = sim_timing(&mut rng)?;
-    let rates: BTreeMap<u64, f64> = (1..=3).map(|id| (id, 1.0 + rng.random_range(-0.0099..0.0099))).collect();
-    let liveness = LivenessConfig { timing, rates, seed: rng.random(), suspend: false };
-    // Without nosync: every region starts out of sync and is recovered.
-    let mut c = RaftCluster::start_live(storage, 3, "clustered-core 8", 32, Some(liveness)).await;
-    let mut found = None;
-    for _ in 0..10_000 {
-        if let Some(r) = c.recovering() {
-            found = Some(r);
-            break;
-        }
-        // Writes go on meanwhile.
-        if rng.random_range(0..100) < 10 {
-            let id = rng.random_range(1..=3u64);
-            c.write(id, rng.random_range(0..32));
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let (victim, region) = found.ok_or("no node ever recovered a region")?;
-    let at = c.now_ms();
-    c.crash(victim).await;
-    if !c.wait_evicted(victim, at, Duration::from_secs(30)).await {
-        return Err(format!("n{victim} was never evicted; {}", c.raft_states()));
-    }
-    let verdict =
-        c.verify(Duration::from_secs(120)).await.and_then(|()| c.check_fencing(&BTreeMap::from([(victim, at)])));
-    c.shutdown().await;
-    verdict.map(|()| (victim, region))
 }
 
 async fn scenario(seed: u64) -> Result<SimSummary, String> {
@@ -142,6 +106,8 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     let liveness = LivenessConfig { timing, rates, seed: rng.random(), suspend };
     let mut c = RaftCluster::start_live(storage, 3, log_args, regions, Some(liveness)).await;
     let mut crashed: BTreeMap<u64, u64> = BTreeMap::new();
+    // Nodes whose kernel was stopped (frozen), from when.
+    let mut stopped: BTreeMap<u64, u64> = BTreeMap::new();
     // Lost requests, lost replies, late duplicates and jitter on every
     // message, from the seed.
     let faults = Faults {
@@ -151,8 +117,16 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
         jitter: Duration::from_micros(rng.random_range(0..3000)),
     };
     c.net.set_faults(faults, rng.random());
-    let mut summary =
-        SimSummary { seed, crashed: None, rebooted: false, partitions: 0, fenced: 0, sim_ms: 0, fingerprint: 0 };
+    let mut summary = SimSummary {
+        seed,
+        crashed: None,
+        rebooted: false,
+        partitions: 0,
+        fenced: 0,
+        freezes: 0,
+        sim_ms: 0,
+        fingerprint: 0,
+    };
 
     // Safety phase: writes from every node, with a node cut off now and then.
     let mut cut_until: Option<(u64, u64)> = None;
@@ -166,12 +140,13 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
         match cut_until {
             Some((_, until)) if c.now_ms() >= until => {
                 c.net.heal();
+                c.note("HEALED");
                 cut_until = None;
                 // A node that fenced while cut off rebooted; it comes back.
                 for id in c.reap_fenced().await {
                     summary.fenced += 1;
                     if !c.reboot(id).await {
-                        return Err(format!("n{id} could not rejoin after its fence"));
+                        return Err(format!("n{id} could not rejoin after its fence; {}", c.raft_states()));
                     }
                 }
             }
@@ -180,6 +155,7 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
                 c.net.isolate(victim);
                 summary.partitions += 1;
                 cut_until = Some((victim, c.now_ms() + rng.random_range(100..5000)));
+                c.note(&format!("n{victim} CUT OFF until {:?}", cut_until));
             }
             _ => {}
         }
@@ -192,6 +168,7 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     if rng.random_bool(0.3) {
         let victim = rng.random_range(1..=3u64);
         c.net.isolate(victim);
+        c.note(&format!("n{victim} CUT OFF past dead_after"));
         summary.partitions += 1;
         let until = c.now_ms() + timing.dead_after_ms + rng.random_range(500..1500);
         while c.now_ms() < until {
@@ -212,10 +189,39 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     for id in c.reap_fenced().await {
         summary.fenced += 1;
         if !c.reboot(id).await {
-            return Err(format!("n{id} could not rejoin after its fence"));
+            return Err(format!("n{id} could not rejoin after its fence; {}", c.raft_states()));
         }
     }
 
+    // Sometimes a whole node is frozen (kernel and daemon, a VM pause) for
+    // longer than dead_after: the others evict it; when it wakes it must
+    // answer nothing before it fences.
+    if rng.random_bool(0.15) {
+        let victim = rng.random_range(1..=3u64);
+        let at = c.now_ms();
+        c.freeze(victim);
+        c.note(&format!("n{victim} FROZEN"));
+        summary.freezes += 1;
+        stopped.entry(victim).or_insert(at);
+        let until = at + timing.dead_after_ms + rng.random_range(500..3000);
+        while c.now_ms() < until {
+            for id in c.nodes.keys().copied().filter(|&id| id != victim).collect::<Vec<_>>() {
+                if rng.random_range(0..100) < 30 {
+                    c.write(id, rng.random_range(0..8));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.thaw(victim);
+        // It fences at its first tick awake; a rebooted one comes back.
+        tokio::time::sleep(Duration::from_millis(timing.tick_ms * 4)).await;
+        for id in c.reap_fenced().await {
+            summary.fenced += 1;
+            if !c.reboot(id).await {
+                return Err(format!("n{id} could not rejoin after its fence; {}", c.raft_states()));
+            }
+        }
+    }
     // A node dies mid-write; the cluster evicts it; maybe it comes back.
     if rng.random_bool(0.7) {
         let victim = rng.random_range(1..=3u64);
@@ -256,8 +262,14 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     for id in c.reap_fenced().await {
         summary.fenced += 1;
         if !c.reboot(id).await {
-            return Err(format!("n{id} could not rejoin after its fence"));
+            return Err(format!("n{id} could not rejoin after its fence; {}", c.raft_states()));
         }
+    }
+    // A node evicted while frozen could not write either (the earliest
+    // stop of a node counts).
+    for (id, at) in stopped {
+        let t = crashed.entry(id).or_insert(at);
+        *t = (*t).min(at);
     }
     let verdict = c.verify(Duration::from_secs(120)).await.and_then(|()| c.check_fencing(&crashed));
     summary.sim_ms = c.now_ms();

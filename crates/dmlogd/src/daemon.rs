@@ -128,7 +128,8 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
 
     let fenced = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::new());
-    let router = Router::new(replica.clone(), fenced.clone(), metrics.clone());
+    let lease = node::live::Lease::new();
+    let router = Router::with_lease(replica.clone(), fenced.clone(), lease.clone(), metrics.clone());
     let disk_writer = {
         let router = router.clone();
         // A write the previous writer had in flight gets this long to land.
@@ -207,6 +208,7 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     let effects = {
         let (renewals, transport, metrics) = (renewals.clone(), transport.clone(), metrics.clone());
         let state = replica.state.clone();
+        let waking: Arc<Mutex<std::collections::HashSet<wire::Uuid>>> = Arc::default();
         tokio::spawn(async move {
             while let Some(applied) = grpc.effects.recv().await {
                 for e in applied.effects {
@@ -226,6 +228,20 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
                             }
                             let (transport, metrics) = (transport.clone(), metrics.clone());
                             tokio::spawn(async move { kick(&*transport, &metrics, uuid).await });
+                        }
+                        Effect::WakeRecovery { node, uuid } if node == me => {
+                            // One wake per log at a time (a restart replays many).
+                            if !waking.lock().unwrap_or_else(|e| e.into_inner()).insert(uuid.clone()) {
+                                continue;
+                            }
+                            let (transport, waking) = (transport.clone(), waking.clone());
+                            tokio::spawn(async move {
+                                match transport.wake(&uuid).await {
+                                    Ok(what) => tracing::debug!(%uuid, "woke the kernel to resync: {what}"),
+                                    Err(e) => tracing::warn!(%uuid, error = %e, "could not wake the kernel to resync"),
+                                }
+                                waking.lock().unwrap_or_else(|e| e.into_inner()).remove(&uuid);
+                            });
                         }
                         _ => {}
                     }
@@ -251,11 +267,15 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
                     inc,
                     LiveConfig { timing, rate: 1.0, seed: inc ^ id, prevote: true, fence: true },
                     Instant::now(),
-                );
+                )
+                .with_lease(lease.clone());
                 *renewals.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.renewals());
                 task.run(hooks.clone()).await;
                 rejoin(&replica, &router, inc).await;
                 let suspended = std::mem::take(&mut *hooks.suspended.lock().unwrap_or_else(|e| e.into_inner()));
+                // The rejoin committed through a quorum just now: a lease
+                // starts, as at a join (the next task keeps it).
+                lease.grant(Duration::from_millis(timing.fence_after_ms));
                 hooks.fenced.store(false, Ordering::SeqCst);
                 tracing::warn!("answering the kernel again");
                 resume_mirrors(suspended).await;

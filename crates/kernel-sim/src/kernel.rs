@@ -80,6 +80,8 @@ pub struct Stats {
     pub writes_completed: u64,
     /// Regions copied by this node's recovery.
     pub regions_recovered: u64,
+    /// When this kernel last put a write on a leg (ms), if ever.
+    pub last_write_ms: Option<u64>,
 }
 
 /// A read-only view of one mirror.
@@ -577,6 +579,7 @@ impl Kernel {
             Step::Submit => {
                 for (bio, list) in std::mem::take(&mut m.batch) {
                     self.next_content += 1;
+                    self.stats.last_write_ms = Some(now);
                     let both = list != RState::NoSync;
                     // The default leg is written first; the second leg at
                     // completion. A crash in between leaves them different.

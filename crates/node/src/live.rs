@@ -7,6 +7,12 @@
 //! What a fence does and who hears of evictions are [`LiveHooks`]: the
 //! daemon runs its fence action, the simulation kills its simulated kernel.
 //!
+//! Every answer to the kernel is also gated by the lease itself
+//! ([`Lease::holds`]), not only by the fence the task runs once a tick: a
+//! node whose process or machine was stopped (SIGSTOP, a VM pause) for
+//! longer than its lease runs its pending answers when it wakes, possibly
+//! before the task's next tick.
+//!
 //! The leader's lease table also needs every applied
 //! [`regions::Effect::LeaseRenewed`]; whoever consumes the node's applied
 //! effects calls [`Renewals::renewed`] (from [`LiveTask::renewals`]).
@@ -23,10 +29,54 @@ use tokio::time::Instant;
 
 use crate::liveness::{LeaseTable, SelfFence, Timing, Verdict};
 
+/// The deadline of this node's lease, shared by the liveness task (which
+/// extends it with every committed renewal) and whatever answers the
+/// kernel (which answers only while it holds). Without a liveness task it
+/// always holds.
+#[derive(Clone, Debug, Default)]
+pub struct Lease(Arc<Mutex<Option<Instant>>>);
+
+impl Lease {
+    /// A lease in force for nothing yet: it holds until a liveness task
+    /// starts it.
+    pub fn new() -> Lease {
+        Lease::default()
+    }
+
+    /// Whether the node may answer its kernel now.
+    pub fn holds(&self) -> bool {
+        lock(&self.0).is_none_or(|until| Instant::now() < until)
+    }
+
+    /// The lease holds for `valid_for` from now (the node joined or
+    /// rejoined through a quorum just now).
+    pub fn grant(&self, valid_for: Duration) {
+        *lock(&self.0) = Some(Instant::now() + valid_for);
+    }
+
+    /// A renewal committed: the lease holds until `until`, if later.
+    fn extend_to(&self, until: Instant) {
+        let mut d = lock(&self.0);
+        if d.is_none_or(|old| old < until) {
+            *d = Some(until);
+        }
+    }
+
+    /// The lease ran out: nothing is answered until the next grant.
+    fn end(&self) {
+        *lock(&self.0) = Some(Instant::now());
+    }
+}
+
 /// What the liveness task does outside itself.
 pub trait LiveHooks: Send + Sync + 'static {
     /// The lease ran out: run the fence action now. The task ends after.
     fn fence(&self);
+    /// Whether the node is stopped (the simulation freezes nodes to test
+    /// pauses): the task does nothing meanwhile, as a stopped process.
+    fn frozen(&self) -> bool {
+        false
+    }
     /// The eviction of `node`, proposed by this node as leader, committed.
     fn evicted(&self, _node: NodeId) {}
     /// A line for debugging (renewal failures, campaigns).
@@ -58,6 +108,7 @@ pub struct LiveTask<L: LeaderLink> {
     table: Arc<Mutex<LeaseTable>>,
     config: LiveConfig,
     start: Instant,
+    lease: Lease,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,7 +119,19 @@ impl<L: LeaderLink> LiveTask<L> {
     /// The task of `replica`'s node, whose kernel joined with `incarnation`;
     /// its clock starts at `start`.
     pub fn new(replica: Arc<Replica<L>>, incarnation: u64, config: LiveConfig, start: Instant) -> LiveTask<L> {
-        LiveTask { id: replica.id, incarnation, replica, table: Arc::default(), config, start }
+        LiveTask { id: replica.id, incarnation, replica, table: Arc::default(), config, start, lease: Lease::new() }
+    }
+
+    /// The task keeps `lease` (shared with the node's answers to its
+    /// kernel) in step with its own.
+    pub fn with_lease(mut self, lease: Lease) -> LiveTask<L> {
+        self.lease = lease;
+        self
+    }
+
+    /// The lease length in tokio time on this node's clock.
+    fn lease_length(&self) -> Duration {
+        Duration::from_secs_f64(self.config.timing.fence_after_ms as f64 / 1e3 / self.config.rate)
     }
 
     /// The node's clock, in milliseconds since `start`.
@@ -86,6 +149,7 @@ impl<L: LeaderLink> LiveTask<L> {
     pub async fn run(self, hooks: Arc<dyn LiveHooks>) {
         let t = self.config.timing;
         let fence = Arc::new(Mutex::new(SelfFence::new(self.now())));
+        self.lease.grant(self.lease_length());
         let evicting: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
         let mut next_renew = 0;
         let tick = Duration::from_secs_f64(t.tick_ms as f64 / 1e3 / self.config.rate);
@@ -100,12 +164,16 @@ impl<L: LeaderLink> LiveTask<L> {
         let mut wait = quiet();
         loop {
             tokio::time::sleep(tick).await;
+            if hooks.frozen() {
+                continue;
+            }
             let now = self.now();
             if now >= next_renew {
                 next_renew = now + t.renew_every_ms;
                 self.renew(now, &fence, &hooks);
             }
             if lock(&fence).check(now, &t) == Verdict::Fence && self.config.fence {
+                self.lease.end();
                 hooks.fence();
                 return;
             }
@@ -127,10 +195,18 @@ impl<L: LeaderLink> LiveTask<L> {
     fn renew(&self, now: u64, fence: &Arc<Mutex<SelfFence>>, hooks: &Arc<dyn LiveHooks>) {
         let (replica, fence, hooks) = (self.replica.clone(), fence.clone(), hooks.clone());
         let renew = Command::Renew { node: NodeId(self.id), incarnation: self.incarnation };
-        let deadline = Instant::now() + Duration::from_millis(2 * self.config.timing.renew_every_ms);
+        let sent = Instant::now();
+        let deadline = sent + Duration::from_millis(2 * self.config.timing.renew_every_ms);
+        let (lease, until) = (self.lease.clone(), sent + self.lease_length());
         tokio::spawn(async move {
             match replica.propose(Proposal { commands: vec![renew] }, deadline).await {
-                Ok(out) if out.0.first().is_some_and(|o| o.answer.is_ok()) => lock(&fence).committed(now),
+                Ok(out) if out.0.first().is_some_and(|o| o.answer.is_ok()) => {
+                    let mut f = lock(&fence);
+                    f.committed(now);
+                    if !f.is_fenced() {
+                        lease.extend_to(until);
+                    }
+                }
                 other => hooks.trace(format!("n{} renewal failed: {other:?}", replica.id)),
             }
         });

@@ -16,7 +16,9 @@
 //!   it does; the kernel gets no error that would fail its mirror, and
 //!   re-sends after 15 s, which queue behind the original in the same lane
 //!   and are answered again (every command is idempotent).
-//! * **Fenced.** A fenced node answers nothing (see `docs/fencing.md`).
+//! * **Fenced.** A fenced node answers nothing (see `docs/fencing.md`),
+//!   nor does a node whose lease has run out by its own clock before its
+//!   liveness task noticed (it woke from a pause; see [`crate::live`]).
 //! * **Disk logs.** A RESUME of a `clustered-disk` log carries what the
 //!   log device holds; a FLUSH (or first RESUME) is answered only once its
 //!   clean bits are durable on the device (see [`crate::disk_log`]).
@@ -35,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use wire::{Errno, Frame, Luid, Message, Reply, Uuid};
 
+use crate::live::Lease;
 use crate::metrics::Metrics;
 use crate::own_marks::OwnMarks;
 
@@ -59,6 +62,7 @@ pub struct Router<L: LeaderLink> {
     replica: Arc<Replica<L>>,
     node: NodeId,
     fenced: Arc<AtomicBool>,
+    lease: Lease,
     own: Mutex<OwnMarks>,
     lanes: Mutex<HashMap<(Uuid, Luid), mpsc::UnboundedSender<Job>>>,
     proposer: mpsc::UnboundedSender<Pending>,
@@ -74,6 +78,17 @@ impl<L: LeaderLink> Router<L> {
     /// requests and commits are counted in `metrics`. Must be called
     /// within a tokio runtime (it starts the proposer task).
     pub fn new(replica: Arc<Replica<L>>, fenced: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Arc<Router<L>> {
+        Router::with_lease(replica, fenced, Lease::new(), metrics)
+    }
+
+    /// Like [`Router::new`], answering also only while `lease` holds (see
+    /// [`crate::live`]).
+    pub fn with_lease(
+        replica: Arc<Replica<L>>,
+        fenced: Arc<AtomicBool>,
+        lease: Lease,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Router<L>> {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(propose_loop(replica.clone(), rx, metrics.clone()));
         let node = NodeId(replica.id);
@@ -81,11 +96,19 @@ impl<L: LeaderLink> Router<L> {
             replica,
             node,
             fenced,
+            lease,
             own: Mutex::new(OwnMarks::new()),
             lanes: Mutex::default(),
             proposer: tx,
             metrics,
         })
+    }
+
+    /// Whether an answer may go to the kernel now: not fenced, and the
+    /// lease holds (a node that wakes from a pause past its lease must not
+    /// answer before its liveness task fences it).
+    fn may_answer(&self) -> bool {
+        !self.fenced.load(Ordering::SeqCst) && self.lease.holds()
     }
 
     /// What this node's kernel holds, from the requests answered so far.
@@ -124,7 +147,7 @@ impl<L: LeaderLink> Router<L> {
             Err(e) => {
                 self.metrics.malformed.inc();
                 tracing::warn!(error = %e, "answered a malformed request with EINVAL");
-                if !self.fenced.load(Ordering::SeqCst) {
+                if self.may_answer() {
                     reply(Reply::error(frame.header(), Errno::EINVAL).encode());
                 }
                 return;
@@ -214,7 +237,7 @@ impl<L: LeaderLink> Router<L> {
 async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedReceiver<Job>) {
     while let Some(job) = rx.recv().await {
         let Some(result) = router.answer(&job.msg).await else { continue };
-        if router.fenced.load(Ordering::SeqCst) {
+        if !router.may_answer() {
             continue;
         }
         let result = kernel_answer(&job.msg.request, result);

@@ -531,7 +531,10 @@ fn a_kernel_back_behind_stale_hints_holds_every_copy_until_it_has_resumed() {
     // The copy under way is disowned, and region 3 is not copied until
     // node 1's kernel has suspended and resumed and cleared it.
     h.ok(b, KernelOp::SetRegionSync { region: Region(3), in_sync: true });
-    assert!(!h.m.log(&h.uuid).unwrap().in_sync(Region(3)), "a copy that may have raced a stale-hint write is not believed");
+    assert!(
+        !h.m.log(&h.uuid).unwrap().in_sync(Region(3)),
+        "a copy that may have raced a stale-hint write is not believed"
+    );
     assert_eq!(h.work(b), None);
     assert!(!h.recovering(a, 3).0, "node 1's writes pass (it must drain them to suspend)");
     h.ok(a, KernelOp::Presuspend);
@@ -840,7 +843,7 @@ fn a_write_let_through_while_recovery_is_halted_reserves_that_regions_copy_for_t
     assert_eq!(h.work(a), Some(0));
     h.ok(a, KernelOp::SetRegionSync { region: Region(0), in_sync: true });
     assert!(h.in_sync(b, 0), "copied by the kernel that wrote it unmarked: in sync");
-    assert_eq!(h.recovering(b, 0).0, false);
+    assert!(!h.recovering(b, 0).0);
 }
 
 /// A region two kernels were let write unmarked is in sync only after both

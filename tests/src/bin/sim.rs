@@ -8,7 +8,8 @@
 //!
 //! `--seed S` replays one seeded random run of the in-process cluster;
 //! `--seeds N` runs seeds 0..N. `--raft-seed S` / `--raft-seeds N` do the
-//! same for the Raft cluster simulation.
+//! same for the Raft cluster simulation, `--scenario NAME` runs one of its
+//! named liveness scenarios (`--scenario-seed S`, `--scenario-seeds N`).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use dmlogd_tests::cluster::{Cluster, Options, random_run};
 use dmlogd_tests::raft_sim::run_seed;
+use dmlogd_tests::scenarios::{self, Scenario};
 
 #[derive(Parser)]
 #[command(about = "Simulated kernels against dmlogd's region state machine")]
@@ -36,10 +38,52 @@ struct Args {
     /// Run Raft cluster simulation seeds 0..N.
     #[arg(long)]
     raft_seeds: Option<u64>,
+    /// A named liveness scenario of the Raft cluster simulation:
+    /// writer-crash, partitioned-minority, rejoin, recoverer-dies, frozen,
+    /// leader-change.
+    #[arg(long, value_parser = parse_scenario)]
+    scenario: Option<Scenario>,
+    /// Replay one seed of `--scenario`.
+    #[arg(long, requires = "scenario")]
+    scenario_seed: Option<u64>,
+    /// Run seeds 0..N of `--scenario` (default 100).
+    #[arg(long, requires = "scenario", conflicts_with = "scenario_seed")]
+    scenario_seeds: Option<u64>,
+}
+
+fn parse_scenario(name: &str) -> Result<Scenario, String> {
+    Scenario::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        format!("no scenario {name:?}; there are {}", names.join(", "))
+    })
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(scenario) = args.scenario {
+        let seeds = match args.scenario_seed {
+            Some(s) => s..s + 1,
+            None => 0..args.scenario_seeds.unwrap_or(100),
+        };
+        let (started, n) = (Instant::now(), seeds.end - seeds.start);
+        for seed in seeds {
+            match scenarios::run(scenario, seed) {
+                Ok(what) if n == 1 => println!("{} seed {seed}: {what}", scenario.name()),
+                Ok(_) => {}
+                Err(e) => {
+                    let trace = dmlogd_tests::raft_cluster::TRACE.lock().map(|t| t.join("\n")).unwrap_or_default();
+                    eprintln!("{e}\n{trace}");
+                    eprintln!(
+                        "replay: cargo run --release -p dmlogd-tests --bin sim -- --scenario {} --scenario-seed {seed}",
+                        scenario.name()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        println!("{n} seeds of {} passed in {:.1} s", scenario.name(), started.elapsed().as_secs_f64());
+        return ExitCode::SUCCESS;
+    }
     if let Some(seed) = args.seed {
         return report(seed, random_run(seed).map(|_| ()));
     }

@@ -1,0 +1,375 @@
+//! Named liveness scenarios of the deterministic cluster simulation. Each
+//! aims at one mechanism of eviction, fencing or rejoin, runs over seeds of
+//! its own (timings, clock rates, workload, which node) and checks what
+//! that mechanism is for, besides the usual end state (every node reports
+//! the mirror in sync, the legs are identical, the replicas agree, no
+//! kernel saw a violation). `DMLOGD_SIM_BREAK` switches a mechanism off
+//! (see `docs/testing.md`): the scenario aimed at it must then fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use node::liveness::Timing;
+
+use crate::raft_cluster::{LiveEvent, LivenessConfig, RaftCluster, Storage};
+use crate::raft_sim::{on_sim_runtime, sim_timing};
+
+/// The scenarios.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// A writer dies with writes half done: the survivors resync exactly
+    /// the regions it had marked, and the legs converge.
+    WriterCrash,
+    /// A node cut off from the others while writing fences before they
+    /// evict it and writes nothing after its eviction.
+    PartitionedMinority,
+    /// A node fenced by suspending its mirror comes back without a
+    /// reboot: it marks again what its kernel may hold dirty before it
+    /// answers, and no other node copies those regions until it cleared
+    /// them.
+    Rejoin,
+    /// The node recovering a region dies mid-copy: another node recovers
+    /// the region.
+    RecovererDies,
+    /// A whole node (kernel and daemon) is frozen for longer than
+    /// `dead_after`: the others evict it and resync; when it wakes it
+    /// answers nothing before it fences.
+    Frozen,
+    /// The leader dies just as a follower, cut off for most of its lease,
+    /// comes back: the new leader does not evict the follower on the old
+    /// leader's timer (no node is evicted before it fenced).
+    LeaderChange,
+}
+
+impl Scenario {
+    /// Every scenario.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::WriterCrash,
+        Scenario::PartitionedMinority,
+        Scenario::Rejoin,
+        Scenario::RecovererDies,
+        Scenario::Frozen,
+        Scenario::LeaderChange,
+    ];
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::WriterCrash => "writer-crash",
+            Scenario::PartitionedMinority => "partitioned-minority",
+            Scenario::Rejoin => "rejoin",
+            Scenario::RecovererDies => "recoverer-dies",
+            Scenario::Frozen => "frozen",
+            Scenario::LeaderChange => "leader-change",
+        }
+    }
+
+    /// The scenario called `name`.
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// Runs `scenario` with `seed`; on success, one line on what happened.
+pub fn run(scenario: Scenario, seed: u64) -> Result<String, String> {
+    let run = async move {
+        match scenario {
+            Scenario::WriterCrash => writer_crash(seed).await,
+            Scenario::PartitionedMinority => partitioned_minority(seed).await,
+            Scenario::Rejoin => rejoin(seed).await,
+            Scenario::RecovererDies => recoverer_dies(seed).await,
+            Scenario::Frozen => frozen(seed).await,
+            Scenario::LeaderChange => leader_change(seed).await,
+        }
+    };
+    on_sim_runtime(seed, run).map_err(|e| format!("{} seed {seed}: {e}", scenario.name()))
+}
+
+/// A cluster of three with automatic liveness; the fence action is a
+/// reboot, or a suspend and a rejoin without reboot if `suspend`.
+async fn start(rng: &mut SmallRng, log_args: &str, suspend: bool) -> Result<(Timing, RaftCluster), String> {
+    let storage =
+        Storage::Memory { dbs: BTreeMap::new(), sync_latency: Duration::from_micros(rng.random_range(100..2000)) };
+    let timing = sim_timing(rng)?;
+    let rates: BTreeMap<u64, f64> = (1..=3).map(|id| (id, 1.0 + rng.random_range(-0.0099..0.0099))).collect();
+    let liveness = LivenessConfig { timing, rates, seed: rng.random(), suspend };
+    let c = RaftCluster::start_live(storage, 3, log_args, REGIONS, Some(liveness)).await;
+    Ok((timing, c))
+}
+
+const REGIONS: u64 = 32;
+
+/// A number of rounds drawn from `rounds`, of 10 ms each, in which each
+/// running node writes with probability 0.3 to one of the first `spread`
+/// regions.
+async fn churn(c: &RaftCluster, rng: &mut SmallRng, rounds: std::ops::Range<u64>, spread: u64) {
+    for _ in 0..rng.random_range(rounds) {
+        for id in c.nodes.keys().copied().collect::<Vec<_>>() {
+            let frozen = c.nodes.get(&id).is_some_and(|n| n.frozen.load(std::sync::atomic::Ordering::SeqCst));
+            if !frozen && rng.random_range(0..100) < 30 {
+                c.write(id, rng.random_range(0..spread));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Writes from `victim` until its kernel has a write in flight.
+async fn until_writing(c: &RaftCluster, rng: &mut SmallRng, victim: u64) -> Result<(), String> {
+    for _ in 0..2000 {
+        if c.writing(victim) {
+            return Ok(());
+        }
+        c.write(victim, rng.random_range(0..8));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Err(format!("n{victim} never had a write in flight"))
+}
+
+/// Writes go on until `victim` is evicted (after `since`); when.
+async fn until_evicted(
+    c: &RaftCluster,
+    rng: &mut SmallRng,
+    victim: u64,
+    since: u64,
+    timing: &Timing,
+) -> Result<u64, String> {
+    let limit = since + 3 * timing.dead_after_ms + 10_000;
+    while c.now_ms() < limit {
+        if let Some(t) = first(c, victim, since, evicted) {
+            return Ok(t);
+        }
+        churn(c, rng, 1..2, 8).await;
+    }
+    Err(format!("n{victim} was not evicted; {}", c.raft_states()))
+}
+
+/// When `node` was first evicted, fenced or thawed at or after `since`.
+fn first(c: &RaftCluster, node: u64, since: u64, kind: fn(&LiveEvent) -> Option<u64>) -> Option<u64> {
+    c.events_of(node).iter().filter_map(kind).find(|&t| t >= since)
+}
+
+fn evicted(e: &LiveEvent) -> Option<u64> {
+    if let LiveEvent::Evicted { at_ms, .. } = e { Some(*at_ms) } else { None }
+}
+
+fn fenced(e: &LiveEvent) -> Option<u64> {
+    if let LiveEvent::Fenced { at_ms, .. } = e { Some(*at_ms) } else { None }
+}
+
+fn rejoined(e: &LiveEvent) -> Option<u64> {
+    if let LiveEvent::Rejoined { at_ms, .. } = e { Some(*at_ms) } else { None }
+}
+
+/// When the kernel `node` had at its fence (at or after `since`) last
+/// wrote a leg.
+fn last_write_at_fence(c: &RaftCluster, node: u64, since: u64) -> Option<u64> {
+    c.events_of(node).iter().find_map(|e| match e {
+        LiveEvent::Fenced { at_ms, last_write_ms, .. } if *at_ms >= since => *last_write_ms,
+        _ => None,
+    })
+}
+
+/// Brings back nodes that fenced by a reboot, then checks the end state
+/// and that no node was evicted while its kernel could still write
+/// (`stopped`: nodes whose kernel could not, from when).
+async fn finish(mut c: RaftCluster, stopped: &BTreeMap<u64, u64>) -> Result<(), String> {
+    c.net.heal();
+    for id in c.reap_fenced().await {
+        if !c.reboot(id).await {
+            return Err(format!("n{id} could not rejoin after its fence"));
+        }
+    }
+    let verdict = c.verify(Duration::from_secs(120)).await.and_then(|()| c.check_fencing(stopped));
+    c.shutdown().await;
+    verdict
+}
+
+async fn writer_crash(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    // Every region starts in sync: the only resync work is the writer's.
+    let (_, mut c) = start(&mut rng, "clustered-core 8 nosync", false).await?;
+    churn(&c, &mut rng, 20..60, REGIONS).await;
+    let victim = rng.random_range(1..=3u64);
+    until_writing(&c, &mut rng, victim).await?;
+    let half: BTreeSet<u64> =
+        c.nodes.get(&victim).map(|n| c.inflight_regions(n.id).into_iter().collect()).unwrap_or_default();
+    let at = c.now_ms();
+    c.crash(victim).await;
+    // Its marks until the eviction (a MARK on its way may still commit).
+    let mut marked = BTreeSet::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    while first(&c, victim, at, evicted).is_none() && tokio::time::Instant::now() < until {
+        marked.extend(c.marked_by(victim));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if first(&c, victim, at, evicted).is_none() {
+        return Err(format!("n{victim} was never evicted; {}", c.raft_states()));
+    }
+    let out = c.out_of_sync_at_leader();
+    if !half.is_subset(&out) {
+        return Err(format!(
+            "regions {half:?} were half written by n{victim}, out of sync after its eviction: {out:?}"
+        ));
+    }
+    if !out.is_subset(&marked) {
+        return Err(format!("out of sync after the eviction: {out:?}, but n{victim} had marked only {marked:?}"));
+    }
+    churn(&c, &mut rng, 10..50, REGIONS).await;
+    finish(c, &BTreeMap::from([(victim, at)])).await?;
+    Ok(format!("n{victim} crashed with {half:?} half written; {out:?} resynced"))
+}
+
+async fn partitioned_minority(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (timing, c) = start(&mut rng, "clustered-core 8 nosync", false).await?;
+    churn(&c, &mut rng, 20..60, REGIONS).await;
+    let victim = rng.random_range(1..=3u64);
+    until_writing(&c, &mut rng, victim).await?;
+    let at = c.now_ms();
+    c.net.isolate(victim);
+    // Everyone keeps writing, the victim to regions its kernel has marked,
+    // until a while after its eviction (a leader cut off is evicted a
+    // lease after the new leader took over).
+    let evicted_at = until_evicted(&c, &mut rng, victim, at, &timing).await?;
+    churn(&c, &mut rng, 50..200, 8).await;
+    // Its kernel (the one that fenced, or still running) wrote nothing
+    // after the eviction: it had fenced before.
+    let wrote = last_write_at_fence(&c, victim, at).max(c.last_write_ms(victim));
+    if wrote.is_some_and(|t| t > evicted_at) {
+        return Err(format!("n{victim} wrote at {wrote:?} ms, after its eviction at {evicted_at} ms"));
+    }
+    let fenced_at = first(&c, victim, at, fenced).ok_or(format!("n{victim} never fenced"))?;
+    if fenced_at >= evicted_at {
+        return Err(format!("n{victim} fenced at {fenced_at} ms, after its eviction at {evicted_at} ms"));
+    }
+    finish(c, &BTreeMap::new()).await?;
+    Ok(format!("n{victim} cut off at {at} ms, fenced at {fenced_at}, evicted at {evicted_at}"))
+}
+
+async fn rejoin(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (timing, c) = start(&mut rng, "clustered-core 8 nosync", true).await?;
+    churn(&c, &mut rng, 20..60, REGIONS).await;
+    let victim = rng.random_range(1..=3u64);
+    until_writing(&c, &mut rng, victim).await?;
+    let at = c.now_ms();
+    c.net.isolate(victim);
+    // Cut off until just after its eviction, writing all along.
+    let evicted_at = until_evicted(&c, &mut rng, victim, at, &timing).await?;
+    let fenced_at = first(&c, victim, at, fenced).ok_or(format!("n{victim} never fenced"))?;
+    c.net.heal();
+    let mut rejoined_at = None;
+    while rejoined_at.is_none() && c.now_ms() < evicted_at + 30_000 {
+        churn(&c, &mut rng, 1..2, 8).await;
+        rejoined_at = first(&c, victim, evicted_at, rejoined);
+    }
+    let rejoined_at = rejoined_at.ok_or(format!("n{victim} never rejoined"))?;
+    if !(fenced_at < evicted_at && evicted_at <= rejoined_at) {
+        return Err(format!("n{victim}: fenced {fenced_at}, evicted {evicted_at}, rejoined {rejoined_at} ms"));
+    }
+    // Nothing written between its eviction and its rejoin (the suspend
+    // held its writes); it writes again after.
+    let before = c.last_write_ms(victim);
+    churn(&c, &mut rng, 50..150, 8).await;
+    if before.is_some_and(|t| t > evicted_at && t < rejoined_at) {
+        return Err(format!("n{victim} wrote at {before:?} ms, between its eviction and its rejoin"));
+    }
+    finish(c, &BTreeMap::new()).await?;
+    Ok(format!("n{victim} fenced at {fenced_at} ms, evicted at {evicted_at}, rejoined at {rejoined_at}"))
+}
+
+async fn recoverer_dies(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    // Without nosync: every region starts out of sync and is recovered.
+    let (_, mut c) = start(&mut rng, "clustered-core 8", false).await?;
+    let mut found = None;
+    for _ in 0..10_000 {
+        if let Some(r) = c.recovering() {
+            found = Some(r);
+            break;
+        }
+        // Writes go on meanwhile.
+        if rng.random_range(0..100) < 10 {
+            let id = rng.random_range(1..=3u64);
+            c.write(id, rng.random_range(0..REGIONS));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (victim, region) = found.ok_or("no node ever recovered a region")?;
+    let at = c.now_ms();
+    c.crash(victim).await;
+    if !c.wait_evicted(victim, at, Duration::from_secs(30)).await {
+        return Err(format!("n{victim} was never evicted; {}", c.raft_states()));
+    }
+    finish(c, &BTreeMap::from([(victim, at)])).await?;
+    Ok(format!("n{victim} died copying region {region}"))
+}
+
+async fn frozen(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (timing, c) = start(&mut rng, "clustered-core 8 nosync", false).await?;
+    churn(&c, &mut rng, 20..60, REGIONS).await;
+    let victim = rng.random_range(1..=3u64);
+    until_writing(&c, &mut rng, victim).await?;
+    let at = c.now_ms();
+    c.freeze(victim);
+    let evicted_at = until_evicted(&c, &mut rng, victim, at, &timing).await?;
+    churn(&c, &mut rng, 0..500, 8).await;
+    let thawed = c.now_ms();
+    c.thaw(victim);
+    let mut fenced_at = None;
+    while fenced_at.is_none() && c.now_ms() < thawed + 5_000 {
+        churn(&c, &mut rng, 1..2, 8).await;
+        fenced_at = first(&c, victim, thawed, fenced);
+    }
+    let fenced_at = fenced_at.ok_or(format!("n{victim} did not fence after it woke"))?;
+    // Asleep, its kernel could not write; awake, it must not have written
+    // before its fence (it would have needed answers it must not get).
+    let wrote = last_write_at_fence(&c, victim, thawed);
+    if wrote.is_some_and(|t| t >= thawed) {
+        return Err(format!(
+            "n{victim} woke at {thawed} ms and wrote at {wrote:?} ms, before its fence at {fenced_at}"
+        ));
+    }
+    churn(&c, &mut rng, 10..50, REGIONS).await;
+    finish(c, &BTreeMap::from([(victim, at)])).await?;
+    Ok(format!("n{victim} frozen at {at} ms, evicted at {evicted_at}, woke at {thawed}, fenced at {fenced_at}"))
+}
+
+async fn leader_change(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (timing, mut c) = start(&mut rng, "clustered-core 8 nosync", false).await?;
+    churn(&c, &mut rng, 20..60, REGIONS).await;
+    let leader = c.leader().ok_or("no leader")?;
+    let follower = (1..=3u64).find(|&n| n != leader).ok_or("no follower")?;
+    // Cut off for most of its lease: it must not fence, nor be evicted.
+    let cut = timing.fence_after_ms - 2 * timing.renew_every_ms - rng.random_range(0..600);
+    c.net.isolate(follower);
+    churn(&c, &mut rng, cut / 10..cut / 10 + 1, REGIONS).await;
+    c.net.heal();
+    // The leader dies right after the follower's first renewal since (on
+    // the old leader's timer the follower was nearly dead; with no
+    // renewal at all it would fence: no leader to renew with).
+    churn(&c, &mut rng, (timing.renew_every_ms + 50) / 10..(2 * timing.renew_every_ms + 50) / 10, REGIONS).await;
+    let at = c.now_ms();
+    c.crash(leader).await;
+    churn(&c, &mut rng, (timing.dead_after_ms + 2000) / 10..(timing.dead_after_ms + 4000) / 10, REGIONS).await;
+    let new_leader = c.leader().ok_or(format!("no new leader; {}", c.raft_states()))?;
+    let follower_fenced = first(&c, follower, 0, fenced);
+    if let Some(t) = first(&c, follower, 0, evicted)
+        && follower_fenced.is_none()
+    {
+        return Err(format!("n{follower} was evicted at {t} ms by n{new_leader} without having fenced"));
+    }
+    if !c.reboot(leader).await {
+        return Err(format!("n{leader} could not rejoin"));
+    }
+    finish(c, &BTreeMap::from([(leader, at)])).await?;
+    Ok(format!(
+        "n{follower} cut off {cut} ms, n{leader} died at {at} ms, n{new_leader} leads; n{follower} fenced: {follower_fenced:?}"
+    ))
+}
