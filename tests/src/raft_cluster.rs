@@ -723,6 +723,7 @@ impl RaftCluster {
             }
         };
         wait_settled(deadline).await;
+        self.note(&format!("SETTLED\n{}", self.read_log(|l| l.describe())));
         for n in self.nodes.values() {
             lock(&n.kernel).status(n.mirror);
         }

@@ -271,7 +271,10 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
         let t = crashed.entry(id).or_insert(at);
         *t = (*t).min(at);
     }
-    let verdict = c.verify(Duration::from_secs(120)).await.and_then(|()| c.check_fencing(&crashed));
+    // Up to 10 simulated minutes: a kernel draining a backlog of writes
+    // while a low region is out of sync asks IS_REMOTE_RECOVERING for each
+    // (at most one per 250 ms per host), and a kick waits for that drain.
+    let verdict = c.verify(Duration::from_secs(600)).await.and_then(|()| c.check_fencing(&crashed));
     summary.sim_ms = c.now_ms();
     let mut h = DefaultHasher::new();
     if let Some(n) = c.nodes.values().next() {

@@ -635,6 +635,11 @@ impl Log {
             .filter(move |r| !taken.contains(r) && !self.recovery_failed.contains(r) && !self.unsettled.contains(r))
     }
 
+    /// Nodes with a resumed instance.
+    pub(crate) fn resumed_nodes(&self) -> BTreeSet<NodeId> {
+        self.instances.iter().filter(|(_, s)| s.phase == Phase::Resumed).map(|(i, _)| i.node).collect()
+    }
+
     /// Nodes with a resumed instance, other than `except`.
     pub(crate) fn resumed_nodes_except(&self, except: NodeId) -> BTreeSet<NodeId> {
         self.instances

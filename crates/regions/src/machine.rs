@@ -68,7 +68,39 @@ impl Machine {
     /// Applies one command. Never panics on any input; with the `checked`
     /// behaviour of debug builds it asserts every invariant afterwards.
     pub fn apply(&mut self, command: &Command) -> Applied {
-        let applied = self.dispatch(command);
+        // Renewals change no log; anything else may make resync work
+        // claimable that was not (see below).
+        let before: BTreeSet<Uuid> = match command {
+            Command::Renew { .. } => BTreeSet::new(),
+            _ => self.logs.iter().filter(|(_, l)| !l.claimable_work()).map(|(u, _)| u.clone()).collect(),
+        };
+        let mut applied = self.dispatch(command);
+        // A resumed kernel that asked for resync work and got none asks
+        // again only when something wakes it: when this command made a
+        // region claimable (the CLEAR of its last mark, a released
+        // assignment or reservation, a copy that leaves it to another
+        // writer, an eviction), the resumed kernels are woken, but the
+        // one that sent it (its kernel's pass asks next anyway).
+        let sender = match command {
+            Command::Kernel { instance, .. } => Some(instance.node),
+            _ => None,
+        };
+        for uuid in before {
+            let Some(log) = self.logs.get(&uuid) else { continue };
+            if !log.claimable_work() {
+                continue;
+            }
+            let woken = match sender {
+                Some(s) => log.resumed_nodes_except(s),
+                None => log.resumed_nodes(),
+            };
+            for n in woken {
+                let wake = Effect::WakeRecovery { node: n, uuid: uuid.clone() };
+                if !applied.effects.contains(&wake) {
+                    applied.effects.push(wake);
+                }
+            }
+        }
         if cfg!(debug_assertions)
             && let Err(v) = self.check()
         {
@@ -146,8 +178,7 @@ impl Machine {
                 if !self.members.contains_key(&instance.node) {
                     return Applied::refuse(Refusal::NotAMember(instance.node));
                 }
-                let claimable_before = self.logs.get(uuid).is_some_and(Log::claimable_work);
-                let mut applied = match op {
+                match op {
                     KernelOp::Ctr { args } => self.ctr(uuid, *instance, args),
                     KernelOp::Dtr => self.dtr(uuid, *instance),
                     _ => match self.logs.get_mut(uuid) {
@@ -157,24 +188,7 @@ impl Machine {
                         }
                         Some(log) => log_op(log, *instance, op),
                     },
-                };
-                // A resumed kernel that asked for resync work and got none
-                // asks again only when something wakes it: when this request
-                // made a region claimable (a CLEAR of its last mark, a
-                // released assignment, a copy that leaves it to another
-                // writer), the other resumed kernels are woken.
-                if let Some(log) = self.logs.get(uuid)
-                    && !claimable_before
-                    && log.claimable_work()
-                {
-                    for n in log.resumed_nodes_except(instance.node) {
-                        let wake = Effect::WakeRecovery { node: n, uuid: uuid.clone() };
-                        if !applied.effects.contains(&wake) {
-                            applied.effects.push(wake);
-                        }
-                    }
                 }
-                applied
             }
         }
     }

@@ -689,6 +689,29 @@ fn the_clear_that_makes_a_region_claimable_wakes_the_idle_resumed_kernels() {
     assert_eq!(h.work(b), Some(5));
 }
 
+/// The eviction of a kernel that was let write a region unmarked releases
+/// the region's copy to the others, and wakes them to take it.
+#[test]
+fn evicting_a_kernel_that_held_a_regions_copy_wakes_the_others() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE);
+    h.up(b, CORE);
+    h.ok(b, KernelOp::Presuspend);
+    h.ok(a, KernelOp::Presuspend);
+    let _ = h.op(a, KernelOp::IsRemoteRecovering(Region(0)));
+    h.ok(b, KernelOp::Postsuspend);
+    h.ok(b, KernelOp::Resume { disk: None });
+    for r in 1..8 {
+        assert_eq!(h.work(b), Some(r));
+        h.ok(b, KernelOp::SetRegionSync { region: Region(r), in_sync: true });
+    }
+    assert_eq!(h.work(b), None, "region 0 waits for a's own copy");
+    let applied = h.apply(Command::NodeEvicted { node: NodeId(1) });
+    assert!(applied.effects.contains(&regions::Effect::WakeRecovery { node: NodeId(2), uuid: h.uuid.clone() }));
+    assert_eq!(h.work(b), Some(0));
+}
+
 #[test]
 fn a_dead_recoverers_region_is_handed_to_a_survivor() {
     let mut h = H::new(2);
