@@ -128,41 +128,50 @@ pub struct RaftCluster {
     watch: Watch,
 }
 
-/// Cross-node checks of the answers: after a node rejoins without a
-/// reboot, the regions its kernel may hold dirty must not be copied by
-/// another node until it has cleared them (it may write them without a
-/// MARK), which is what its re-marks are for.
+/// A cross-node check of the answers: no node is handed a region to copy
+/// while another node's kernel holds it dirty and may write it without a
+/// MARK (a node that answers its kernel, not stopped or fenced). A dirty
+/// region is marked in the log until its CLEAR, except after an eviction
+/// of a node that did not fence, or a rejoin without a reboot that did not
+/// mark again what its kernel held: the copy would race that kernel's
+/// writes.
 #[derive(Clone, Default)]
 struct Watch {
-    /// By node: regions its kernel may hold dirty since its rejoin, whose
-    /// CLEAR has not been answered yet.
-    held: Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>,
+    /// Every node's kernel and state, by id.
+    nodes: Arc<Mutex<BTreeMap<u64, Watched>>>,
     /// Violations seen.
     problems: Arc<Mutex<Vec<String>>>,
 }
 
+/// What the watch needs of a node.
+#[derive(Clone)]
+struct Watched {
+    kernel: Arc<Mutex<Kernel>>,
+    fenced: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
+    lease: Lease,
+}
+
 impl Watch {
-    /// Node `id` got `answer` to `request`.
+    /// Node `id` was delivered `answer` to `request`.
     fn answered(&self, id: u64, request: &wire::Request, answer: &wire::Answer, at: Instant) {
-        match (request, answer) {
-            (wire::Request::ClearRegion(rs), _) => {
-                if let Some(held) = lock(&self.held).get_mut(&id) {
-                    for r in rs {
-                        held.remove(&r.0);
-                    }
-                }
+        let (wire::Request::GetResyncWork, wire::Answer::ResyncWork(Some(r))) = (request, answer) else { return };
+        let nodes = lock(&self.nodes).clone();
+        for (n, w) in nodes {
+            let stopped = w.fenced.load(Ordering::SeqCst)
+                || w.frozen.load(Ordering::SeqCst)
+                || w.down.load(Ordering::SeqCst)
+                || !w.lease.holds();
+            if n == id || stopped {
+                continue;
             }
-            (wire::Request::GetResyncWork, wire::Answer::ResyncWork(Some(r))) => {
-                for (n, held) in lock(&self.held).iter() {
-                    if *n != id && held.contains(&r.0) {
-                        lock(&self.problems).push(format!(
-                            "{at:?}: n{id} was handed region {} to copy while n{n}, back without a reboot, may write it unmarked",
-                            r.0
-                        ));
-                    }
-                }
+            if lock(&w.kernel).dirty_regions(MirrorId(0)).contains(&r.0) {
+                lock(&self.problems).push(format!(
+                    "{at:?}: n{id} was handed region {} to copy while n{n}'s kernel holds it dirty",
+                    r.0
+                ));
             }
-            _ => {}
         }
     }
 }
@@ -338,7 +347,7 @@ impl RaftCluster {
             prevote: !broken("no-prevote"),
             fence: !broken("no-fence"),
         };
-        let (start, events, net, watch) = (self.start, self.events.clone(), self.net.clone(), self.watch.clone());
+        let (start, events, net) = (self.start, self.events.clone(), self.net.clone());
         let Some(n) = self.nodes.get_mut(&id) else { return };
         let hooks = Arc::new(SimHooks {
             id,
@@ -352,7 +361,6 @@ impl RaftCluster {
             events,
             net,
             start,
-            watch,
         });
         let (replica, renewals, own) = (n.replica.clone(), n.renewals.clone(), n.own.clone());
         n.live = Some(tokio::spawn(async move {
@@ -489,6 +497,14 @@ impl RaftCluster {
             },
             rx,
         ));
+        let watched = Watched {
+            kernel: kernel.clone(),
+            fenced: fenced.clone(),
+            frozen: frozen.clone(),
+            down: down.clone(),
+            lease: lease.clone(),
+        };
+        lock(&self.watch.nodes).insert(id, watched);
         let node = RaftNode {
             id,
             replica,
@@ -523,7 +539,7 @@ impl RaftCluster {
         if trace_region().is_some() {
             lock(&TRACE).push(format!("{:?} n{id} CRASH", Instant::now()));
         }
-        lock(&self.watch.held).remove(&id);
+        lock(&self.watch.nodes).remove(&id);
         if let Some(n) = self.nodes.remove(&id) {
             n.driver.abort();
             if let Some(l) = &n.live {
@@ -814,12 +830,6 @@ async fn drive(d: Driver, mut effects: mpsc::UnboundedReceiver<AppliedEffects>) 
             let (lease, frozen, watch) = (lease.clone(), frozen.clone(), watch.clone());
             tokio::spawn(async move {
                 if let Some((reply, ok, answered)) = answer(&replica, &datagram).await {
-                    // A CLEAR counts once committed; a copy once delivered.
-                    if let (Some(msg), Some(a)) = (&ok, &answered)
-                        && matches!(msg.request, wire::Request::ClearRegion(_))
-                    {
-                        watch.answered(id, &msg.request, a, Instant::now());
-                    }
                     // A stopped process sends its answer when it wakes.
                     while frozen.load(Ordering::SeqCst) {
                         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -881,7 +891,6 @@ struct SimHooks {
     events: Arc<Mutex<Vec<LiveEvent>>>,
     net: MemNet,
     start: Instant,
-    watch: Watch,
 }
 
 impl SimHooks {
@@ -898,7 +907,6 @@ impl LiveHooks for SimHooks {
     fn fence(&self) {
         let at_ms = self.sim_ms();
         let last_write_ms = lock(&self.kernel).stats().last_write_ms;
-        lock(&self.watch.held).remove(&self.id);
         lock(&self.events).push(LiveEvent::Fenced { node: self.id, at_ms, last_write_ms });
         self.trace(format!("n{} FENCED", self.id));
         if self.suspend {
@@ -916,9 +924,6 @@ impl LiveHooks for SimHooks {
 
     fn evicted(&self, node: Rn) {
         let at_ms = self.sim_ms();
-        // An evicted node's regions are resynced: it must not write them
-        // (it fenced, or it is stopped and fences when it wakes).
-        lock(&self.watch.held).remove(&node.0);
         lock(&self.events).push(LiveEvent::Evicted { node: node.0, at_ms });
     }
 
@@ -937,15 +942,6 @@ impl LiveHooks for SimHooks {
 async fn rejoin(replica: &Replica<MemLink>, own: &Mutex<OwnMarks>, incarnation: u64, hooks: &SimHooks) {
     loop {
         let mut commands = lock(own).rejoin(Rn(replica.id), incarnation);
-        let held: BTreeSet<u64> = commands
-            .iter()
-            .filter_map(|c| match c {
-                regions::Command::Kernel { op: regions::KernelOp::Flush { marks }, .. } => Some(marks),
-                _ => None,
-            })
-            .flatten()
-            .map(|r| r.0)
-            .collect();
         if broken("no-remark") {
             commands.retain(|c| !matches!(c, regions::Command::Kernel { op: regions::KernelOp::Flush { .. }, .. }));
         }
@@ -954,10 +950,7 @@ async fn rejoin(replica: &Replica<MemLink>, own: &Mutex<OwnMarks>, incarnation: 
         }
         let p = Proposal { commands };
         match replica.propose(p, Instant::now() + Duration::from_secs(5)).await {
-            Ok(out) if out.0.iter().all(|o| o.refusal.is_none()) => {
-                lock(&hooks.watch.held).insert(hooks.id, held);
-                break;
-            }
+            Ok(out) if out.0.iter().all(|o| o.refusal.is_none()) => break,
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }

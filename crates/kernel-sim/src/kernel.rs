@@ -229,6 +229,14 @@ impl Kernel {
         }
     }
 
+    /// Regions mirror `m` holds dirty in its region hash: it writes them
+    /// without asking the log (no MARK) until it sends their CLEAR.
+    pub fn dirty_regions(&self, m: MirrorId) -> Vec<u64> {
+        self.mirrors.get(m.0).map_or_else(Vec::new, |x| {
+            x.hash.iter().filter(|(_, e)| e.state == RState::Dirty).map(|(r, _)| *r).collect()
+        })
+    }
+
     /// A view of one mirror.
     pub fn mirror(&self, m: MirrorId) -> Option<MirrorView> {
         let x = self.mirrors.get(m.0)?;
