@@ -99,6 +99,28 @@ async fn a_kernel_resyncs_writes_and_reports_in_sync_through_the_router() {
     assert_eq!(rejoin.len(), 4, "join, CTR, RESUME, stale hints: {rejoin:?}");
 }
 
+/// A router whose lease has run out answers nothing, even with the fence
+/// flag still clear (a node waking from a pause before its liveness task
+/// noticed); once a lease is granted again the kernel's re-send is answered.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn no_answer_goes_out_while_the_lease_has_run_out() {
+    let replica = one_node().await;
+    let lease = node::live::Lease::new();
+    let router = Router::with_lease(replica.clone(), Arc::new(AtomicBool::new(false)), lease.clone(), Arc::default());
+    let mut kernel = Kernel::new(Config::default(), 7, 0x1234);
+    let (table, legs) = mirror("LVM-lease", 8);
+    let m = kernel.create(table, legs);
+    let start = Instant::now();
+    lease.grant(Duration::ZERO);
+    drive(&mut kernel, &router, start, 10_000).await;
+    assert_ne!(kernel.mirror(m).unwrap().life, kernel_sim::Life::Active, "nothing answered without a lease");
+    // A new lease: the kernel re-sends after its 15 s timeout and is answered.
+    lease.grant(Duration::from_secs(60));
+    drive(&mut kernel, &router, start, 40_000).await;
+    assert_eq!(kernel.mirror(m).unwrap().life, kernel_sim::Life::Active);
+    assert!(kernel.stats().timeouts > 0, "answered only after a re-send");
+}
+
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn garbage_is_dropped_a_bad_request_gets_einval_and_an_unknown_log_an_errno() {
     let replica = one_node().await;
