@@ -92,7 +92,7 @@ impl<L: replication::LeaderLink> LiveHooks for DaemonHooks<L> {
         match self.action.run(&mirrors, self.limit) {
             Ok(()) => {
                 tracing::error!(?mirrors, "fence action done");
-                if self.action == FenceAction::Suspend {
+                if matches!(self.action, FenceAction::Suspend { .. }) {
                     *self.suspended.lock().unwrap_or_else(|e| e.into_inner()) = mirrors;
                 }
             }

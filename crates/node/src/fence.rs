@@ -11,7 +11,7 @@
 //! * `command:<program> [args…]`: an external program (a pacemaker/STONITH
 //!   hook); exit status 0 means fenced. The mirror names are appended.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,16 @@ pub enum FenceAction {
         /// The sysrq trigger file (`/proc/sysrq-trigger`; other paths for tests).
         trigger: PathBuf,
     },
-    /// Suspend every served mirror with `dmsetup`.
-    Suspend,
+    /// Suspend every served mirror with `dmsetup`; if that does not finish
+    /// within the limit, reset the machine through `trigger` as `Reboot`
+    /// does. (A mirror suspends only once its log has answered what its
+    /// queued writes and its PRESUSPEND wait for, which a fenced daemon
+    /// does not; meanwhile its writes to regions it holds dirty, which
+    /// need no answer, go on. See `docs/fencing.md`.)
+    Suspend {
+        /// The sysrq trigger file for the fallback.
+        trigger: PathBuf,
+    },
     /// Run an external program.
     Command {
         /// The program.
@@ -46,6 +54,9 @@ pub enum FenceError {
     /// The action failed.
     #[error("fence action failed: {0}")]
     Failed(String),
+    /// The suspend did not finish; the machine was reset instead.
+    #[error("suspend did not finish ({0}); the machine was reset")]
+    Reset(Box<FenceError>),
 }
 
 impl std::str::FromStr for FenceAction {
@@ -54,7 +65,7 @@ impl std::str::FromStr for FenceAction {
     fn from_str(s: &str) -> Result<FenceAction, FenceError> {
         match s.trim() {
             "reboot" => Ok(FenceAction::Reboot { trigger: PathBuf::from("/proc/sysrq-trigger") }),
-            "suspend" => Ok(FenceAction::Suspend),
+            "suspend" => Ok(FenceAction::Suspend { trigger: PathBuf::from("/proc/sysrq-trigger") }),
             other => {
                 let Some(rest) = other.strip_prefix("command:") else { return Err(FenceError::Parse(s.into())) };
                 let mut words = rest.split_whitespace().map(str::to_owned);
@@ -70,18 +81,8 @@ impl FenceAction {
     /// at most `limit`.
     pub fn run(&self, mirrors: &[String], limit: Duration) -> Result<(), FenceError> {
         match self {
-            FenceAction::Reboot { trigger } => {
-                std::fs::write(trigger, b"b").map_err(|e| FenceError::Failed(format!("{}: {e}", trigger.display())))
-            }
-            FenceAction::Suspend => {
-                let started = Instant::now();
-                for m in mirrors {
-                    let left = limit.saturating_sub(started.elapsed());
-                    let args = vec!["suspend".to_owned(), "--noflush".to_owned(), m.clone()];
-                    run_bounded("dmsetup", &args, left)?;
-                }
-                Ok(())
-            }
+            FenceAction::Reboot { trigger } => reset(trigger),
+            FenceAction::Suspend { trigger } => suspend_or_reset("dmsetup", mirrors, limit, trigger),
             FenceAction::Command { program, args } => {
                 let mut all = args.clone();
                 all.extend(mirrors.iter().cloned());
@@ -91,7 +92,28 @@ impl FenceAction {
     }
 }
 
-/// Runs `program` and waits for it, killing it at `limit`.
+/// Resets the machine at once through the sysrq `trigger`.
+fn reset(trigger: &Path) -> Result<(), FenceError> {
+    std::fs::write(trigger, b"b").map_err(|e| FenceError::Failed(format!("{}: {e}", trigger.display())))
+}
+
+/// `dmsetup suspend --noflush` of every mirror (`dmsetup` is `program`),
+/// all within `limit`; on any failure, a reset through `trigger`.
+fn suspend_or_reset(program: &str, mirrors: &[String], limit: Duration, trigger: &Path) -> Result<(), FenceError> {
+    let started = Instant::now();
+    for m in mirrors {
+        let left = limit.saturating_sub(started.elapsed());
+        let args = vec!["suspend".to_owned(), "--noflush".to_owned(), m.clone()];
+        if let Err(e) = run_bounded(program, &args, left) {
+            reset(trigger)?;
+            return Err(FenceError::Reset(Box::new(e)));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `program` and waits for it, killing it at `limit` (without waiting
+/// for it to go: a process stuck in a device-mapper ioctl cannot die).
 fn run_bounded(program: &str, args: &[String], limit: Duration) -> Result<(), FenceError> {
     let mut child = Command::new(program)
         .args(args)
@@ -107,7 +129,7 @@ fn run_bounded(program: &str, args: &[String], limit: Duration) -> Result<(), Fe
             Ok(Some(status)) => return Err(FenceError::Failed(format!("{program}: {status}"))),
             Ok(None) if started.elapsed() >= limit => {
                 let _ = child.kill();
-                let _ = child.wait();
+                let _ = child.try_wait();
                 return Err(FenceError::Timeout(limit));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
@@ -122,7 +144,7 @@ mod tests {
 
     #[test]
     fn actions_parse_and_bad_ones_are_refused() {
-        assert_eq!("suspend".parse(), Ok(FenceAction::Suspend));
+        assert!(matches!("suspend".parse(), Ok(FenceAction::Suspend { .. })));
         assert!(matches!("reboot".parse(), Ok(FenceAction::Reboot { .. })));
         assert_eq!(
             "command:/usr/sbin/fence_node -v".parse(),
@@ -148,6 +170,31 @@ mod tests {
     fn a_command_that_hangs_is_killed_at_the_limit() {
         let slow: FenceAction = "command:sleep 30".parse().unwrap();
         assert_eq!(slow.run(&[], Duration::from_millis(200)), Err(FenceError::Timeout(Duration::from_millis(200))));
+    }
+
+    #[test]
+    fn a_suspend_that_cannot_finish_resets_the_machine() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let trigger = dir.path().join("sysrq-trigger");
+        // A dmsetup whose suspend hangs, as against a fenced daemon.
+        let hangs = dir.path().join("dmsetup-hangs");
+        std::fs::write(&hangs, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        let ok = dir.path().join("dmsetup-ok");
+        std::fs::write(&ok, "#!/bin/sh\nexit 0\n").unwrap();
+        for p in [&hangs, &ok] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mirrors = ["vg-m".to_owned()];
+        let started = Instant::now();
+        let r = suspend_or_reset(hangs.to_str().unwrap(), &mirrors, Duration::from_millis(200), &trigger);
+        assert!(matches!(r, Err(FenceError::Reset(_))), "{r:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "it did not wait for the hung suspend");
+        assert_eq!(std::fs::read(&trigger).unwrap(), b"b");
+        // A suspend that finishes resets nothing.
+        std::fs::remove_file(&trigger).unwrap();
+        suspend_or_reset(ok.to_str().unwrap(), &mirrors, Duration::from_secs(5), &trigger).unwrap();
+        assert!(!trigger.exists());
     }
 
     #[test]
