@@ -110,6 +110,9 @@ impl Log {
                 rs.iter().map(|r| r.0).collect::<Vec<_>>()
             );
         }
+        for (n, rs) in &self.behind_next_resume {
+            let _ = writeln!(s, "  to unsettle at {n}'s next resume: {:?}", rs.iter().map(|r| r.0).collect::<Vec<_>>());
+        }
         if !self.recovery_failed.is_empty() {
             let _ =
                 writeln!(s, "  recovery failed: {:?}", self.recovery_failed.iter().map(|r| r.0).collect::<Vec<_>>());

@@ -134,6 +134,16 @@ pub struct Log {
     /// and its passers' further writes pass too (holding them would hang a
     /// suspend that nothing else can finish).
     pub(crate) halted_passes: BTreeMap<Instance, BTreeSet<Region>>,
+    /// Regions an eviction put out of sync while the node's instance was
+    /// not active (constructed, or suspended). Its next RESUME may have
+    /// been prepared before the eviction, and its kernel's hint raised since
+    /// by a GET_SYNC_COUNT answer (a new table's first pass runs before its
+    /// RESUME is answered, and that RESUME may be a re-send): so at that
+    /// RESUME the regions still out of sync are unsettled behind its hint
+    /// and it is kicked (the 10,000-seed run, seed 3128: a rebooted node's
+    /// RESUME, delayed by an election across another node's eviction,
+    /// left its kernel writing an out-of-sync region to one leg).
+    pub(crate) behind_next_resume: BTreeMap<NodeId, BTreeSet<Region>>,
 }
 
 impl Log {
@@ -162,6 +172,7 @@ impl Log {
             kick_queue: Vec::new(),
             kicking: None,
             halted_passes: BTreeMap::new(),
+            behind_next_resume: BTreeMap::new(),
         }
     }
 
@@ -633,6 +644,39 @@ impl Log {
             .zeros_iter()
             .map(Region)
             .filter(move |r| !taken.contains(r) && !self.recovery_failed.contains(r) && !self.unsettled.contains(r))
+    }
+
+    /// Nodes with an instance but no active one, other than `except`.
+    pub(crate) fn inactive_nodes_except(&self, except: NodeId) -> BTreeSet<NodeId> {
+        let active = self.active_nodes();
+        self.instances.keys().map(|i| i.node).filter(|n| *n != except && !active.contains(n)).collect()
+    }
+
+    /// An eviction put `regions` out of sync while `nodes` had no active
+    /// instance (see [`Log::behind_next_resume`]).
+    pub(crate) fn remember_for_resume(&mut self, regions: &[Region], nodes: BTreeSet<NodeId>) {
+        for n in nodes {
+            self.behind_next_resume.entry(n).or_default().extend(regions.iter().copied());
+        }
+    }
+
+    /// Node `n` resumed: the regions remembered for its resume that are
+    /// still out of sync become unsettled behind its hint, their copies
+    /// under way are disowned, and it is queued for a kick. Returns the
+    /// node to kick now, if any.
+    pub(crate) fn unsettle_behind_resume(&mut self, n: NodeId) -> Option<NodeId> {
+        let regions: Vec<Region> = self
+            .behind_next_resume
+            .remove(&n)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| !self.sync.get(r.0))
+            .collect();
+        if regions.is_empty() {
+            return None;
+        }
+        self.assignments.retain(|_, r| !regions.contains(r));
+        self.unsettle(&regions, BTreeSet::from([n]))
     }
 
     /// Nodes with a resumed instance.

@@ -230,6 +230,7 @@ impl Machine {
                 changed.extend(log.evict_instance(i));
             }
             // A node that is gone will not resume.
+            log.behind_next_resume.remove(&node);
             if let Some(next) = log.node_settled(node) {
                 effects.push(Effect::KickKernel { node: next, uuid: uuid.clone() });
             }
@@ -237,6 +238,8 @@ impl Machine {
                 // Survivors' kernels cache an in_sync_hint and will not ask
                 // about these regions until they are resumed, one at a time.
                 let survivors = log.active_nodes_except(node);
+                let idle = log.inactive_nodes_except(node);
+                log.remember_for_resume(&changed, idle);
                 if let Some(first) = log.unsettle(&changed, survivors) {
                     effects.push(Effect::KickKernel { node: first, uuid: uuid.clone() });
                 }
@@ -288,6 +291,9 @@ impl Machine {
             && log.instances.contains_key(&i)
         {
             log.destroy_instance(i);
+            if !log.instances.keys().any(|x| x.node == i.node) {
+                log.behind_next_resume.remove(&i.node);
+            }
             // The last table is gone. A log whose legs are known equal is
             // forgotten, and the next CTR starts a new one. A log with
             // regions still to resync (an evicted writer's, or an unfinished
@@ -409,11 +415,14 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
             // This kernel's hint is reset: it asks about every region again
             // (unless this RESUME was prepared before the eviction).
             let next = log.node_resumed(i.node);
+            // A RESUME prepared before an eviction that found this node idle
+            // may carry a hint raised since: kick it too.
+            let behind = log.unsettle_behind_resume(i.node);
             // Regions whose recovery failed are tried again after a resume.
             log.recovery_failed.clear();
             let mut effects = Vec::new();
-            if let Some(next) = next {
-                effects.push(Effect::KickKernel { node: next, uuid: log.uuid.clone() });
+            for n in [next, behind].into_iter().flatten() {
+                effects.push(Effect::KickKernel { node: n, uuid: log.uuid.clone() });
             }
             if first && log.is_disk() {
                 effects.push(Effect::PersistDiskLog { uuid: log.uuid.clone(), version: log.clean_version });

@@ -101,6 +101,9 @@ struct MLog {
     unsettled: Vec<u64>,
     kick_queue: Vec<u64>,
     kicking: Option<u64>,
+    /// Nodes idle at an eviction, with its regions: unsettled behind their
+    /// hint at their next RESUME.
+    behind: Vec<(u64, Vec<u64>)>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -137,6 +140,7 @@ impl MLog {
             unsettled: vec![],
             kick_queue: vec![],
             kicking: None,
+            behind: vec![],
         }
     }
     fn settle(&mut self, node: u64) -> Option<u64> {
@@ -205,7 +209,22 @@ impl Model {
                 went.extend(log.drop_inst(node, l, true));
             }
             kicked.extend(log.settle(node));
+            log.behind.retain(|(n, _)| *n != node);
             if !went.is_empty() {
+                let mut idle: Vec<u64> = log
+                    .insts
+                    .iter()
+                    .map(|i| i.node)
+                    .filter(|n| *n != node && !log.insts.iter().any(|i| i.node == *n && (i.phase == 1 || i.phase == 2)))
+                    .collect();
+                idle.sort();
+                idle.dedup();
+                for n in idle {
+                    match log.behind.iter_mut().find(|(b, _)| *b == n) {
+                        Some((_, rs)) => rs.extend(went.iter().copied()),
+                        None => log.behind.push((n, went.clone())),
+                    }
+                }
                 let mut ns: Vec<u64> = log
                     .insts
                     .iter()
@@ -273,6 +292,9 @@ impl Model {
             KOp::Ctr(_) => unreachable!(),
             KOp::Dtr => {
                 log.drop_inst(node, luid, false);
+                if !log.insts.iter().any(|i| i.node == node) {
+                    log.behind.retain(|(n, _)| *n != node);
+                }
                 if log.insts.is_empty() && log.sync.iter().all(|s| *s) {
                     self.logs.remove(li);
                 }
@@ -309,11 +331,29 @@ impl Model {
                 log.failed.clear();
                 // A RESUME that may have been prepared before the eviction
                 // (no suspend since) settles nothing.
-                if log.awaiting.contains(&node) && !log.suspended_since.contains(&node) {
-                    return done();
+                let mut kicked = vec![];
+                if !(log.awaiting.contains(&node) && !log.suspended_since.contains(&node)) {
+                    kicked.extend(log.settle(node));
                 }
-                let next = log.settle(node);
-                (Ok(Answer::Done), next.into_iter().collect())
+                // One prepared before an eviction that found the node idle
+                // may carry a stale hint: unsettle those regions, kick it.
+                if let Some(pos) = log.behind.iter().position(|(b, _)| *b == node) {
+                    let (_, rs) = log.behind.remove(pos);
+                    let mut rs: Vec<u64> = rs.into_iter().filter(|r| !log.sync[*r as usize]).collect();
+                    rs.sort();
+                    rs.dedup();
+                    if !rs.is_empty() {
+                        log.assigned.retain(|a| !rs.contains(&a.2));
+                        log.unsettled.extend(rs);
+                        log.suspended_since.retain(|s| *s != node);
+                        if !log.awaiting.contains(&node) {
+                            log.awaiting.push(node);
+                            log.kick_queue.push(node);
+                        }
+                        kicked.extend(log.next_kick());
+                    }
+                }
+                (Ok(Answer::Done), kicked)
             }
             KOp::Mark(rs) | KOp::Flush(rs) => {
                 if !inbounds(rs, log.n) {
@@ -418,7 +458,7 @@ impl Model {
             QOp::IsClean(r) => Answer::Bool(log.clean[check(*r)?]),
             QOp::InSync(r) => {
                 let i = check(*r)?;
-                Answer::Bool(log.sync[i] || (log.unsettled.contains(r) && log.awaiting.contains(&node)))
+                Answer::Bool(log.sync[i] || log.unsettled.contains(r))
             }
             QOp::SyncCount => Answer::SyncCount(log.sync.iter().filter(|s| **s).count() as u64),
             QOp::Status => {
