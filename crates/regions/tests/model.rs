@@ -332,7 +332,7 @@ impl Model {
                 // A RESUME that may have been prepared before the eviction
                 // (no suspend since) settles nothing.
                 let mut kicked = vec![];
-                if !(log.awaiting.contains(&node) && !log.suspended_since.contains(&node)) {
+                if !log.awaiting.contains(&node) || log.suspended_since.contains(&node) {
                     kicked.extend(log.settle(node));
                 }
                 // One prepared before an eviction that found the node idle
