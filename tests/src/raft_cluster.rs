@@ -826,6 +826,11 @@ async fn drive(d: Driver, mut effects: mpsc::UnboundedReceiver<AppliedEffects>) 
             k.take_requests()
         };
         for datagram in requests {
+            if let Ok(frame) = Frame::parse(&datagram)
+                && let Ok(msg) = frame.message()
+            {
+                lock(&own).requested(&msg.uuid, msg.luid(), &msg.request);
+            }
             let (replica, kernel, fenced, own) = (replica.clone(), kernel.clone(), fenced.clone(), own.clone());
             let (lease, frozen, watch) = (lease.clone(), frozen.clone(), watch.clone());
             tokio::spawn(async move {

@@ -7,9 +7,13 @@
 //! it may still hold regions dirty and write them without another MARK.
 //! Before the node answers its kernel again it must therefore register its
 //! tables again and re-mark every region the kernel may hold dirty, in one
-//! Raft entry ([`OwnMarks::rejoin`]): marks acknowledged by a FLUSH, plus
-//! marks sent since (not yet flushed, but the kernel may already write
-//! them once their FLUSH is answered), minus acknowledged clears.
+//! Raft entry ([`OwnMarks::rejoin`]): every region the kernel asked to mark,
+//! answered or not (it sets a region dirty before it sends the MARK, and
+//! its writes go ahead once that MARK, or a re-send of it, is answered),
+//! minus acknowledged clears. Counting only answered marks missed a MARK
+//! the fence left unanswered: answered after the rejoin, it let the kernel
+//! write a region another node was copying (the 10,000-seed run, seed
+//! 3767).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +41,16 @@ impl OwnMarks {
     /// Nothing known yet.
     pub fn new() -> OwnMarks {
         OwnMarks::default()
+    }
+
+    /// The kernel sent `request` of table (`uuid`, `luid`): a MARK or a
+    /// FLUSH with marks counts its regions dirty at once.
+    pub fn requested(&mut self, uuid: &Uuid, luid: Luid, request: &Request) {
+        if let Request::MarkRegion(rs) | Request::Flush { marks: rs } = request
+            && let Some(t) = self.tables.get_mut(&(uuid.clone(), luid))
+        {
+            t.dirty.extend(rs.iter().copied());
+        }
     }
 
     /// The daemon answered `request` of table (`uuid`, `luid`) with success.
@@ -129,6 +143,28 @@ mod tests {
 
     fn uuid() -> Uuid {
         Uuid::new("LVM-own").unwrap_or_else(|| unreachable!())
+    }
+
+    /// A MARK the kernel sent and the fence left unanswered counts: the
+    /// kernel set the region dirty before sending it, and writes once a
+    /// re-send is answered.
+    #[test]
+    fn an_unanswered_mark_is_marked_again_at_the_rejoin() {
+        let luid = Luid(4);
+        let mut own = OwnMarks::new();
+        own.acknowledged(&uuid(), luid, &Request::Ctr { args: "64 clustered-core 8".into(), reconnect: false });
+        own.acknowledged(&uuid(), luid, &Request::Resume);
+        own.requested(&uuid(), luid, &Request::MarkRegion(vec![Region(7)]));
+        assert_eq!(own.dirty(&uuid(), luid), vec![Region(7)]);
+        let flushes: Vec<Command> = own
+            .rejoin(NodeId(1), 1)
+            .into_iter()
+            .filter(|c| matches!(c, Command::Kernel { op: KernelOp::Flush { .. }, .. }))
+            .collect();
+        assert_eq!(flushes.len(), 1, "{flushes:?}");
+        // Not for a table it never acknowledged a constructor of.
+        own.requested(&uuid(), Luid(99), &Request::MarkRegion(vec![Region(1)]));
+        assert!(own.dirty(&uuid(), Luid(99)).is_empty());
     }
 
     #[test]

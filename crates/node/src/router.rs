@@ -154,6 +154,7 @@ impl<L: LeaderLink> Router<L> {
             }
         };
         let key = (msg.uuid.clone(), msg.luid());
+        lock(&self.own).requested(&msg.uuid, msg.luid(), &msg.request);
         let mut job = Job { msg, reply, arrived };
         let mut lanes = lock(&self.lanes);
         for _ in 0..2 {
