@@ -117,6 +117,18 @@ async fn churn(c: &RaftCluster, rng: &mut SmallRng, rounds: std::ops::Range<u64>
     }
 }
 
+/// The common opening: a cluster whose regions all start in sync (the only
+/// resync work is what the scenario causes), some writes from every node,
+/// and a node chosen by the seed with a write in flight.
+async fn opening(seed: u64, suspend: bool) -> Result<(SmallRng, Timing, RaftCluster, u64), String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (timing, c) = start(&mut rng, "clustered-core 8 nosync", suspend).await?;
+    churn(&c, &mut rng, 20..60, REGIONS).await;
+    let victim = rng.random_range(1..=3u64);
+    until_writing(&c, &mut rng, victim).await?;
+    Ok((rng, timing, c, victim))
+}
+
 /// Writes from `victim` until its kernel has a write in flight.
 async fn until_writing(c: &RaftCluster, rng: &mut SmallRng, victim: u64) -> Result<(), String> {
     for _ in 0..2000 {
@@ -189,12 +201,8 @@ async fn finish(mut c: RaftCluster, stopped: &BTreeMap<u64, u64>) -> Result<(), 
 }
 
 async fn writer_crash(seed: u64) -> Result<String, String> {
-    let mut rng = SmallRng::seed_from_u64(seed);
     // Every region starts in sync: the only resync work is the writer's.
-    let (_, mut c) = start(&mut rng, "clustered-core 8 nosync", false).await?;
-    churn(&c, &mut rng, 20..60, REGIONS).await;
-    let victim = rng.random_range(1..=3u64);
-    until_writing(&c, &mut rng, victim).await?;
+    let (mut rng, _, mut c, victim) = opening(seed, false).await?;
     let half: BTreeSet<u64> =
         c.nodes.get(&victim).map(|n| c.inflight_regions(n.id).into_iter().collect()).unwrap_or_default();
     let at = c.now_ms();
@@ -224,11 +232,7 @@ async fn writer_crash(seed: u64) -> Result<String, String> {
 }
 
 async fn partitioned_minority(seed: u64) -> Result<String, String> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let (timing, c) = start(&mut rng, "clustered-core 8 nosync", false).await?;
-    churn(&c, &mut rng, 20..60, REGIONS).await;
-    let victim = rng.random_range(1..=3u64);
-    until_writing(&c, &mut rng, victim).await?;
+    let (mut rng, timing, c, victim) = opening(seed, false).await?;
     let at = c.now_ms();
     c.net.isolate(victim);
     // Everyone keeps writing, the victim to regions its kernel has marked,
@@ -251,11 +255,7 @@ async fn partitioned_minority(seed: u64) -> Result<String, String> {
 }
 
 async fn rejoin(seed: u64) -> Result<String, String> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let (timing, c) = start(&mut rng, "clustered-core 8 nosync", true).await?;
-    churn(&c, &mut rng, 20..60, REGIONS).await;
-    let victim = rng.random_range(1..=3u64);
-    until_writing(&c, &mut rng, victim).await?;
+    let (mut rng, timing, c, victim) = opening(seed, true).await?;
     let at = c.now_ms();
     c.net.isolate(victim);
     // Cut off until just after its eviction, writing all along.
@@ -310,11 +310,7 @@ async fn recoverer_dies(seed: u64) -> Result<String, String> {
 }
 
 async fn frozen(seed: u64) -> Result<String, String> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let (timing, c) = start(&mut rng, "clustered-core 8 nosync", false).await?;
-    churn(&c, &mut rng, 20..60, REGIONS).await;
-    let victim = rng.random_range(1..=3u64);
-    until_writing(&c, &mut rng, victim).await?;
+    let (mut rng, timing, c, victim) = opening(seed, false).await?;
     let at = c.now_ms();
     c.freeze(victim);
     let evicted_at = until_evicted(&c, &mut rng, victim, at, &timing).await?;
