@@ -640,6 +640,19 @@ impl RaftCluster {
         }
     }
 
+    /// Waits until no node is fenced without a reboot (they rejoin by
+    /// themselves once they reach the cluster), up to `limit`.
+    pub async fn wait_unfenced(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if !self.nodes.values().any(|n| n.fenced.load(Ordering::SeqCst)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     /// The node that leads, if any.
     pub fn leader(&self) -> Option<u64> {
         self.nodes.values().find(|n| n.replica.raft.metrics().borrow().state.is_leader()).map(|n| n.id)

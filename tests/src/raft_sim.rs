@@ -222,6 +222,11 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
             }
         }
     }
+    // A node fenced without a reboot rejoins by itself: let it, so that the
+    // crash below hits a member.
+    if !c.wait_unfenced(Duration::from_secs(30)).await {
+        return Err(format!("a fenced node did not rejoin; {}", c.raft_states()));
+    }
     // A node dies mid-write; the cluster evicts it; maybe it comes back.
     if rng.random_bool(0.7) {
         let victim = rng.random_range(1..=3u64);
