@@ -50,6 +50,8 @@ pub struct RaftNode {
     lease: Lease,
     /// Set while the whole node (kernel, daemon, workload) is stopped.
     pub frozen: Arc<AtomicBool>,
+    /// Pre-vote elections until the liveness task starts (automatic mode).
+    elections: Option<JoinHandle<()>>,
 }
 
 /// Automatic liveness in the simulation: leases renewed through Raft, the
@@ -363,6 +365,9 @@ impl RaftCluster {
             start,
         });
         let (replica, renewals, own) = (n.replica.clone(), n.renewals.clone(), n.own.clone());
+        if let Some(e) = n.elections.take() {
+            e.abort();
+        }
         n.live = Some(tokio::spawn(async move {
             loop {
                 let task = LiveTask::new(replica.clone(), incarnation, config, start).with_lease(hooks.lease.clone());
@@ -383,6 +388,12 @@ impl RaftCluster {
         for id in &down {
             if let Some(n) = self.nodes.remove(id) {
                 n.driver.abort();
+                if let Some(e) = &n.elections {
+                    e.abort();
+                }
+                if let Some(e) = &n.elections {
+                    e.abort();
+                }
                 if let Some(l) = &n.live {
                     l.abort();
                 }
@@ -518,8 +529,13 @@ impl RaftCluster {
             own,
             lease,
             frozen,
+            elections: None,
         };
         self.nodes.insert(id, node);
+        // As the daemon: elections through pre-vote from the start.
+        if let (Some(cfg), Some(n)) = (&self.liveness, self.nodes.get_mut(&id)) {
+            n.elections = Some(node::live::spawn_prevote_elections(n.replica.clone(), cfg.seed ^ id));
+        }
     }
 
     /// Milliseconds since the start.
@@ -542,6 +558,9 @@ impl RaftCluster {
         lock(&self.watch.nodes).remove(&id);
         if let Some(n) = self.nodes.remove(&id) {
             n.driver.abort();
+            if let Some(e) = &n.elections {
+                e.abort();
+            }
             if let Some(l) = &n.live {
                 l.abort();
             }
@@ -796,6 +815,9 @@ impl RaftCluster {
     pub async fn shutdown(self) {
         for n in self.nodes.into_values() {
             n.driver.abort();
+            if let Some(e) = &n.elections {
+                e.abort();
+            }
             if let Some(l) = &n.live {
                 l.abort();
             }

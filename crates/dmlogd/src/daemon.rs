@@ -185,7 +185,9 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
         });
     }
     let inc = config.incarnation.unwrap_or_else(boot_incarnation);
+    let elections = node::live::spawn_prevote_elections(replica.clone(), inc ^ config.id);
     join(&replica, inc).await;
+    elections.abort();
     if config.tls.is_none() {
         tracing::warn!("peer traffic is not encrypted or authenticated: set [tls] (docs/operations.md)");
     }
