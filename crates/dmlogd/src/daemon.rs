@@ -239,7 +239,7 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
                             let (transport, waking) = (transport.clone(), waking.clone());
                             tokio::spawn(async move {
                                 match transport.wake(&uuid).await {
-                                    Ok(what) => tracing::debug!(%uuid, "woke the kernel to resync: {what}"),
+                                    Ok(what) => tracing::info!(%uuid, "woke the kernel to resync: {what}"),
                                     Err(e) => tracing::warn!(%uuid, error = %e, "could not wake the kernel to resync"),
                                 }
                                 waking.lock().unwrap_or_else(|e| e.into_inner()).remove(&uuid);
