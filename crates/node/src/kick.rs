@@ -28,35 +28,42 @@ pub const DMSETUP_LIMIT: Duration = Duration::from_secs(30);
 /// Prefix of a kick notice on the Unix transport; the log's uuid follows.
 pub const KICK_NOTICE: &[u8] = b"dmlogd-kick\n";
 
+/// Prefix of a wake notice on the Unix transport; the log's uuid follows.
+pub const WAKE_NOTICE: &[u8] = b"dmlogd-wake\n";
+
+/// A notice for a simulated kernel: `prefix`, then the log's uuid.
+fn notice(prefix: &[u8], uuid: &Uuid) -> Vec<u8> {
+    let mut v = prefix.to_vec();
+    v.extend_from_slice(uuid.to_string().as_bytes());
+    v
+}
+
+/// The uuid of a notice with `prefix`, or `None` for any other datagram.
+fn parse_notice(prefix: &[u8], datagram: &[u8]) -> Option<Uuid> {
+    let rest = datagram.strip_prefix(prefix)?;
+    Uuid::new(std::str::from_utf8(rest).ok()?)
+}
+
 /// The notice that asks a simulated kernel to suspend and resume the
 /// mirrors of `uuid`.
 pub fn kick_notice(uuid: &Uuid) -> Vec<u8> {
-    let mut v = KICK_NOTICE.to_vec();
-    v.extend_from_slice(uuid.to_string().as_bytes());
-    v
+    notice(KICK_NOTICE, uuid)
 }
 
 /// The uuid of a kick notice, or `None` for any other datagram.
 pub fn parse_kick_notice(datagram: &[u8]) -> Option<Uuid> {
-    let rest = datagram.strip_prefix(KICK_NOTICE)?;
-    Uuid::new(std::str::from_utf8(rest).ok()?)
+    parse_notice(KICK_NOTICE, datagram)
 }
-
-/// Prefix of a wake notice on the Unix transport; the log's uuid follows.
-pub const WAKE_NOTICE: &[u8] = b"dmlogd-wake\n";
 
 /// The notice that asks a simulated kernel to run a pass of its mirrors of
 /// `uuid` (it asks for resync work).
 pub fn wake_notice(uuid: &Uuid) -> Vec<u8> {
-    let mut v = WAKE_NOTICE.to_vec();
-    v.extend_from_slice(uuid.to_string().as_bytes());
-    v
+    notice(WAKE_NOTICE, uuid)
 }
 
 /// The uuid of a wake notice, or `None` for any other datagram.
 pub fn parse_wake_notice(datagram: &[u8]) -> Option<Uuid> {
-    let rest = datagram.strip_prefix(WAKE_NOTICE)?;
-    Uuid::new(std::str::from_utf8(rest).ok()?)
+    parse_notice(WAKE_NOTICE, datagram)
 }
 
 /// The device-mapper devices, in `dmsetup table` output, whose mirror
