@@ -488,7 +488,7 @@ impl Log {
 
     /// IN_SYNC: the sync bit, except for unsettled regions, which every
     /// kernel is told are in sync (see [`Log::unsettled`]).
-    pub fn in_sync_answer(&self, r: Region, _node: NodeId) -> bool {
+    pub fn in_sync_answer(&self, r: Region) -> bool {
         self.sync.get(r.0) || self.unsettled.contains(&r)
     }
 

@@ -321,7 +321,7 @@ impl Machine {
             }
             Query::InSync(r) => {
                 log.check_region(*r)?;
-                Answer::Bool(log.in_sync_answer(*r, instance.node))
+                Answer::Bool(log.in_sync_answer(*r))
             }
             Query::GetSyncCount => Answer::SyncCount(log.sync_count()),
             Query::StatusInfo => Answer::Text(match &inst.args.log_type {
