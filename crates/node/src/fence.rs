@@ -6,8 +6,9 @@
 //!   sync, no unmount — the point is to stop writing now). Needs root and
 //!   `kernel.sysrq` allowing reboot (bit 128, or 1).
 //! * `suspend`: `dmsetup suspend --noflush` of every mirror this node
-//!   serves; writes already queued are failed by the fenced daemon, so the
-//!   suspend does not wait on them.
+//!   serves, and the `reboot` reset when those have not finished within
+//!   the limit (on a real kernel they cannot: a mirror suspends only once
+//!   its log has answered its PRESUSPEND and its queued writes).
 //! * `command:<program> [args…]`: an external program (a pacemaker/STONITH
 //!   hook); exit status 0 means fenced. The mirror names are appended.
 
@@ -105,6 +106,8 @@ fn suspend_or_reset(program: &str, mirrors: &[String], limit: Duration, trigger:
         let left = limit.saturating_sub(started.elapsed());
         let args = vec!["suspend".to_owned(), "--noflush".to_owned(), m.clone()];
         if let Err(e) = run_bounded(program, &args, left) {
+            // Said before the reset: nothing is logged after it.
+            tracing::error!(mirror = %m, error = %e, "the suspend did not finish: resetting the machine");
             reset(trigger)?;
             return Err(FenceError::Reset(Box::new(e)));
         }

@@ -6,7 +6,8 @@
 //! lab --image <dir with vmlinuz, initrd.gz> [--dir <run dir>] <scenario>...
 //! ```
 //!
-//! Scenarios: `single`, `three`, `crash`, `partition`, `disk`, `speed`;
+//! Scenarios: `single`, `three`, `crash`, `partition`, `partition-suspend`,
+//! `disk`, `speed`;
 //! `ci` is the first three, `all` every one. `tests/lab/run` builds the
 //! image and calls this. The run directory (disk images, consoles with
 //! dmlogd's log) is removed after a pass (unless `LAB_KEEP` is set) and
@@ -20,7 +21,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-const USAGE: &str = "usage: lab --image <dir> [--dir <run dir>] <single|three|crash|partition|disk|speed|ci|all>...";
+const USAGE: &str =
+    "usage: lab --image <dir> [--dir <run dir>] <single|three|crash|partition|partition-suspend|disk|speed|ci|all>...";
 
 fn main() -> ExitCode {
     let mut image = None;
@@ -69,7 +71,7 @@ fn main() -> ExitCode {
         match result {
             Ok(()) => {
                 println!("== {name}: passed in {secs:.0} s");
-                summary.push(format!("{name:<10} passed  {secs:>5.0} s"));
+                summary.push(format!("{name:<17} passed  {secs:>5.0} s"));
                 if std::env::var_os("LAB_KEEP").is_none() {
                     let _ = std::fs::remove_dir_all(&dir);
                 }
@@ -77,7 +79,7 @@ fn main() -> ExitCode {
             Err(why) => {
                 println!("== {name}: FAILED after {secs:.0} s: {why}");
                 println!("   consoles and disk images kept in {}", dir.display());
-                summary.push(format!("{name:<10} FAILED  {secs:>5.0} s"));
+                summary.push(format!("{name:<17} FAILED  {secs:>5.0} s"));
                 failed.push(name.clone());
             }
         }

@@ -18,11 +18,14 @@ pub const ALL: &[(&str, Scenario, &[&str])] = &[
     // the freeze (its clock jumps on thaw); `partition` checks that the
     // other consoles have no time-out.
     ("partition", partition, &["lease lost: fenced", "Request timed out"]),
+    ("partition-suspend", partition_suspend, &["lease lost: fenced", "Request timed out", "resetting the machine"]),
     ("disk", disk, &[]),
     ("speed", speed, &[]),
 ];
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
+/// The default fence action, which every scenario but `partition-suspend` uses.
+const REBOOT: &str = "reboot";
 const ADMIN: &str = "dmlogctl --socket /data/dmlogd/admin.sock";
 
 /// Boots nodes 1..=n with fresh data disks and waits for their agents.
@@ -41,28 +44,30 @@ fn boot(lab: &Lab, n: u32) -> Outcome<Vec<Guest>> {
 }
 
 /// The TOML configuration of node `node` in an `n`-node cluster.
-fn config(node: u32, n: u32) -> String {
+fn config(node: u32, n: u32, fence: &str) -> String {
     let mut members = String::new();
     for i in 1..=n {
         members.push_str(&format!("{i} = \"192.0.2.{i}:7601\"\n"));
     }
     format!(
-        "id = {node}\ndata_dir = \"/data/dmlogd\"\nlisten = \"192.0.2.{node}:7601\"\nkernel = \"netlink\"\nfence = \"reboot\"\nmetrics = \"127.0.0.1:9100\"\n[members]\n{members}"
+        "id = {node}\ndata_dir = \"/data/dmlogd\"\nlisten = \"192.0.2.{node}:7601\"\nkernel = \"netlink\"\nfence = \"{fence}\"\nmetrics = \"127.0.0.1:9100\"\n[members]\n{members}"
     )
 }
 
-/// Writes node `g`'s configuration and starts its daemon.
-fn start_daemon(g: &mut Guest, n: u32) -> Outcome<()> {
-    let script = format!("mkdir -p /etc\ncat > /etc/dmlogd.toml <<'TOML'\n{}TOML\nstart_dmlogd", config(g.node, n));
+/// Writes node `g`'s configuration (with fence action `fence`) and starts
+/// its daemon.
+fn start_daemon(g: &mut Guest, n: u32, fence: &str) -> Outcome<()> {
+    let script =
+        format!("mkdir -p /etc\ncat > /etc/dmlogd.toml <<'TOML'\n{}TOML\nstart_dmlogd", config(g.node, n, fence));
     g.sh(&script).map(|_| ())
 }
 
 /// Starts every guest's daemon and waits until each reports itself healthy.
-fn cluster_up(guests: &mut [Guest]) -> Outcome<()> {
+fn cluster_up(guests: &mut [Guest], fence: &str) -> Outcome<()> {
     let started = Instant::now();
     let n = guests.len() as u32;
     for g in guests.iter_mut() {
-        start_daemon(g, n)?;
+        start_daemon(g, n, fence)?;
     }
     for g in guests.iter_mut() {
         wait_healthy(g, SECS(120))?;
@@ -73,10 +78,10 @@ fn cluster_up(guests: &mut [Guest]) -> Outcome<()> {
 
 /// Boots node `node` of an `n`-node cluster again on its old data disk and
 /// waits until its daemon is back and healthy.
-fn reboot(lab: &Lab, node: u32, n: u32) -> Outcome<Guest> {
+fn reboot(lab: &Lab, node: u32, n: u32, fence: &str) -> Outcome<Guest> {
     let mut g = Guest::start(lab, node)?;
     g.ready(SECS(180))?;
-    start_daemon(&mut g, n)?;
+    start_daemon(&mut g, n, fence)?;
     wait_healthy(&mut g, SECS(120))?;
     Ok(g)
 }
@@ -160,7 +165,7 @@ fn stop(guests: Vec<Guest>) {
 /// suspend/resume, removal; the same with `integrated_flush`.
 fn single(lab: &Lab) -> Outcome<()> {
     let mut guests = boot(lab, 1)?;
-    cluster_up(&mut guests)?;
+    cluster_up(&mut guests, REBOOT)?;
     let g = &mut guests[0];
     for (label, uuid, before) in
         [("plain", "lab-single", &[][..]), ("integrated_flush", "lab-single-if", &["integrated_flush"][..])]
@@ -194,9 +199,9 @@ fn single(lab: &Lab) -> Outcome<()> {
 
 /// Boots a three-node cluster with mirror `m` (log `uuid`) active on all
 /// three and fully in sync. `leg1_of` gives each node's leg-1 device.
-fn three_with_mirror(lab: &Lab, uuid: &str, log: &str, leg1_of: fn(u32) -> String) -> Outcome<Vec<Guest>> {
+fn three_with_mirror(lab: &Lab, uuid: &str, log: &str, leg1_of: fn(u32) -> String, fence: &str) -> Outcome<Vec<Guest>> {
     let mut guests = boot(lab, 3)?;
-    cluster_up(&mut guests)?;
+    cluster_up(&mut guests, fence)?;
     mirror_on_all(&mut guests, uuid, log, leg1_of, 60)?;
     Ok(guests)
 }
@@ -227,7 +232,7 @@ fn plain_leg1(_: u32) -> String {
 /// Three nodes writing concurrently to shared regions (never to the same
 /// block); all report in sync and the legs are identical.
 fn three(lab: &Lab) -> Outcome<()> {
-    let mut guests = three_with_mirror(lab, "lab-three", "clustered-core", plain_leg1)?;
+    let mut guests = three_with_mirror(lab, "lab-three", "clustered-core", plain_leg1, REBOOT)?;
     let started = Instant::now();
     for g in guests.iter_mut() {
         start_writers(g, "/dev/mapper/m", 150, 2)?;
@@ -258,7 +263,7 @@ fn slow_leg1_on_3(node: u32) -> String {
 /// it left half written, keep writing; it reboots and rejoins.
 fn crash(lab: &Lab) -> Outcome<()> {
     let mut guests = boot(lab, 3)?;
-    cluster_up(&mut guests)?;
+    cluster_up(&mut guests, REBOOT)?;
     guests[2].sh(&format!("dmsetup create slow1 --table \"0 131072 delay {LEG1} 0 0 {LEG1} 0 300\""))?;
     mirror_on_all(&mut guests, "lab-crash", "clustered-core", slow_leg1_on_3, 120)?;
     start_writers(&mut guests[0], "/dev/mapper/m", 300, 1)?;
@@ -300,7 +305,7 @@ fn crash(lab: &Lab) -> Outcome<()> {
     println!("   legs identical after the survivors' resync");
 
     // Node 3 reboots (same data disk) and rejoins.
-    let mut g3 = reboot(lab, 3, 3)?;
+    let mut g3 = reboot(lab, 3, 3, REBOOT)?;
     create(&mut g3, "m", &table("lab-crash", &[], "clustered-core", &[], LEG1))?;
     g3.run("writes /dev/mapper/m 3 100", SECS(300))?;
     guests[2] = g3;
@@ -319,7 +324,22 @@ fn crash(lab: &Lab) -> Outcome<()> {
 /// serves, the frozen node is evicted; thawed, it fences (reset), reboots
 /// and rejoins; the legs never diverge.
 fn partition(lab: &Lab) -> Outcome<()> {
-    let mut guests = three_with_mirror(lab, "lab-partition", "clustered-core", plain_leg1)?;
+    partition_with(lab, REBOOT)
+}
+
+/// `partition` with the `suspend` fence action: the thawed node's
+/// `dmsetup suspend` cannot finish (its mirror waits for answers the
+/// fenced daemon does not give), so after `fence_action_max_ms` it resets
+/// the machine as `reboot` does; the rest is `partition`.
+fn partition_suspend(lab: &Lab) -> Outcome<()> {
+    partition_with(lab, "suspend")
+}
+
+/// The suspend limit of the lab's (default) timing, `fence_action_max_ms`.
+const SUSPEND_LIMIT: Duration = Duration::from_millis(2_000);
+
+fn partition_with(lab: &Lab, fence: &str) -> Outcome<()> {
+    let mut guests = three_with_mirror(lab, "lab-partition", "clustered-core", plain_leg1, fence)?;
     let leader = status(&mut guests[0])?["leader"].as_u64().ok_or("no leader")? as usize;
     let other = if leader == 1 { 1 } else { 0 };
     for g in guests.iter_mut() {
@@ -350,20 +370,32 @@ fn partition(lab: &Lab) -> Outcome<()> {
     );
     guests[leader - 1].signal("CONT")?;
     let thawed_at = Instant::now();
-    // Its lease ran out while it was frozen: it fences (the default fence
-    // action resets the machine) before it can write again.
+    // Its lease ran out while it was frozen: it fences (`reboot` resets the
+    // machine; `suspend` tries and resets when that does not finish)
+    // before it can write again.
     guests[leader - 1].wait_exit(SECS(60))?;
+    let reset_after = thawed_at.elapsed();
     let console = std::fs::read_to_string(&guests[leader - 1].console).unwrap_or_default();
     if !console.contains("fenced") {
         return Err(format!("node {leader} reset without logging its fence"));
     }
-    println!("   node {leader} thawed, fenced itself and reset {:.1} s later", thawed_at.elapsed().as_secs_f64());
+    if fence != REBOOT {
+        if reset_after < SUSPEND_LIMIT {
+            return Err(format!(
+                "node {leader} reset {reset_after:?} after the thaw, before its suspend could time out"
+            ));
+        }
+        if !console.contains("the suspend did not finish: resetting the machine") {
+            return Err(format!("node {leader} reset without logging that its suspend did not finish"));
+        }
+    }
+    println!("   node {leader} thawed, fenced itself ({fence}) and reset {:.1} s later", reset_after.as_secs_f64());
     for (i, g) in guests.iter_mut().enumerate() {
         if i + 1 != leader {
             writers_done(g, 1, 600)?;
         }
     }
-    let mut back = reboot(lab, leader as u32, 3)?;
+    let mut back = reboot(lab, leader as u32, 3, fence)?;
     create(&mut back, "m", &table("lab-partition", &[], "clustered-core", &[], LEG1))?;
     back.run(&format!("writes /dev/mapper/m {leader} 100"), SECS(300))?;
     guests[leader - 1] = back;
@@ -402,7 +434,7 @@ fn disk_log_state(lab: &Lab) -> Outcome<(bool, u64, Vec<u64>)> {
 /// resynced.
 fn disk(lab: &Lab) -> Outcome<()> {
     let log = "clustered-disk $LOGDEV";
-    let mut guests = three_with_mirror(lab, "lab-disk", log, plain_leg1)?;
+    let mut guests = three_with_mirror(lab, "lab-disk", log, plain_leg1, REBOOT)?;
     let (magic, nr, dirty) = disk_log_state(lab)?;
     if !magic || nr != 128 || !dirty.is_empty() {
         return Err(format!("after the initial resync: magic ok {magic}, nr_regions {nr}, dirty {dirty:?}"));
@@ -429,7 +461,7 @@ fn disk(lab: &Lab) -> Outcome<()> {
         g.ready(SECS(180))?;
     }
     for g in guests.iter_mut() {
-        start_daemon(g, 3)?;
+        start_daemon(g, 3, REBOOT)?;
     }
     for g in guests.iter_mut() {
         wait_healthy(g, SECS(120))?;
@@ -480,7 +512,7 @@ fn dd_rate(g: &mut Guest, dev: &str, bs: &str, count: u32) -> Outcome<f64> {
 /// kernel's own `core` log, in the same guest and run: the ratio.
 fn speed(lab: &Lab) -> Outcome<()> {
     let mut guests = boot(lab, 3)?;
-    cluster_up(&mut guests)?;
+    cluster_up(&mut guests, REBOOT)?;
     for g in guests.iter_mut() {
         create(g, "m", &table("lab-speed", &[], "clustered-core", &["nosync"], LEG1))?;
     }
