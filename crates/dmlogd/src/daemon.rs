@@ -236,11 +236,16 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
                             if !waking.lock().unwrap_or_else(|e| e.into_inner()).insert(uuid.clone()) {
                                 continue;
                             }
-                            let (transport, waking) = (transport.clone(), waking.clone());
+                            let (transport, waking, metrics) = (transport.clone(), waking.clone(), metrics.clone());
                             tokio::spawn(async move {
+                                let label = node::metrics::LogLabel { uuid: uuid.to_string() };
+                                metrics.wakes.get_or_create(&label).inc();
                                 match transport.wake(&uuid).await {
                                     Ok(what) => tracing::info!(%uuid, "woke the kernel to resync: {what}"),
-                                    Err(e) => tracing::warn!(%uuid, error = %e, "could not wake the kernel to resync"),
+                                    Err(e) => {
+                                        metrics.wake_failures.get_or_create(&label).inc();
+                                        tracing::warn!(%uuid, error = %e, "could not wake the kernel to resync");
+                                    }
                                 }
                                 waking.lock().unwrap_or_else(|e| e.into_inner()).remove(&uuid);
                             });

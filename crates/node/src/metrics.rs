@@ -70,6 +70,11 @@ pub struct Metrics {
     pub kicks: Family<LogLabel, Counter>,
     /// Kicks that failed, by log.
     pub kick_failures: Family<LogLabel, Counter>,
+    /// Wakes of this node's kernel (a read that makes an idle mirror ask
+    /// for resync work again), by log; counted when tried.
+    pub wakes: Family<LogLabel, Counter>,
+    /// Wakes that failed, by log.
+    pub wake_failures: Family<LogLabel, Counter>,
     fenced: Gauge,
     is_leader: Gauge,
     term: Gauge,
@@ -100,6 +105,8 @@ impl Metrics {
             fences: Counter::default(),
             kicks: Family::default(),
             kick_failures: Family::default(),
+            wakes: Family::default(),
+            wake_failures: Family::default(),
             fenced: Gauge::default(),
             is_leader: Gauge::default(),
             term: Gauge::default(),
@@ -119,6 +126,8 @@ impl Metrics {
         r.register("fences", "Times this node fenced itself", m.fences.clone());
         r.register("kicks", "Suspend/resume kicks of this node's mirrors, by log", m.kicks.clone());
         r.register("kick_failures", "Kicks that failed, by log", m.kick_failures.clone());
+        r.register("wakes", "Reads that wake this node's idle mirrors to ask for resync work, by log", m.wakes.clone());
+        r.register("wake_failures", "Wakes that failed, by log", m.wake_failures.clone());
         r.register("fenced", "1 while this node is fenced", m.fenced.clone());
         r.register("is_leader", "1 on the Raft leader", m.is_leader.clone());
         r.register("term", "Current Raft term", m.term.clone());

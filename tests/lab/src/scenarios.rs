@@ -298,9 +298,28 @@ fn crash(lab: &Lab) -> Outcome<()> {
         return Err("no survivor logged node 3's eviction".into());
     }
     // A kick is needed only when the eviction put regions out of sync
-    // below a survivor's cached hint; the in-sync wait above is what shows
-    // the resync happened.
-    println!("   survivors' kernels kicked: {}", consoles.contains("kicked the kernel"));
+    // below a survivor's cached hint, a wake when a survivor's mirror was
+    // idle; the in-sync wait above is what shows the resync happened. Each
+    // survivor's metrics count at least what its log says it did, and
+    // between them they prompted their kernels at least once (node 3 died
+    // holding marks, and those became resync work).
+    let mut prompted = 0.0;
+    for g in guests[..2].iter_mut() {
+        let console = std::fs::read_to_string(&g.console).unwrap_or_default();
+        let metrics = g.sh("wget -qO- http://127.0.0.1:9100/metrics")?;
+        for (counter, line) in [("kicks", "kicked the kernel"), ("wakes", "woke the kernel")] {
+            let counted = metric_sum(&metrics, &format!("dmlogd_{counter}_total"));
+            let logged = console.matches(line).count() as f64;
+            if counted < logged {
+                return Err(format!("node {}: {counter}_total is {counted}, its log says {logged}", g.node));
+            }
+            prompted += counted;
+            println!("   node {}: {counter}_total {counted} (log lines {logged})", g.node);
+        }
+    }
+    if prompted < 1.0 {
+        return Err("no survivor kicked or woke its kernel after the eviction".into());
+    }
     lab.legs_identical()?;
     println!("   legs identical after the survivors' resync");
 
@@ -318,6 +337,14 @@ fn crash(lab: &Lab) -> Outcome<()> {
     }
     stop(guests);
     lab.legs_identical()
+}
+
+/// The sum of a Prometheus counter's samples (every label set).
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The leader's guest frozen (SIGSTOP) past `dead_after`: a new leader
