@@ -128,15 +128,20 @@ impl GrpcNode {
         if let Some(tls) = &settings.tls {
             builder = builder.tls_config(tls.server()).map_err(|e| StartError::Tls(e.to_string()))?;
         }
+        // Bootstrapped before it serves peers: a vote or an append from a
+        // peer that started first could otherwise reach the store between
+        // the check and the initialisation (harmless, but openraft then
+        // logs the refused initialisation as an error). Peers' calls wait
+        // in the listener's backlog meanwhile.
+        if let Some(members) = initial {
+            bootstrap(&raft, members).await.map_err(StartError::Raft)?;
+        }
         let server = builder
             .add_service(PeerService::new(replica.clone(), &settings.cluster).into_server())
             .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
             });
         let server = tokio::spawn(server);
-        if let Some(members) = initial {
-            bootstrap(&raft, members).await.map_err(StartError::Raft)?;
-        }
         Ok(GrpcNode { replica, effects, addr, stop: Some(stop), server })
     }
 

@@ -344,7 +344,7 @@ fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// The leader's guest frozen (SIGSTOP) past `dead_after`: a new leader
