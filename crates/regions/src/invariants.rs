@@ -13,7 +13,7 @@ use std::fmt;
 
 use wire::{Answer, Region, Uuid};
 
-use crate::command::{Instance, Query};
+use crate::command::{Instance, NodeId, Query};
 use crate::limits::{MAX_REGION_COUNT, MIN_REGION_SIZE};
 use crate::log::{Log, Phase};
 use crate::machine::Machine;
@@ -214,13 +214,19 @@ pub fn check_machine(machine: &Machine) -> Result<(), Violation> {
     i10_no_instances_of_departed_nodes(machine)
 }
 
-/// I7: the hint is at most the lowest out-of-sync region, and equals the
-/// region count only when every region is in sync.
-pub fn i07_in_sync_hint(log: &Log, hint: u64) -> Result<(), Violation> {
-    match log.sync.next_zero(0) {
+/// I7: the hint given to `node`'s kernel is at most the lowest region that
+/// is or could become resync work before that kernel's next RESUME, and
+/// equals the region count only when no such region remains. Unsettled
+/// regions cannot while it writes behind a stale hint: they wait for its
+/// resume (and I10 checks that they are not being recovered).
+pub fn i07_in_sync_hint(log: &Log, node: NodeId, hint: u64) -> Result<(), Violation> {
+    let skips_unsettled = log.writes_behind_stale_hint(node);
+    let low = log.sync.zeros_iter().find(|r| !(skips_unsettled && log.unsettled.contains(&Region(*r))));
+    match low {
         Some(low) if hint > low => fail("I7", log, Some(Region(low)), format!("hint {hint} above out-of-sync region")),
+        Some(_) => Ok(()),
         None if hint > log.region_count() => fail("I7", log, None, format!("hint {hint} beyond region_count")),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -279,7 +285,7 @@ pub fn check_answer(log: &Log, instance: Instance, query: Option<&Query>, answer
         (Some(Query::GetSyncCount), Answer::SyncCount(c)) => i08_sync_count_answer(log, *c),
         (Some(Query::GetRegionSize), Answer::RegionSize(s)) => i13_region_size_answer(log, *s),
         (Some(Query::IsRemoteRecovering(r)), Answer::RemoteRecovering { is_recovering, in_sync_hint }) => {
-            i07_in_sync_hint(log, *in_sync_hint)?;
+            i07_in_sync_hint(log, instance.node, *in_sync_hint)?;
             i06_remote_recovering_answer(log, instance, *r, *is_recovering)
         }
         (None, Answer::ResyncWork(Some(r))) => i09_resync_answer(log, instance, *r),

@@ -462,6 +462,23 @@ impl Log {
         self.sync.next_zero(0).unwrap_or(self.region_count())
     }
 
+    /// The hint IS_REMOTE_RECOVERING gives `node`'s kernel: the lowest
+    /// out-of-sync region, but one that skips the unsettled regions while
+    /// the kernel still writes behind a stale hint. None of them can become
+    /// resync work before that kernel's next RESUME (which resets its hint):
+    /// they wait for every survivor's resume, its own included. And it is
+    /// told they are in sync and not recovering anyway, so a lower hint
+    /// only sends each of its writes above it through the kernel's
+    /// IS_REMOTE_RECOVERING throttle (one query per 250 ms per host): a
+    /// backlog that its kick's suspend must then drain at four writes a
+    /// second, while every other survivor's kick and the resync wait.
+    pub fn in_sync_hint_for(&self, node: NodeId) -> u64 {
+        if self.unsettled.is_empty() || !self.writes_behind_stale_hint(node) {
+            return self.in_sync_hint();
+        }
+        self.sync.zeros_iter().find(|r| !self.unsettled.contains(&Region(*r))).unwrap_or(self.region_count())
+    }
+
     /// Whether `node`'s kernel may still write unsettled regions behind a
     /// stale hint (it has not resumed since the eviction).
     pub fn writes_behind_stale_hint(&self, node: NodeId) -> bool {

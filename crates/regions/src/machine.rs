@@ -335,7 +335,7 @@ impl Machine {
                 log.check_region(*r)?;
                 Answer::RemoteRecovering {
                     is_recovering: log.remote_recovering(*r, instance),
-                    in_sync_hint: log.in_sync_hint(),
+                    in_sync_hint: log.in_sync_hint_for(instance.node),
                 }
             }
         })
@@ -460,7 +460,7 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
                 return Applied::refuse(e);
             }
             let is_recovering = log.remote_recovering_for_write(*r, i);
-            Applied::answer(Answer::RemoteRecovering { is_recovering, in_sync_hint: log.in_sync_hint() })
+            Applied::answer(Answer::RemoteRecovering { is_recovering, in_sync_hint: log.in_sync_hint_for(i.node) })
         }
         KernelOp::SetRegionSync { region, in_sync } => {
             if let Err(e) = log.check_region(*region) {

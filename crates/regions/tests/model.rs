@@ -470,7 +470,11 @@ impl Model {
                 let running = log.insts.iter().any(|i| i.phase == 1);
                 let stale = log.unsettled.contains(&(r as u64)) && log.awaiting.contains(&node);
                 let rec = !log.sync[r] && !log.failed.contains(&(r as u64)) && !stale && running;
-                let hint = log.sync.iter().position(|s| !s).unwrap_or(log.n) as u64;
+                // A kernel behind a stale hint skips the unsettled regions.
+                let skips = log.awaiting.contains(&node);
+                let hint = (0..log.n)
+                    .find(|&r| !log.sync[r] && (!skips || !log.unsettled.contains(&(r as u64))))
+                    .unwrap_or(log.n) as u64;
                 Answer::RemoteRecovering { is_recovering: rec, in_sync_hint: hint }
             }
         })
