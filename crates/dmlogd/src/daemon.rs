@@ -111,6 +111,10 @@ impl<L: replication::LeaderLink> LiveHooks for DaemonHooks<L> {
 }
 
 async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(), String> {
+    // Taken at once, so that a stop during the join (which waits for a
+    // quorum) is a clean exit rather than the signal's default action.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let listener =
         tokio::net::TcpListener::bind(&config.listen).await.map_err(|e| format!("listen {}: {e}", config.listen))?;
     let settings = RaftSettings {
@@ -186,8 +190,28 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     }
     let inc = config.incarnation.unwrap_or_else(boot_incarnation);
     let elections = node::live::spawn_prevote_elections(replica.clone(), inc ^ config.id);
-    join(&replica, inc).await;
+    let stopped = tokio::select! {
+        () = join(&replica, inc) => false,
+        _ = term.recv() => true,
+        _ = int.recv() => true,
+    };
     elections.abort();
+    if stopped {
+        tracing::info!("stopping before the join");
+        disk_writer.abort();
+        let _ = stop_admin.send(());
+        let _ = admin.await;
+        let _ = stop_admin_tcp.send(());
+        if let Some(a) = admin_tcp {
+            let _ = a.await;
+        }
+        if let Some(m) = metrics_server {
+            m.abort();
+        }
+        let _ = replica.raft.shutdown().await;
+        let _ = std::fs::remove_file(&config.admin_socket);
+        return Ok(());
+    }
     if config.tls.is_none() {
         tracing::warn!("peer traffic is not encrypted or authenticated: set [tls] (docs/operations.md)");
     }
@@ -291,8 +315,6 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     };
     let server = tokio::spawn(serve(transport, router));
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {

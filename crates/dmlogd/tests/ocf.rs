@@ -115,12 +115,20 @@ fn start_monitor_stop_run_a_real_daemon() {
     assert_eq!(a.code("monitor"), SUCCESS);
     assert_eq!(a.code("start"), SUCCESS, "start is idempotent");
     assert_eq!(a.pid(), pid, "a second start must not start a second daemon");
+    // `start` returns once the admin socket answers, which may be before
+    // the join: wait for it, so that the stop below is of a serving daemon.
+    let logfile = dir.path().join("dmlogd.log");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&logfile).unwrap_or_default().contains("joined") {
+        assert!(std::time::Instant::now() < until, "no join within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     assert_eq!(a.code("stop"), SUCCESS);
     assert!(!alive(pid), "the daemon still runs after stop");
     assert_eq!(a.code("monitor"), NOT_RUNNING);
-    let log = std::fs::read_to_string(dir.path().join("dmlogd.log")).unwrap();
-    assert!(log.contains("joined"), "{log}");
+    let log = std::fs::read_to_string(&logfile).unwrap();
+    assert!(log.contains("stopping"), "{log}");
 
     // A daemon that dies is noticed, and a start brings it back.
     assert_eq!(a.code("start"), SUCCESS);

@@ -57,7 +57,7 @@ fn a_bad_configuration_is_one_line_and_check_config_says_so() {
 }
 
 #[test]
-fn an_unreachable_peer_is_named_in_one_line_at_start() {
+fn an_unreachable_peer_is_named_in_one_line_at_start_and_sigterm_still_stops_it() {
     let dir = tempfile::tempdir().unwrap();
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (me, gone) = (free(), free());
@@ -87,8 +87,24 @@ fn an_unreachable_peer_is_named_in_one_line_at_start() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    let _ = child.kill();
-    let _ = child.wait();
+    // It is still waiting for a quorum: SIGTERM stops it cleanly all the
+    // same (exit 0, the admin socket removed).
+    assert!(child.try_wait().unwrap().is_none(), "{text}");
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let code = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!("no exit within 20 s of SIGTERM while waiting for a quorum");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(code.success(), "{code:?}");
+    assert!(!dir.path().join("data").join("admin.sock").exists(), "the admin socket was left behind");
     let line = text
         .lines()
         .find(|l| l.contains("peer unreachable at start") && l.contains("peer=2"))
