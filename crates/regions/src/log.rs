@@ -472,6 +472,10 @@ impl Log {
     /// IS_REMOTE_RECOVERING throttle (one query per 250 ms per host): a
     /// backlog that its kick's suspend must then drain at four writes a
     /// second, while every other survivor's kick and the resync wait.
+    /// (One exception: a failed write's SET_REGION_SYNC(r, 0) takes r out
+    /// of the unsettled set at once; a kernel that keeps a hint above r
+    /// then writes r without asking, exposed as any kernel behind a stale
+    /// hint already is, until its kick. It needs a leg failing mid-kick.)
     pub fn in_sync_hint_for(&self, node: NodeId) -> u64 {
         if self.unsettled.is_empty() || !self.writes_behind_stale_hint(node) {
             return self.in_sync_hint();
