@@ -1,7 +1,9 @@
 //! Compiles `proto/dmlogd/*.proto` with protox (pure Rust: no system protoc).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read when the script runs, not when it was compiled: a build script
+    // binary may be reused for a checkout at another path.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [root.join("dmlogd/peer.proto"), root.join("dmlogd/admin.proto")];
     let fds = protox::compile(&files, [&root])?;
     tonic_prost_build::configure().compile_fds(fds)?;
