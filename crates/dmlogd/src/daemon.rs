@@ -171,6 +171,8 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
         ),
         None => None,
     };
+    let endpoints =
+        Endpoints { admin: (stop_admin, admin), admin_tcp: (stop_admin_tcp, admin_tcp), metrics: metrics_server };
     // One line per peer that cannot be reached at start, rather than
     // only the Raft layer's repeated retries (before the join, which
     // waits for a quorum).
@@ -199,15 +201,7 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     if stopped {
         tracing::info!("stopping before the join");
         disk_writer.abort();
-        let _ = stop_admin.send(());
-        let _ = admin.await;
-        let _ = stop_admin_tcp.send(());
-        if let Some(a) = admin_tcp {
-            let _ = a.await;
-        }
-        if let Some(m) = metrics_server {
-            m.abort();
-        }
+        endpoints.stop().await;
         let _ = replica.raft.shutdown().await;
         let _ = std::fs::remove_file(&config.admin_socket);
         return Ok(());
@@ -328,20 +322,36 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     disk_writer.abort();
     live.abort();
     handoff(&replica).await;
-    let _ = stop_admin.send(());
-    let _ = admin.await;
-    let _ = stop_admin_tcp.send(());
-    if let Some(a) = admin_tcp {
-        let _ = a.await;
-    }
+    endpoints.stop().await;
     let _ = replica.raft.shutdown().await;
     effects.abort();
     leader_watch.abort();
-    if let Some(m) = metrics_server {
-        m.abort();
-    }
     let _ = std::fs::remove_file(&config.admin_socket);
     Ok(())
+}
+
+/// The admin API (Unix socket, TCP if configured) and the metrics
+/// endpoint: each admin server with the sender that stops it.
+struct Endpoints {
+    admin: (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>),
+    admin_tcp: (tokio::sync::oneshot::Sender<()>, Option<tokio::task::JoinHandle<()>>),
+    metrics: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Endpoints {
+    /// Stops the admin servers (calls in progress finish) and the metrics
+    /// endpoint.
+    async fn stop(self) {
+        let _ = self.admin.0.send(());
+        let _ = self.admin.1.await;
+        let _ = self.admin_tcp.0.send(());
+        if let Some(a) = self.admin_tcp.1 {
+            let _ = a.await;
+        }
+        if let Some(m) = self.metrics {
+            m.abort();
+        }
+    }
 }
 
 /// Makes this node's kernel pick up the resync work of `uuid`.

@@ -224,9 +224,8 @@ pub fn i07_in_sync_hint(log: &Log, node: NodeId, hint: u64) -> Result<(), Violat
     let low = log.sync.zeros_iter().find(|r| !(skips_unsettled && log.unsettled.contains(&Region(*r))));
     match low {
         Some(low) if hint > low => fail("I7", log, Some(Region(low)), format!("hint {hint} above out-of-sync region")),
-        Some(_) => Ok(()),
         None if hint > log.region_count() => fail("I7", log, None, format!("hint {hint} beyond region_count")),
-        None => Ok(()),
+        _ => Ok(()),
     }
 }
 
