@@ -1,5 +1,5 @@
 //! The kernel simulator against the region machine of one node, compared
-//! with what the real 6.1 kernel sent in `shared/fixtures/kernel-6.1-trace.txt`.
+//! with what the real 6.1 kernel sent in `tests/fixtures/kernel-6.1-trace.txt`.
 //! If the simulator drifts from the real kernel, these fail.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
@@ -39,7 +39,7 @@ impl Rig {
         let mut handler = |now: u64, bytes: &[u8]| {
             let msg = Frame::parse(bytes).unwrap().message().unwrap();
             sent.push((msg.seq().0, now, msg.request.clone()));
-            let reply = machine.respond(NodeId(1), bytes);
+            let reply = dmlogd_tests::local::respond(machine, NodeId(1), bytes);
             if drop(sent.len() - 1, &msg.request) { None } else { reply }
         };
         drive(kernel, &mut handler, until_ms);
@@ -297,7 +297,7 @@ fn a_write_arriving_while_a_suspend_is_under_way_waits_for_the_resume() {
             }
             for bytes in std::mem::take(&mut batch) {
                 seen.push(Frame::parse(&bytes).unwrap().message().unwrap().request);
-                if let Some(reply) = machine.respond(NodeId(1), &bytes) {
+                if let Some(reply) = dmlogd_tests::local::respond(machine, NodeId(1), &bytes) {
                     kernel.deliver(&reply);
                 }
             }

@@ -1,4 +1,4 @@
-//! Replays the real 6.1 kernel trace (`shared/fixtures/kernel-6.1-trace.txt`,
+//! Replays the real 6.1 kernel trace (`tests/fixtures/kernel-6.1-trace.txt`,
 //! phases A–D) request by request through `wire` and the region machine of
 //! one node, and checks every reply against what the kernel saw.
 //!
@@ -23,7 +23,8 @@ fn replay(entries: &[Entry]) -> (usize, usize) {
     for e in entries {
         let bytes = encode_request(e.luid, &e.uuid, e.seq, &e.request).unwrap();
         assert_eq!(bytes.len(), 196 + e.data_size, "seq {}: request size", e.seq);
-        let reply = m.respond(node, &bytes).unwrap_or_else(|| panic!("seq {}: no reply", e.seq));
+        let reply =
+            dmlogd_tests::local::respond(&mut m, node, &bytes).unwrap_or_else(|| panic!("seq {}: no reply", e.seq));
         let KernelReply::Full { seq, error, data } = KernelReply::parse(&reply).unwrap() else {
             panic!("seq {}: bare ACK", e.seq)
         };

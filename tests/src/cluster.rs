@@ -21,7 +21,7 @@ use kernel_sim::{Config, Kernel, Legs, Life, MirrorId, SharedLegs, Table};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use regions::{Command, Effect, Machine, NodeId};
-use wire::{Frame, Reply, Uuid};
+use wire::{Frame, Uuid};
 
 /// Knobs of a run.
 #[derive(Clone, Debug)]
@@ -247,7 +247,7 @@ impl Cluster {
         self.requests += 1;
         let frame = Frame::parse(datagram).ok()?;
         let msg = frame.message().ok()?;
-        let (result, effects) = self.machine.handle(NodeId(id), &msg);
+        let (result, effects) = crate::local::handle(&mut self.machine, NodeId(id), &msg);
         if let Some(tr) = self.trace_region {
             let touches = match &msg.request {
                 wire::Request::InSync(r)
@@ -270,7 +270,7 @@ impl Cluster {
             }
         }
         self.effects(&effects);
-        Some(Reply::new(&msg, result).ok()?.encode())
+        node::pipeline::reply(&msg, result)
     }
 
     /// Checks the machine and, from each kernel's side, I1: a region with a

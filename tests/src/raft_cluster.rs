@@ -1,84 +1,99 @@
-//! Simulated kernels driving a real Raft cluster: three (or more) Raft
-//! nodes in one process on the in-memory network with real redb stores,
-//! each with a `kernel-sim` whose requests go through the node's
-//! [`Replica`]: commands are proposed (forwarded to the leader), queries
-//! are read linearizably. Runs in real time.
+//! Simulated kernels driving real hosts: three (or more) nodes in one
+//! process, each running the product's pipeline ([`node::host::Host`]:
+//! router, lease gate, liveness, fence and rejoin, effects) over a real
+//! Raft replica (openraft, redb, the in-memory network), with a
+//! `kernel-sim` kernel behind an in-memory transport that carries the same
+//! datagrams as the netlink socket ([`node::transport::MemTransport`]).
+//!
+//! The harness is the machines: it moves each kernel's clock, hands its
+//! datagrams to the daemon (or, when no daemon listens, lets the kernel see
+//! `-ESRCH` and run its reconnect loop), kills and restarts daemons under
+//! live kernels, crashes and reboots whole nodes, freezes them, cuts them
+//! off, and watches from outside what no node may ever do.
 
 #![allow(clippy::panic)] // Test support: a failed setup fails the test loudly.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use kernel_sim::{Config as KernelConfig, Kernel, Legs, MirrorId, SharedLegs, Table};
-use node::live::{Lease, LiveConfig, LiveHooks, LiveTask, Renewals};
+use node::gate::Gate;
+use node::host::{Exit, Fence, FenceOutcome, Host, HostConfig};
+use node::live::LiveConfig;
 use node::liveness::Timing;
-use node::own_marks::OwnMarks;
+use node::own_marks::{MemJournal, OwnMarks, OwnMarksStore};
+use node::transport::{MemKernel, MemKernelEnd, MemTransport};
 use openraft::BasicNode;
-use regions::{Effect, NodeId as Rn, Routed, kernel_answer, route};
+use regions::NodeId as Rn;
 use replication::memnet::{MemLink, MemNet};
-use replication::{AppliedEffects, FlushMode, LogStore, Proposal, Raft, ReadRequest, Replica, StateMachine};
-use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::mpsc;
+use replication::{FlushMode, LogStore, Proposal, Raft, Replica, StateMachine, Violations};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use wire::{Frame, Reply, Uuid};
+use wire::{KernelReply, Uuid};
 
-/// One node: its Raft replica and its kernel.
+type SimReplica = Arc<Replica<MemLink>>;
+
+/// One node: its kernel (which outlives its daemon) and its daemon.
 pub struct RaftNode {
     /// The node id (Raft and region machine).
     pub id: u64,
-    /// Its replica.
-    pub replica: Arc<Replica<MemLink>>,
-    /// Its simulated kernel (shared with the driver task).
+    /// The running daemon's replica (a restarted daemon has a new one).
+    pub replica: SimReplica,
+    /// Its simulated kernel.
     pub kernel: Arc<Mutex<Kernel>>,
     /// Its mirror.
     pub mirror: MirrorId,
-    driver: JoinHandle<()>,
-    /// The liveness task (leases, eviction, fencing), if automatic.
-    live: Option<JoinHandle<()>>,
-    /// Set when the node fenced itself (the fence action rebooted it).
+    /// The daemon's task, `None` while the daemon is dead.
+    daemon: Option<JoinHandle<Exit>>,
+    /// The kernel's way to the running daemon (`None`: nobody listens).
+    end: Arc<Mutex<Option<MemKernelEnd>>>,
+    /// The running daemon's gate.
+    gate: Gate,
+    /// The kernel's clock and datagrams.
+    pump: JoinHandle<()>,
+    /// Set when the node fenced by a reboot (its kernel is dead).
     pub down: Arc<AtomicBool>,
-    /// Where applied lease renewals go (the liveness task's lease table).
-    renewals: Arc<Mutex<Option<Renewals>>>,
-    /// Set while the node is fenced without a reboot: nothing is answered.
-    pub fenced: Arc<AtomicBool>,
-    /// What its kernel holds, from the requests answered (for a rejoin).
-    own: Arc<Mutex<OwnMarks>>,
-    /// Its lease: answers go to the kernel only while it holds.
-    lease: Lease,
-    /// Set while the whole node (kernel, daemon, workload) is stopped.
+    /// Set while the whole node (kernel, daemon, network) is stopped.
     pub frozen: Arc<AtomicBool>,
-    /// Pre-vote elections until the liveness task starts (automatic mode).
-    elections: Option<JoinHandle<()>>,
+    /// Freeze the node when its daemon next has a reply ready to send.
+    trap: Arc<AtomicBool>,
+    /// The node's local disk: the daemon's journal of what its kernel holds.
+    journal: MemJournal,
+    /// Its kernel's boot identity.
+    incarnation: u64,
 }
 
-/// Automatic liveness in the simulation: leases renewed through Raft, the
-/// leader evicting nodes unseen for `dead_after`, nodes fencing themselves
-/// after `fence_after`. The fence action is a reboot: the kernel dies with
-/// its writes in flight and the daemon stops.
+/// Automatic liveness: leases renewed through Raft, the leader evicting
+/// nodes unseen for `dead_after`, nodes fencing themselves after
+/// `fence_after`.
 #[derive(Clone, Debug)]
 pub struct LivenessConfig {
     /// The timings (validated).
     pub timing: Timing,
     /// Each node's clock rate (local ms per real ms), by node id; 1.0 if absent.
     pub rates: BTreeMap<u64, f64>,
-    /// Seeds the nodes' election timeouts (pre-vote driven by the
-    /// liveness task instead of openraft's timer).
+    /// Seeds the nodes' election timeouts.
     pub seed: u64,
     /// The fence action: `false` reboots the node (its kernel dies);
     /// `true` suspends its mirror and stops answering, and the node rejoins
-    /// without a reboot once it can reach the cluster: it re-registers its
-    /// table and re-marks what its kernel holds dirty before it answers
-    /// again (the daemon's `suspend` fence and rejoin).
+    /// without a reboot once it can reach the cluster.
     pub suspend: bool,
+}
+
+impl LivenessConfig {
+    /// Production timings, every clock exact, reboot fences.
+    pub fn production() -> LivenessConfig {
+        LivenessConfig { timing: Timing::default(), rates: BTreeMap::new(), seed: 1, suspend: false }
+    }
 }
 
 /// What the liveness layer did, at simulated milliseconds.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LiveEvent {
-    /// A node fenced itself (and its kernel died).
+    /// A node fenced itself.
     Fenced {
         /// The node.
         node: u64,
@@ -108,72 +123,24 @@ pub enum LiveEvent {
         /// When.
         at_ms: u64,
     },
+    /// A node's daemon exited because its kernel transport failed.
+    TransportFailed {
+        /// The node.
+        node: u64,
+        /// When.
+        at_ms: u64,
+    },
 }
 
-/// The cluster.
-pub struct RaftCluster {
-    /// Nodes by id.
-    pub nodes: BTreeMap<u64, RaftNode>,
-    /// The network.
-    pub net: MemNet,
-    /// The mirror's legs.
-    pub legs: SharedLegs,
-    /// The table.
-    pub table: Table,
-    storage: Storage,
-    start: Instant,
-    incarnations: BTreeMap<u64, u64>,
-    liveness: Option<LivenessConfig>,
-    /// Fences and evictions, in order.
-    pub events: Arc<Mutex<Vec<LiveEvent>>>,
-    /// What the harness saw go wrong outside the kernels and replicas.
-    watch: Watch,
-}
-
-/// A cross-node check of the answers: no node is handed a region to copy
-/// while another node's kernel holds it dirty and may write it without a
-/// MARK (a node that answers its kernel, not stopped or fenced). A dirty
-/// region is marked in the log until its CLEAR, except after an eviction
-/// of a node that did not fence, or a rejoin without a reboot that did not
-/// mark again what its kernel held: the copy would race that kernel's
-/// writes.
-#[derive(Clone, Default)]
-struct Watch {
-    /// Every node's kernel and state, by id.
-    nodes: Arc<Mutex<BTreeMap<u64, Watched>>>,
-    /// Violations seen.
-    problems: Arc<Mutex<Vec<String>>>,
-}
-
-/// What the watch needs of a node.
-#[derive(Clone)]
-struct Watched {
-    kernel: Arc<Mutex<Kernel>>,
-    fenced: Arc<AtomicBool>,
-    frozen: Arc<AtomicBool>,
-    down: Arc<AtomicBool>,
-    lease: Lease,
-}
-
-impl Watch {
-    /// Node `id` was delivered `answer` to `request`.
-    fn answered(&self, id: u64, request: &wire::Request, answer: &wire::Answer, at: Instant) {
-        let (wire::Request::GetResyncWork, wire::Answer::ResyncWork(Some(r))) = (request, answer) else { return };
-        let nodes = lock(&self.nodes).clone();
-        for (n, w) in nodes {
-            let stopped = w.fenced.load(Ordering::SeqCst)
-                || w.frozen.load(Ordering::SeqCst)
-                || w.down.load(Ordering::SeqCst)
-                || !w.lease.holds();
-            if n == id || stopped {
-                continue;
-            }
-            if lock(&w.kernel).dirty_regions(MirrorId(0)).contains(&r.0) {
-                lock(&self.problems).push(format!(
-                    "{at:?}: n{id} was handed region {} to copy while n{n}'s kernel holds it dirty",
-                    r.0
-                ));
-            }
+impl LiveEvent {
+    /// The node it is about.
+    pub fn node(&self) -> u64 {
+        match self {
+            LiveEvent::Fenced { node, .. }
+            | LiveEvent::Evicted { node, .. }
+            | LiveEvent::Rejoined { node, .. }
+            | LiveEvent::Thawed { node, .. }
+            | LiveEvent::TransportFailed { node, .. } => *node,
         }
     }
 }
@@ -195,8 +162,310 @@ pub enum Storage {
     },
 }
 
+/// The cluster.
+pub struct RaftCluster {
+    /// Nodes by id.
+    pub nodes: BTreeMap<u64, RaftNode>,
+    /// The network.
+    pub net: MemNet,
+    /// The mirror's legs.
+    pub legs: SharedLegs,
+    /// The table.
+    pub table: Table,
+    storage: Storage,
+    start: Instant,
+    incarnations: BTreeMap<u64, u64>,
+    liveness: LivenessConfig,
+    /// Fences, evictions, rejoins, thaws, in order.
+    pub events: Arc<Mutex<Vec<LiveEvent>>>,
+    /// What the harness saw go wrong outside the kernels.
+    watch: Watch,
+    /// Invariant violations found by any replica after any command.
+    violations: Violations,
+    /// The fence action of these nodes fails (after stopping the mirror's
+    /// writes, which the action did not report).
+    failing_fences: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+/// Checks across nodes, from outside them:
+///
+/// * no node is handed a region to copy while another node's kernel holds
+///   it dirty and may write it without a MARK (an answering node: not
+///   stopped, fenced or out of lease);
+/// * I1 from the kernel's side: when a node's kernel gets an answer, every
+///   region it is writing is not clean in the replicated state;
+/// * every reply delivered, by node and time.
+#[derive(Clone)]
+struct Watch {
+    nodes: Arc<Mutex<BTreeMap<u64, Watched>>>,
+    problems: Arc<Mutex<Vec<String>>>,
+    deliveries: Arc<Mutex<BTreeMap<u64, Vec<u64>>>>,
+    /// When a node last crashed or had its daemon killed (ms): the I1 check
+    /// waits a second after it, since the replica that applied a FLUSH may
+    /// have died with the others not caught up yet.
+    last_death_ms: Arc<Mutex<Option<u64>>>,
+    start: Instant,
+}
+
+/// What the watch needs of a node.
+#[derive(Clone)]
+struct Watched {
+    kernel: Arc<Mutex<Kernel>>,
+    gate: Gate,
+    frozen: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
+    replica: SimReplica,
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ms_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Watched {
+    fn answering(&self) -> bool {
+        !self.frozen.load(Ordering::SeqCst) && !self.down.load(Ordering::SeqCst) && self.gate.open()
+    }
+}
+
+impl Watch {
+    fn new(start: Instant) -> Watch {
+        Watch {
+            nodes: Arc::default(),
+            problems: Arc::default(),
+            deliveries: Arc::default(),
+            last_death_ms: Arc::default(),
+            start,
+        }
+    }
+
+    fn problem(&self, p: String) {
+        lock(&self.problems).push(p);
+    }
+
+    /// `reply` (to `request`) reached node `id`'s kernel now.
+    fn delivered(&self, id: u64, request: Option<&wire::Request>, reply: &[u8]) {
+        let at = ms_since(self.start);
+        lock(&self.deliveries).entry(id).or_default().push(at);
+        let Ok(KernelReply::Full { error: 0, data, .. }) = KernelReply::parse(reply) else { return };
+        if let (Some(wire::Request::GetResyncWork), Some(1)) = (request, word(&data, 0)) {
+            self.handed_out(id, word(&data, 1).unwrap_or(u64::MAX), at);
+        }
+    }
+
+    /// No other answering node's kernel holds `region` dirty, unless the
+    /// replicated state took the copy back since it was handed out (a
+    /// rejoin that re-marked the region did: that copy's end will not be
+    /// believed).
+    fn handed_out(&self, id: u64, region: u64, at: u64) {
+        let nodes = lock(&self.nodes).clone();
+        let still_held = newest(&nodes).is_none_or(|w| {
+            w.replica.state.read(|m| {
+                m.logs().values().any(|l| l.assignments().iter().any(|(i, r)| i.node.0 == id && r.0 == region))
+            })
+        });
+        if !still_held {
+            return;
+        }
+        for (n, w) in nodes {
+            if n != id && w.answering() && lock(&w.kernel).dirty_regions(MirrorId(0)).contains(&region) {
+                self.problem(format!(
+                    "{at} ms: n{id} was handed region {region} to copy while n{n}'s kernel holds it dirty"
+                ));
+            }
+        }
+    }
+
+    /// I1: node `id`'s kernel writes only regions marked in the state.
+    fn check_i1(&self, id: u64, uuid: &Uuid) {
+        let at = ms_since(self.start);
+        if lock(&self.last_death_ms).is_some_and(|t| at < t + 1_000) {
+            return;
+        }
+        let nodes = lock(&self.nodes).clone();
+        let Some(me) = nodes.get(&id) else { return };
+        if !me.answering() {
+            return;
+        }
+        let writing = lock(&me.kernel).mirror(MirrorId(0)).map(|v| v.inflight_regions).unwrap_or_default();
+        if writing.is_empty() {
+            return;
+        }
+        let Some(newest) = newest(&nodes) else { return };
+        let clean: Vec<u64> = newest.replica.state.read(|m| {
+            if !m.members().contains_key(&Rn(id)) {
+                return Vec::new();
+            }
+            let Some(log) = m.log(uuid) else { return Vec::new() };
+            writing.iter().copied().filter(|&r| log.is_clean(wire::Region(r))).collect()
+        });
+        if !clean.is_empty() {
+            self.problem(format!(
+                "I1 violated at {at} ms: n{id}'s kernel writes regions {clean:?}, which are clean in the replicated state"
+            ));
+        }
+    }
+}
+
+/// The live replica that has applied the most: it holds every entry whose
+/// commit any live node has seen.
+fn newest(nodes: &BTreeMap<u64, Watched>) -> Option<&Watched> {
+    nodes
+        .values()
+        .filter(|w| !w.down.load(Ordering::SeqCst) && !w.frozen.load(Ordering::SeqCst))
+        .max_by_key(|w| w.replica.state.last_applied().map_or(0, |l| l.index))
+}
+
+fn word(data: &[u8], i: usize) -> Option<u64> {
+    data.get(i * 8..i * 8 + 8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes)
+}
+
+/// The kernel's side of a node's in-memory transport.
+struct SimKernel {
+    id: u64,
+    kernel: Arc<Mutex<Kernel>>,
+    uuid: Uuid,
+    frozen: Arc<AtomicBool>,
+    trap: Arc<AtomicBool>,
+    watch: Watch,
+    net: MemNet,
+}
+
+impl MemKernel for SimKernel {
+    fn deliver(&self, reply: &[u8]) {
+        let request =
+            KernelReply::parse(reply).ok().and_then(|r| lock(&self.kernel).outstanding_request(r.seq().0).cloned());
+        self.watch.delivered(self.id, request.as_ref(), reply);
+        if let Some(q) = &request {
+            let answer = KernelReply::parse(reply).map(|r| match r {
+                KernelReply::Full { error, data, .. } => {
+                    format!("error {error} data {:?}", (word(&data, 0), word(&data, 1)))
+                }
+                KernelReply::BareAck { ack, .. } => format!("ack {ack}"),
+            });
+            note_request(self.id, &format!("<- {answer:?} for"), q);
+        }
+        lock(&self.kernel).deliver(reply);
+        if matches!(request, Some(wire::Request::Flush { .. } | wire::Request::MarkRegion(_))) {
+            self.watch.check_i1(self.id, &self.uuid);
+        }
+    }
+
+    fn kick(&self, _uuid: &Uuid) -> Result<String, String> {
+        lock(&self.kernel).kick(MirrorId(0));
+        Ok("kicked the simulated mirror".into())
+    }
+
+    fn wake(&self, _uuid: &Uuid) -> Result<String, String> {
+        // A read wakes kmirrord, whose pass asks for resync work.
+        lock(&self.kernel).read(MirrorId(0), 0);
+        Ok("read the simulated mirror".into())
+    }
+
+    fn stopped(&self) -> bool {
+        if self.trap.swap(false, Ordering::SeqCst) {
+            // The whole node stops right here, with a reply ready to send.
+            self.frozen.store(true, Ordering::SeqCst);
+            self.net.isolate(self.id);
+            note(&format!("n{} FROZEN with a reply ready to send", self.id));
+        }
+        self.frozen.load(Ordering::SeqCst)
+    }
+}
+
+/// The simulation's fence action: a reboot (the kernel dies with its
+/// writes in flight, the node goes down), or a suspend of the mirror.
+struct SimFence {
+    id: u64,
+    kernel: Arc<Mutex<Kernel>>,
+    down: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    suspend: bool,
+    failing: Arc<Mutex<BTreeSet<u64>>>,
+    events: Arc<Mutex<Vec<LiveEvent>>>,
+    net: MemNet,
+    start: Instant,
+}
+
+impl Fence for SimFence {
+    fn fence(&self, _logs: &[Uuid]) -> FenceOutcome {
+        let at_ms = ms_since(self.start);
+        let last_write_ms = lock(&self.kernel).stats().last_write_ms;
+        lock(&self.events).push(LiveEvent::Fenced { node: self.id, at_ms, last_write_ms });
+        note(&format!("n{} FENCED", self.id));
+        if lock(&self.failing).contains(&self.id) {
+            // The action stopped the writes but could not say so.
+            lock(&self.kernel).suspend(MirrorId(0));
+            return FenceOutcome::Failed("the simulated fence action failed".into());
+        }
+        if self.suspend {
+            // Its writes are held; the suspend itself waits for answers
+            // until the rejoin.
+            lock(&self.kernel).suspend(MirrorId(0));
+            return FenceOutcome::Stopped { undo: vec!["mirror 0".into()] };
+        }
+        self.down.store(true, Ordering::SeqCst);
+        let dead = std::mem::replace(&mut *lock(&self.kernel), Kernel::new(KernelConfig::default(), 0, 0));
+        dead.crash();
+        self.net.unregister(self.id);
+        FenceOutcome::Resetting
+    }
+
+    fn after_rejoin(&self, _undo: Vec<String>) {
+        lock(&self.kernel).resume(MirrorId(0));
+    }
+
+    fn frozen(&self) -> bool {
+        self.frozen.load(Ordering::SeqCst)
+    }
+
+    fn rejoined(&self) {
+        lock(&self.events).push(LiveEvent::Rejoined { node: self.id, at_ms: ms_since(self.start) });
+        note(&format!("n{} REJOINED", self.id));
+    }
+
+    fn evicted(&self, node: Rn) {
+        lock(&self.events).push(LiveEvent::Evicted { node: node.0, at_ms: ms_since(self.start) });
+    }
+
+    fn trace(&self, line: String) {
+        note(&line);
+    }
+}
+
+/// Debug trace (`DMLOGD_TRACE_REGION=r`): what the harness did, and the
+/// requests touching region `r` with their answers (18446744073709551615:
+/// every request).
+pub static TRACE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn trace_region() -> Option<u64> {
+    static REGION: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *REGION.get_or_init(|| std::env::var("DMLOGD_TRACE_REGION").ok().and_then(|s| s.parse().ok()))
+}
+
+fn note(line: &str) {
+    if trace_region().is_some() {
+        lock(&TRACE).push(format!("{:?} {line}", Instant::now()));
+    }
+}
+
+/// Traces `request` of node `id` if it touches the traced region.
+fn note_request(id: u64, what: &str, request: &wire::Request) {
+    use wire::Request as Q;
+    let Some(r) = trace_region() else { return };
+    let touches = r == u64::MAX
+        || match request {
+            Q::InSync(x) | Q::IsRemoteRecovering(x) | Q::SetRegionSync { region: x, .. } => x.0 == r,
+            Q::MarkRegion(rs) | Q::ClearRegion(rs) | Q::Flush { marks: rs } => rs.iter().any(|x| x.0 == r),
+            Q::GetResyncWork | Q::Resume | Q::Presuspend | Q::Postsuspend | Q::Ctr { .. } => true,
+            _ => false,
+        };
+    if touches {
+        note(&format!("n{id} {what} {request:?}"));
+    }
 }
 
 fn raft_config() -> Arc<openraft::Config> {
@@ -209,199 +478,361 @@ fn raft_config() -> Arc<openraft::Config> {
     Arc::new(c.validate().unwrap_or_else(|e| panic!("raft config: {e}")))
 }
 
-/// Answers one kernel datagram through the replica. `None` when the
-/// cluster did not answer in time (the kernel re-sends after 15 s).
-/// The planted bug of the `sim-canary` feature: a FLUSH's marks and a
-/// MARK's regions are dropped before they are proposed, so the kernel is
-/// told its marks are durable when they are not (I1).
-#[cfg(feature = "sim-canary")]
-fn plant_dropped_marks(c: regions::Command) -> regions::Command {
-    use regions::{Command, KernelOp};
-    match c {
-        Command::Kernel { uuid, instance, op: KernelOp::Flush { .. } | KernelOp::Mark(_) } => {
-            Command::Kernel { uuid, instance, op: KernelOp::Flush { marks: Vec::new() } }
+/// The kernel of one node: its clock moves with the runtime's; its
+/// requests go to the daemon that listens, or find nobody (`-ESRCH`).
+async fn pump(
+    id: u64,
+    kernel: Arc<Mutex<Kernel>>,
+    end: Arc<Mutex<Option<MemKernelEnd>>>,
+    down: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    start: Instant,
+) {
+    loop {
+        if down.load(Ordering::SeqCst) {
+            return;
         }
-        other => other,
-    }
-}
-
-/// Debug trace of requests touching one region (`DMLOGD_TRACE_REGION`;
-/// 18446744073709551615 traces every request).
-pub static TRACE: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn trace_region() -> Option<u64> {
-    std::env::var("DMLOGD_TRACE_REGION").ok().and_then(|s| s.parse().ok())
-}
-
-fn touches(req: &wire::Request, r: u64) -> bool {
-    use wire::Request as Q;
-    if r == u64::MAX {
-        return true;
-    }
-    match req {
-        Q::InSync(x) | Q::IsRemoteRecovering(x) | Q::SetRegionSync { region: x, .. } => x.0 == r,
-        Q::MarkRegion(rs) | Q::ClearRegion(rs) | Q::Flush { marks: rs } => rs.iter().any(|x| x.0 == r),
-        Q::GetResyncWork | Q::Resume | Q::Presuspend | Q::Postsuspend => true,
-        _ => false,
-    }
-}
-
-/// A reply to the kernel, the request when it succeeded, and the answer.
-type Answered = (Vec<u8>, Option<wire::Message>, Option<wire::Answer>);
-
-async fn answer(replica: &Replica<MemLink>, datagram: &[u8]) -> Option<Answered> {
-    let frame = Frame::parse(datagram).ok()?;
-    let msg = match frame.message() {
-        Ok(m) => m,
-        Err(_) => return Some((Reply::error(frame.header(), wire::Errno::EINVAL).encode(), None, None)),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let result = match route(Rn(replica.id), &msg) {
-        Routed::Command(c) => {
-            #[cfg(feature = "sim-canary")]
-            let c = plant_dropped_marks(c);
-            let out = replica.propose(Proposal { commands: vec![c] }, deadline).await.ok()?;
-            out.0.into_iter().next()?.answer
+        // A frozen node's kernel stands still; its clock jumps at the thaw.
+        if !frozen.load(Ordering::SeqCst) {
+            let mut k = lock(&kernel);
+            k.advance_to(ms_since(start));
+            let requests = k.take_requests();
+            let listener = lock(&end).clone();
+            for datagram in requests {
+                if trace_region().is_some()
+                    && let Ok(frame) = wire::Frame::parse(&datagram)
+                    && let Ok(msg) = frame.message()
+                {
+                    note_request(id, "->", &msg.request);
+                }
+                let heard = listener.as_ref().is_some_and(|e| e.send(datagram.clone()));
+                if !heard {
+                    k.unheard(&datagram);
+                }
+            }
         }
-        Routed::Query { uuid, instance, query } => {
-            replica.read(ReadRequest { uuid, instance, query }, deadline).await.ok()?
-        }
-    };
-    if let Some(r) = trace_region()
-        && touches(&msg.request, r)
-    {
-        lock(&TRACE).push(format!("{:?} n{} {:?} -> {:?}", Instant::now(), replica.id, msg.request, result));
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let result = kernel_answer(&msg.request, result);
-    let answered = result.as_ref().ok().cloned();
-    let reply = Reply::new(&msg, result).ok()?.encode();
-    let ok = answered.is_some().then_some(msg);
-    Some((reply, ok, answered))
 }
 
 impl RaftCluster {
-    /// Starts `n` nodes with their stores in `dir`, initialises Raft, and
-    /// creates the mirror table on every kernel.
+    /// Starts `n` nodes with their stores in `dir` and production timings,
+    /// initialises Raft, and creates the mirror table on every kernel.
     pub async fn start(dir: &Path, n: u64, log_args: &str, regions: u64) -> RaftCluster {
-        RaftCluster::start_with(Storage::Dir(dir.to_owned()), n, log_args, regions).await
+        RaftCluster::start_live(Storage::Dir(dir.to_owned()), n, log_args, regions, LivenessConfig::production()).await
     }
 
-    /// Like [`RaftCluster::start`], with the given storage.
-    pub async fn start_with(storage: Storage, n: u64, log_args: &str, regions: u64) -> RaftCluster {
-        RaftCluster::start_live(storage, n, log_args, regions, None).await
-    }
-
-    /// Like [`RaftCluster::start_with`], with automatic liveness.
+    /// Starts `n` nodes with `storage` and `liveness`.
     pub async fn start_live(
         storage: Storage,
         n: u64,
         log_args: &str,
         regions: u64,
-        liveness: Option<LivenessConfig>,
+        liveness: LivenessConfig,
     ) -> RaftCluster {
         let net = MemNet::new();
         let uuid = Uuid::new("LVM-raft-sim").unwrap_or_else(|| unreachable!());
         let table = Table { uuid, target_sectors: regions * 8, log_args: log_args.into(), integrated_flush: false };
         let legs = SharedLegs::new(Legs::new(regions, !log_args.contains("nosync")));
+        let start = Instant::now();
         let mut c = RaftCluster {
             nodes: BTreeMap::new(),
             net,
             legs,
             table,
             storage,
-            start: Instant::now(),
+            start,
             incarnations: BTreeMap::new(),
             liveness,
             events: Arc::default(),
-            watch: Watch::default(),
+            watch: Watch::new(start),
+            violations: Arc::default(),
+            failing_fences: Arc::default(),
         };
         for id in 1..=n {
-            c.boot(id).await;
+            c.boot(id, 1).await;
         }
         let members: BTreeMap<u64, BasicNode> = (1..=n).map(|i| (i, BasicNode::new(format!("mem:{i}")))).collect();
         if let Some(first) = c.nodes.values().next() {
             let _ = first.replica.raft.initialize(members).await;
-            let _ = first
-                .replica
-                .raft
-                .wait(Some(Duration::from_secs(10)))
-                .metrics(|m| m.current_leader.is_some(), "leader")
-                .await;
         }
         for id in 1..=n {
-            let join = Proposal { commands: vec![regions::Command::NodeJoined { node: Rn(id), incarnation: 1 }] };
-            let node = &c.nodes[&id];
-            let _ = node.replica.propose(join, Instant::now() + Duration::from_secs(10)).await;
-            lock(&node.kernel).create(c.table.clone(), c.legs.clone());
-            c.start_liveness(id, 1);
+            if !c.wait_joined(id, 1, Duration::from_secs(30)).await {
+                panic!("n{id} did not join; {}", c.raft_states());
+            }
+            if let Some(node) = c.nodes.get(&id) {
+                lock(&node.kernel).create(c.table.clone(), c.legs.clone());
+            }
         }
         c
     }
 
-    /// Starts node `id`'s liveness task (automatic mode only).
-    fn start_liveness(&mut self, id: u64, incarnation: u64) {
-        let Some(cfg) = self.liveness.clone() else { return };
-        let rate = cfg.rates.get(&id).copied().unwrap_or(1.0);
-        let config = LiveConfig {
-            timing: cfg.timing,
-            rate,
-            seed: cfg.seed ^ (id << 32) ^ incarnation,
-            prevote: !broken("no-prevote"),
-            fence: !broken("no-fence"),
-        };
-        let (start, events, net) = (self.start, self.events.clone(), self.net.clone());
-        let Some(n) = self.nodes.get_mut(&id) else { return };
-        let hooks = Arc::new(SimHooks {
+    /// Boots node `id`: a new kernel of boot `incarnation` and its daemon.
+    async fn boot(&mut self, id: u64, incarnation: u64) {
+        let mut k = Kernel::new(KernelConfig::default(), u32::try_from(id * 100_000).unwrap_or(0), id << 40);
+        k.advance_to(self.now_ms());
+        let kernel = Arc::new(Mutex::new(k));
+        let end: Arc<Mutex<Option<MemKernelEnd>>> = Arc::default();
+        let (down, frozen) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let pump = tokio::spawn(pump(id, kernel.clone(), end.clone(), down.clone(), frozen.clone(), self.start));
+        // The local disk survives daemon deaths, not reboots (a new boot
+        // identity makes the journal start afresh anyway).
+        let journal = MemJournal::new();
+        let (replica, daemon, gate) = self.start_daemon(id, incarnation, &kernel, &end, &down, &frozen, &journal).await;
+        let node = RaftNode {
             id,
-            kernel: n.kernel.clone(),
-            down: n.down.clone(),
-            fenced: n.fenced.clone(),
-            frozen: n.frozen.clone(),
-            lease: n.lease.clone(),
-            fence_after: Duration::from_millis(cfg.timing.fence_after_ms),
-            suspend: cfg.suspend,
-            events,
-            net,
-            start,
-        });
-        let (replica, renewals, own) = (n.replica.clone(), n.renewals.clone(), n.own.clone());
-        if let Some(e) = n.elections.take() {
-            e.abort();
-        }
-        n.live = Some(tokio::spawn(async move {
-            loop {
-                let task = LiveTask::new(replica.clone(), incarnation, config, start).with_lease(hooks.lease.clone());
-                *lock(&renewals) = Some(task.renewals());
-                task.run(hooks.clone()).await;
-                if !hooks.suspend {
-                    return;
-                }
-                rejoin(&replica, &own, incarnation, &hooks).await;
-            }
-        }));
+            replica,
+            kernel,
+            mirror: MirrorId(0),
+            daemon: Some(daemon),
+            end,
+            gate,
+            pump,
+            down,
+            frozen,
+            trap: Arc::new(AtomicBool::new(false)),
+            journal,
+            incarnation,
+        };
+        self.nodes.insert(id, node);
+        self.watch_node(id);
     }
 
-    /// Removes nodes that fenced themselves (their machines rebooted), so
+    fn watch_node(&self, id: u64) {
+        let Some(n) = self.nodes.get(&id) else { return };
+        let w = Watched {
+            kernel: n.kernel.clone(),
+            gate: n.gate.clone(),
+            frozen: n.frozen.clone(),
+            down: n.down.clone(),
+            replica: n.replica.clone(),
+        };
+        lock(&self.watch.nodes).insert(id, w);
+    }
+
+    /// Starts node `id`'s daemon over its store, with its kernel.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_daemon(
+        &mut self,
+        id: u64,
+        incarnation: u64,
+        kernel: &Arc<Mutex<Kernel>>,
+        end: &Arc<Mutex<Option<MemKernelEnd>>>,
+        down: &Arc<AtomicBool>,
+        frozen: &Arc<AtomicBool>,
+        journal: &MemJournal,
+    ) -> (SimReplica, JoinHandle<Exit>, Gate) {
+        let opened = match &mut self.storage {
+            Storage::Dir(dir) => LogStore::open(&dir.join(format!("node{id}.redb"))),
+            Storage::Memory { dbs, sync_latency } => {
+                let db = dbs
+                    .entry(id)
+                    .or_insert_with(|| {
+                        let backend = redb::backends::InMemoryBackend::new();
+                        let db = redb::Builder::new().create_with_backend(backend);
+                        Arc::new(db.unwrap_or_else(|e| panic!("in-memory redb: {e}")))
+                    })
+                    .clone();
+                LogStore::with_database(db, FlushMode::Task { sync_latency: *sync_latency })
+            }
+        };
+        let (log, db) = opened.unwrap_or_else(|e| panic!("open store of node {id}: {e}"));
+        let (tx, applied) = tokio::sync::mpsc::unbounded_channel();
+        let sm = StateMachine::open(db)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_effects(tx)
+            .with_checks(self.violations.clone());
+        let state = sm.reader();
+        let raft = Raft::new(id, raft_config(), self.net.factory(id), log.clone(), sm)
+            .await
+            .unwrap_or_else(|e| panic!("raft {id}: {e}"));
+        self.net.register(id, raft.clone(), state.clone());
+        let replica = Arc::new(Replica::new(id, raft, state, self.net.link(id)).with_log(log));
+        self.net.register_replica(id, &replica);
+        let trap = self.nodes.get(&id).map_or_else(|| Arc::new(AtomicBool::new(false)), |n| n.trap.clone());
+        let sim_kernel = SimKernel {
+            id,
+            kernel: kernel.clone(),
+            uuid: self.table.uuid.clone(),
+            frozen: frozen.clone(),
+            trap,
+            watch: self.watch.clone(),
+            net: self.net.clone(),
+        };
+        let (transport, kernel_end) = MemTransport::new(sim_kernel);
+        *lock(end) = Some(kernel_end);
+        let own = if node::breaks::off("no-journal") {
+            OwnMarksStore::in_memory(incarnation)
+        } else {
+            OwnMarksStore::open(Box::new(journal.clone()), incarnation).unwrap_or_else(|e| panic!("journal: {e}"))
+        };
+        let cfg = &self.liveness;
+        let live = LiveConfig {
+            timing: cfg.timing,
+            rate: cfg.rates.get(&id).copied().unwrap_or(1.0),
+            seed: cfg.seed ^ (id << 32) ^ incarnation,
+            prevote: !node::breaks::off("no-prevote"),
+            fence: !node::breaks::off("no-fence"),
+        };
+        let fence = Arc::new(SimFence {
+            id,
+            kernel: kernel.clone(),
+            down: down.clone(),
+            frozen: frozen.clone(),
+            suspend: cfg.suspend,
+            failing: self.failing_fences.clone(),
+            events: self.events.clone(),
+            net: self.net.clone(),
+            start: self.start,
+        });
+        let config = HostConfig {
+            incarnation,
+            live,
+            clock_start: self.start,
+            disk_handover: Duration::from_millis(100),
+            disk_delay: Duration::ZERO,
+        };
+        let host = Host::new(replica.clone(), Arc::new(transport), applied, own, fence, config, Arc::default());
+        let gate = host.gate();
+        let (events, start) = (self.events.clone(), self.start);
+        let task = tokio::spawn(async move {
+            let exit = host.run(std::future::pending()).await;
+            if let Exit::TransportFailed(_) = &exit {
+                lock(&events).push(LiveEvent::TransportFailed { node: id, at_ms: ms_since(start) });
+            }
+            exit
+        });
+        (replica, task, gate)
+    }
+
+    /// Waits until node `id` is a member of boot `incarnation` in its own
+    /// replica, up to `limit`.
+    async fn wait_joined(&self, id: u64, incarnation: u64, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            let joined = self.nodes.get(&id).is_some_and(|n| {
+                n.replica.state.read(|m| m.members().get(&Rn(id)).is_some_and(|mm| mm.incarnation == incarnation))
+            });
+            if joined {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Stops node `id`'s daemon and Raft (its process dies); its kernel
+    /// and its local disk stay.
+    async fn stop_daemon(&mut self, id: u64) {
+        let Some(n) = self.nodes.get_mut(&id) else { return };
+        *lock(&n.end) = None;
+        if let Some(d) = n.daemon.take() {
+            d.abort();
+        }
+        self.net.unregister(id);
+        let _ = n.replica.raft.shutdown().await;
+        *lock(&self.watch.last_death_ms) = Some(ms_since(self.start));
+    }
+
+    /// `kill -9` of node `id`'s daemon alone: its kernel keeps its tables
+    /// and writes; requests it sends meanwhile find nobody.
+    pub async fn kill_daemon(&mut self, id: u64) {
+        note(&format!("n{id} DAEMON KILLED"));
+        self.stop_daemon(id).await;
+    }
+
+    /// Starts node `id`'s daemon again under its running kernel (as
+    /// systemd would after a crash of the daemon). Returns whether it
+    /// joined within `limit`.
+    pub async fn restart_daemon(&mut self, id: u64, limit: Duration) -> bool {
+        note(&format!("n{id} DAEMON RESTARTED"));
+        let Some(n) = self.nodes.get(&id) else { return false };
+        if n.daemon.as_ref().is_some_and(|d| !d.is_finished()) {
+            self.stop_daemon(id).await;
+        }
+        let Some(n) = self.nodes.get(&id) else { return false };
+        let (kernel, end, down, frozen, journal, inc) =
+            (n.kernel.clone(), n.end.clone(), n.down.clone(), n.frozen.clone(), n.journal.clone(), n.incarnation);
+        let (replica, daemon, gate) = self.start_daemon(id, inc, &kernel, &end, &down, &frozen, &journal).await;
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.replica = replica;
+            n.daemon = Some(daemon);
+            n.gate = gate;
+        }
+        self.watch_node(id);
+        self.wait_joined(id, inc, limit).await
+    }
+
+    /// Node `id`'s daemon exited (its transport failed, or it was killed).
+    pub fn daemon_exited(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.daemon.as_ref().is_none_or(|d| d.is_finished()))
+    }
+
+    /// Makes the next receive of node `id`'s daemon fail, as a netlink
+    /// socket's can.
+    pub fn break_transport(&self, id: u64) {
+        note(&format!("n{id} TRANSPORT BROKEN"));
+        if let Some(e) = self.nodes.get(&id).and_then(|n| lock(&n.end).clone()) {
+            e.fail_receive(std::io::ErrorKind::Other);
+        }
+    }
+
+    /// The fence action of node `id` fails from now on.
+    pub fn fail_fences_of(&self, id: u64) {
+        lock(&self.failing_fences).insert(id);
+    }
+
+    /// Node `id`'s daemon's gate.
+    pub fn gate(&self, id: u64) -> Option<Gate> {
+        self.nodes.get(&id).map(|n| n.gate.clone())
+    }
+
+    /// Freezes node `id` (kernel, daemon, network) the moment its daemon
+    /// next has a reply ready to send.
+    pub fn freeze_at_next_send(&self, id: u64) {
+        if let Some(n) = self.nodes.get(&id) {
+            n.trap.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether node `id` is frozen.
+    pub fn is_frozen(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.frozen.load(Ordering::SeqCst))
+    }
+
+    /// When replies reached node `id`'s kernel, in simulated ms.
+    pub fn deliveries(&self, id: u64) -> Vec<u64> {
+        lock(&self.watch.deliveries).get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Node `id`'s kernel's counters.
+    pub fn kernel_stats(&self, id: u64) -> Option<kernel_sim::Stats> {
+        self.nodes.get(&id).map(|n| lock(&n.kernel).stats().clone())
+    }
+
+    /// Removes nodes that fenced by a reboot (their machines went down), so
     /// they can be booted again. Returns their ids.
     pub async fn reap_fenced(&mut self) -> Vec<u64> {
         let down: Vec<u64> = self.nodes.values().filter(|n| n.down.load(Ordering::SeqCst)).map(|n| n.id).collect();
         for id in &down {
-            if let Some(n) = self.nodes.remove(id) {
-                n.driver.abort();
-                if let Some(e) = &n.elections {
-                    e.abort();
-                }
-                if let Some(e) = &n.elections {
-                    e.abort();
-                }
-                if let Some(l) = &n.live {
-                    l.abort();
-                }
-                self.net.unregister(*id);
-                let _ = n.replica.raft.shutdown().await;
-            }
+            self.remove(*id).await;
         }
         down
+    }
+
+    /// Takes node `id` out: daemon, Raft and kernel pump stop.
+    async fn remove(&mut self, id: u64) -> Option<RaftNode> {
+        lock(&self.watch.nodes).remove(&id);
+        *lock(&self.watch.last_death_ms) = Some(ms_since(self.start));
+        let mut n = self.nodes.remove(&id)?;
+        n.pump.abort();
+        *lock(&n.end) = None;
+        if let Some(d) = n.daemon.take() {
+            d.abort();
+        }
+        self.net.unregister(id);
+        let _ = n.replica.raft.shutdown().await;
+        Some(n)
     }
 
     /// Each node's Raft state, for failure reports.
@@ -410,7 +841,7 @@ impl RaftCluster {
         for n in self.nodes.values() {
             let m = n.replica.raft.metrics().borrow().clone();
             out.push(format!(
-                "n{} {:?} term {} leader {:?} last_log {:?} applied {:?} voters {:?} down {}",
+                "n{} {:?} term {} leader {:?} last_log {:?} applied {:?} voters {:?} down {} gate {:?}",
                 n.id,
                 m.state,
                 m.current_term,
@@ -418,14 +849,15 @@ impl RaftCluster {
                 m.last_log_index,
                 m.last_applied.map(|l| l.index),
                 m.membership_config.membership().voter_ids().collect::<Vec<_>>(),
-                n.down.load(Ordering::SeqCst)
+                n.down.load(Ordering::SeqCst),
+                n.gate.standing(),
             ));
         }
         out.join("; ")
     }
 
-    /// Waits until node `id` is evicted (automatic mode) at or after
-    /// simulated millisecond `since`, up to `limit`.
+    /// Waits until node `id` is evicted at or after simulated millisecond
+    /// `since`, up to `limit`.
     pub async fn wait_evicted(&self, id: u64, since: u64, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         while Instant::now() < until {
@@ -450,7 +882,9 @@ impl RaftCluster {
                 .iter()
                 .rposition(|f| matches!(f, LiveEvent::Rejoined { node: n, .. } if n == node))
                 .map_or(0, |p| p + 1);
-            let fenced = events[since..i].iter().any(|f| matches!(f, LiveEvent::Fenced { node: n, .. } if n == node));
+            let fenced = events[since..i].iter().any(|f| {
+                matches!(f, LiveEvent::Fenced { node: n, .. } | LiveEvent::TransportFailed { node: n, .. } if n == node)
+            });
             let crashed_before = crashed.get(node).is_some_and(|t| t <= at_ms);
             if !fenced && !crashed_before {
                 return Err(format!("n{node} evicted at {at_ms} ms while its kernel could still write"));
@@ -459,88 +893,9 @@ impl RaftCluster {
         Ok(())
     }
 
-    async fn boot(&mut self, id: u64) {
-        let opened = match &mut self.storage {
-            Storage::Dir(dir) => LogStore::open(&dir.join(format!("node{id}.redb"))),
-            Storage::Memory { dbs, sync_latency } => {
-                let db = dbs
-                    .entry(id)
-                    .or_insert_with(|| {
-                        let backend = redb::backends::InMemoryBackend::new();
-                        let db = redb::Builder::new().create_with_backend(backend);
-                        Arc::new(db.unwrap_or_else(|e| panic!("in-memory redb: {e}")))
-                    })
-                    .clone();
-                LogStore::with_database(db, FlushMode::Task { sync_latency: *sync_latency })
-            }
-        };
-        let (log, db) = opened.unwrap_or_else(|e| panic!("open store of node {id}: {e}"));
-        let (tx, rx) = mpsc::unbounded_channel();
-        let sm = StateMachine::open(db).unwrap_or_else(|e| panic!("{e}")).with_effects(tx);
-        let state = sm.reader();
-        let raft = Raft::new(id, raft_config(), self.net.factory(id), log.clone(), sm)
-            .await
-            .unwrap_or_else(|e| panic!("raft {id}: {e}"));
-        self.net.register(id, raft.clone(), state.clone());
-        let replica = Arc::new(Replica::new(id, raft, state, self.net.link(id)).with_log(log));
-        self.net.register_replica(id, &replica);
-        let mut k = Kernel::new(KernelConfig::default(), u32::try_from(id * 100_000).unwrap_or(0), id << 40);
-        k.advance_to(self.now_ms());
-        let kernel = Arc::new(Mutex::new(k));
-        let renewals: Arc<Mutex<Option<Renewals>>> = Arc::default();
-        let down = Arc::new(AtomicBool::new(false));
-        let fenced = Arc::new(AtomicBool::new(false));
-        let own: Arc<Mutex<OwnMarks>> = Arc::default();
-        let (lease, frozen) = (Lease::new(), Arc::new(AtomicBool::new(false)));
-        let driver = tokio::spawn(drive(
-            Driver {
-                id,
-                replica: replica.clone(),
-                kernel: kernel.clone(),
-                start: self.start,
-                renewals: renewals.clone(),
-                down: down.clone(),
-                fenced: fenced.clone(),
-                own: own.clone(),
-                lease: lease.clone(),
-                frozen: frozen.clone(),
-                watch: self.watch.clone(),
-            },
-            rx,
-        ));
-        let watched = Watched {
-            kernel: kernel.clone(),
-            fenced: fenced.clone(),
-            frozen: frozen.clone(),
-            down: down.clone(),
-            lease: lease.clone(),
-        };
-        lock(&self.watch.nodes).insert(id, watched);
-        let node = RaftNode {
-            id,
-            replica,
-            kernel,
-            mirror: MirrorId(0),
-            driver,
-            live: None,
-            down,
-            renewals,
-            fenced,
-            own,
-            lease,
-            frozen,
-            elections: None,
-        };
-        self.nodes.insert(id, node);
-        // As the daemon: elections through pre-vote from the start.
-        if let (Some(cfg), Some(n)) = (&self.liveness, self.nodes.get_mut(&id)) {
-            n.elections = Some(node::live::spawn_prevote_elections(n.replica.clone(), cfg.seed ^ id));
-        }
-    }
-
     /// Milliseconds since the start.
     pub fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+        ms_since(self.start)
     }
 
     /// A write from node `id` to `region`.
@@ -552,24 +907,10 @@ impl RaftCluster {
 
     /// The node (kernel and daemon) dies.
     pub async fn crash(&mut self, id: u64) {
-        if trace_region().is_some() {
-            lock(&TRACE).push(format!("{:?} n{id} CRASH", Instant::now()));
-        }
-        lock(&self.watch.nodes).remove(&id);
-        if let Some(n) = self.nodes.remove(&id) {
-            n.driver.abort();
-            if let Some(e) = &n.elections {
-                e.abort();
-            }
-            if let Some(l) = &n.live {
-                l.abort();
-            }
-            self.net.unregister(id);
-            let _ = n.replica.raft.shutdown().await;
-            let kernel = Arc::try_unwrap(n.kernel).ok().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
-            if let Some(k) = kernel {
-                k.crash();
-            }
+        note(&format!("n{id} CRASH"));
+        if let Some(n) = self.remove(id).await {
+            let dead = std::mem::replace(&mut *lock(&n.kernel), Kernel::new(KernelConfig::default(), 0, 0));
+            dead.crash();
         }
     }
 
@@ -594,37 +935,32 @@ impl RaftCluster {
     }
 
     /// Node `id` boots again after a crash: a new kernel (new incarnation)
-    /// and its Raft node restarted from its store; it rejoins and loads the
+    /// and its daemon restarted from its store; it joins and loads the
     /// table again.
     pub async fn reboot(&mut self, id: u64) -> bool {
-        if trace_region().is_some() {
-            lock(&TRACE).push(format!("{:?} n{id} REBOOT", Instant::now()));
-        }
+        note(&format!("n{id} REBOOT"));
         if self.nodes.contains_key(&id) {
             return false;
         }
-        self.boot(id).await;
         let inc = {
             let e = self.incarnations.entry(id).or_insert(1);
             *e += 1;
             *e
         };
-        let join = Proposal { commands: vec![regions::Command::NodeJoined { node: Rn(id), incarnation: inc }] };
-        let Some(node) = self.nodes.get(&id) else { return false };
-        if node.replica.propose(join, Instant::now() + Duration::from_secs(30)).await.is_err() {
+        self.boot(id, inc).await;
+        if !self.wait_joined(id, inc, Duration::from_secs(30)).await {
             return false;
         }
-        lock(&node.kernel).create(self.table.clone(), self.legs.clone());
-        self.start_liveness(id, inc);
+        if let Some(node) = self.nodes.get(&id) {
+            lock(&node.kernel).create(self.table.clone(), self.legs.clone());
+        }
         true
     }
 
     /// Some live node proposes the eviction of `id` (the liveness layer's
     /// job, done by hand here).
     pub async fn evict(&self, id: u64) -> bool {
-        if trace_region().is_some() {
-            lock(&TRACE).push(format!("{:?} n{id} EVICT proposed", Instant::now()));
-        }
+        note(&format!("n{id} EVICT proposed by hand"));
         let Some(n) = self.nodes.values().find(|n| n.id != id) else { return false };
         let p = Proposal { commands: vec![regions::Command::NodeEvicted { node: Rn(id) }] };
         n.replica.propose(p, Instant::now() + Duration::from_secs(10)).await.is_ok()
@@ -632,11 +968,10 @@ impl RaftCluster {
 
     /// A recovery under way, as (node, region), in some node's replica.
     pub fn recovering(&self) -> Option<(u64, u64)> {
-        let uuid = Uuid::new("LVM-raft-sim")?;
         self.nodes.values().find_map(|n| {
-            n.replica
-                .state
-                .read(|m| m.log(&uuid).and_then(|l| l.assignments().iter().next().map(|(i, r)| (i.node.0, r.0))))
+            n.replica.state.read(|m| {
+                m.log(&self.table.uuid).and_then(|l| l.assignments().iter().next().map(|(i, r)| (i.node.0, r.0)))
+            })
         })
     }
 
@@ -654,9 +989,7 @@ impl RaftCluster {
 
     /// A line in the debug trace (`DMLOGD_TRACE_REGION`).
     pub fn note(&self, line: &str) {
-        if trace_region().is_some() {
-            lock(&TRACE).push(format!("{:?} {line}", Instant::now()));
-        }
+        note(line);
     }
 
     /// Waits until no node is fenced without a reboot (they rejoin by
@@ -664,7 +997,7 @@ impl RaftCluster {
     pub async fn wait_unfenced(&self, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         while Instant::now() < until {
-            if !self.nodes.values().any(|n| n.fenced.load(Ordering::SeqCst)) {
+            if !self.nodes.values().any(|n| n.gate.is_closed() && !n.down.load(Ordering::SeqCst)) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -688,13 +1021,13 @@ impl RaftCluster {
     /// The out-of-sync regions in the leader's replica (which has applied
     /// everything committed).
     pub fn out_of_sync_at_leader(&self) -> BTreeSet<u64> {
-        let Some(uuid) = Uuid::new("LVM-raft-sim") else { return BTreeSet::new() };
         self.nodes
             .values()
             .find(|n| n.replica.raft.metrics().borrow().state.is_leader())
             .and_then(|n| {
                 n.replica.state.read(|m| {
-                    m.log(&uuid).map(|l| (0..l.region_count()).filter(|&r| !l.in_sync(wire::Region(r))).collect())
+                    m.log(&self.table.uuid)
+                        .map(|l| (0..l.region_count()).filter(|&r| !l.in_sync(wire::Region(r))).collect())
                 })
             })
             .unwrap_or_default()
@@ -705,55 +1038,48 @@ impl RaftCluster {
         self.read_log(|l| (0..l.region_count()).filter(|&r| !l.in_sync(wire::Region(r))).collect())
     }
 
-    /// The regions node `id`'s kernel holds dirty, as its daemon counts them
-    /// from the requests it answered (what a rejoin marks again).
-    pub fn held_dirty(&self, id: u64) -> BTreeSet<u64> {
-        let Some(n) = self.nodes.get(&id) else { return BTreeSet::new() };
-        let Some(luid) = lock(&n.kernel).mirror(n.mirror).map(|v| v.luid) else { return BTreeSet::new() };
-        lock(&n.own).dirty(&self.table.uuid, luid).into_iter().map(|r| r.0).collect()
+    /// What node `id`'s daemon recorded on its local disk about its
+    /// kernel's tables.
+    pub fn journaled(&self, id: u64) -> OwnMarks {
+        let Some(n) = self.nodes.get(&id) else { return OwnMarks::new() };
+        OwnMarksStore::read(&mut n.journal.clone(), n.incarnation).unwrap_or_default()
     }
 
     fn read_log<T: Default>(&self, f: impl Fn(&regions::Log) -> T) -> T {
-        let Some(uuid) = Uuid::new("LVM-raft-sim") else { return T::default() };
         self.nodes
             .values()
-            .find(|n| !n.down.load(Ordering::SeqCst) && !n.frozen.load(Ordering::SeqCst))
-            .and_then(|n| n.replica.state.read(|m| m.log(&uuid).map(&f)))
+            .find(|n| !n.down.load(Ordering::SeqCst) && !n.frozen.load(Ordering::SeqCst) && n.daemon.is_some())
+            .and_then(|n| n.replica.state.read(|m| m.log(&self.table.uuid).map(&f)))
             .unwrap_or_default()
     }
 
     /// The events of `node` (fences, evictions, rejoins, thaws), in order.
     pub fn events_of(&self, node: u64) -> Vec<LiveEvent> {
-        lock(&self.events)
-            .iter()
-            .filter(|e| match e {
-                LiveEvent::Fenced { node: n, .. }
-                | LiveEvent::Evicted { node: n, .. }
-                | LiveEvent::Rejoined { node: n, .. }
-                | LiveEvent::Thawed { node: n, .. } => *n == node,
-            })
-            .cloned()
-            .collect()
+        lock(&self.events).iter().filter(|e| e.node() == node).cloned().collect()
     }
 
     /// Whether node `id`'s kernel has a write in flight.
     pub fn writing(&self, id: u64) -> bool {
-        self.nodes
-            .get(&id)
-            .is_some_and(|n| lock(&n.kernel).mirror(n.mirror).is_some_and(|v| !v.inflight_regions.is_empty()))
+        !self.inflight_regions(id).is_empty()
+    }
+
+    /// Whether node `id`'s kernel waits for an answer to a FLUSH or a MARK.
+    pub fn marking(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| lock(&n.kernel).awaits_mark(n.mirror))
     }
 
     /// Waits until every kernel is idle, then asks `dmsetup status`
     /// everywhere and checks: every node's status shows all regions in
     /// sync, the legs are identical, the replicas hold the same state, no
-    /// kernel saw a violation.
+    /// kernel saw a violation, no replica broke an invariant, and the watch
+    /// saw nothing wrong.
     pub async fn verify(&self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
-        // Settled: every kernel idle, every replica at the same applied
-        // index, and no kernel still to be kicked after an eviction (a kick
-        // reaches a follower's kernel only when it applies the entry).
-        // (Replicas are compared by state, not applied index: lease
-        // renewals commit all the time and change nothing.)
+        // Settled: every kernel idle, every replica at the same state, and
+        // no kernel still to be kicked after an eviction (a kick reaches a
+        // follower's kernel only when it applies the entry). (Replicas are
+        // compared by state, not applied index: lease renewals commit all
+        // the time and change nothing.)
         let settled = || {
             let states: Vec<Vec<u8>> = self.nodes.values().map(|n| n.replica.state.read(|m| m.snapshot())).collect();
             self.nodes.values().all(|n| lock(&n.kernel).is_idle())
@@ -771,7 +1097,7 @@ impl RaftCluster {
             }
         };
         wait_settled(deadline).await;
-        self.note(&format!("SETTLED\n{}", self.read_log(|l| l.describe())));
+        note(&format!("SETTLED\n{}", self.read_log(|l| l.describe())));
         for n in self.nodes.values() {
             lock(&n.kernel).status(n.mirror);
         }
@@ -795,6 +1121,7 @@ impl RaftCluster {
             problems.push(format!("legs differ in {differ:?}"));
         }
         problems.extend(lock(&self.watch.problems).iter().cloned());
+        problems.extend(lock(&self.violations).iter().map(|v| format!("invariant violated {v}")));
         if !problems.is_empty() {
             problems.push(self.read_log(|l| l.describe()));
         }
@@ -811,192 +1138,18 @@ impl RaftCluster {
         if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
     }
 
+    /// What went wrong so far that the end state cannot show: the watch's
+    /// findings and invariant violations (empty if nothing).
+    pub fn problems_so_far(&self) -> Vec<String> {
+        let mut p = lock(&self.watch.problems).clone();
+        p.extend(lock(&self.violations).iter().map(|v| format!("invariant violated {v}")));
+        p
+    }
+
     /// Stops every node.
-    pub async fn shutdown(self) {
-        for n in self.nodes.into_values() {
-            n.driver.abort();
-            if let Some(e) = &n.elections {
-                e.abort();
-            }
-            if let Some(l) = &n.live {
-                l.abort();
-            }
-            let _ = n.replica.raft.shutdown().await;
+    pub async fn shutdown(mut self) {
+        for id in self.nodes.keys().copied().collect::<Vec<_>>() {
+            self.remove(id).await;
         }
     }
-}
-
-/// The node loop: moves the kernel's clock, sends its requests through the
-/// replica (each in its own task, so the kernel's threads overlap as in the
-/// real kernel), and acts on effects addressed to this node.
-struct Driver {
-    id: u64,
-    replica: Arc<Replica<MemLink>>,
-    kernel: Arc<Mutex<Kernel>>,
-    start: Instant,
-    renewals: Arc<Mutex<Option<Renewals>>>,
-    down: Arc<AtomicBool>,
-    fenced: Arc<AtomicBool>,
-    own: Arc<Mutex<OwnMarks>>,
-    lease: Lease,
-    frozen: Arc<AtomicBool>,
-    watch: Watch,
-}
-
-async fn drive(d: Driver, mut effects: mpsc::UnboundedReceiver<AppliedEffects>) {
-    let Driver { id, replica, kernel, start, renewals, down, fenced, own, lease, frozen, watch } = d;
-    loop {
-        if down.load(Ordering::SeqCst) {
-            return;
-        }
-        // A frozen node's kernel stands still; its clock jumps at the thaw.
-        if frozen.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            continue;
-        }
-        let now = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let requests = {
-            let mut k = lock(&kernel);
-            k.advance_to(now);
-            k.take_requests()
-        };
-        for datagram in requests {
-            if let Ok(frame) = Frame::parse(&datagram)
-                && let Ok(msg) = frame.message()
-            {
-                lock(&own).requested(&msg.uuid, msg.luid(), &msg.request);
-            }
-            let (replica, kernel, fenced, own) = (replica.clone(), kernel.clone(), fenced.clone(), own.clone());
-            let (lease, frozen, watch) = (lease.clone(), frozen.clone(), watch.clone());
-            tokio::spawn(async move {
-                if let Some((reply, ok, answered)) = answer(&replica, &datagram).await {
-                    // A stopped process sends its answer when it wakes.
-                    while frozen.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    // A fenced node answers nothing, nor one whose lease ran
-                    // out (as the daemon's router).
-                    if fenced.load(Ordering::SeqCst) || !(lease.holds() || broken("no-lease-gate")) {
-                        return;
-                    }
-                    if let Some(msg) = ok {
-                        lock(&own).acknowledged(&msg.uuid, msg.luid(), &msg.request);
-                        if let (wire::Request::GetResyncWork, Some(a)) = (&msg.request, &answered) {
-                            watch.answered(id, &msg.request, a, Instant::now());
-                        }
-                    }
-                    lock(&kernel).deliver(&reply);
-                }
-            });
-        }
-        while let Ok(applied) = effects.try_recv() {
-            for e in applied.effects {
-                match e {
-                    Effect::KickKernel { node, .. } if node.0 == id && !broken("no-kick") => {
-                        lock(&kernel).kick(MirrorId(0))
-                    }
-                    // A read wakes kmirrord, whose pass asks for resync work.
-                    Effect::WakeRecovery { node, .. } if node.0 == id => lock(&kernel).read(MirrorId(0), 0),
-                    Effect::LeaseRenewed { node } => {
-                        if let Some(r) = lock(&renewals).as_ref() {
-                            r.renewed(node);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// Whether a safety feature is switched off for a demonstration run
-/// (`DMLOGD_SIM_BREAK=no-fence` or `no-prevote`): the seeded runs must
-/// then fail, which shows they test the feature.
-fn broken(feature: &str) -> bool {
-    std::env::var("DMLOGD_SIM_BREAK").is_ok_and(|v| v.split(',').any(|f| f == feature))
-}
-
-/// The simulation's side of a node's liveness task: the fence action is a
-/// reboot (the kernel dies with its writes in flight, the daemon stops).
-struct SimHooks {
-    id: u64,
-    kernel: Arc<Mutex<Kernel>>,
-    down: Arc<AtomicBool>,
-    fenced: Arc<AtomicBool>,
-    frozen: Arc<AtomicBool>,
-    lease: Lease,
-    fence_after: Duration,
-    suspend: bool,
-    events: Arc<Mutex<Vec<LiveEvent>>>,
-    net: MemNet,
-    start: Instant,
-}
-
-impl SimHooks {
-    fn sim_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-}
-
-impl LiveHooks for SimHooks {
-    fn frozen(&self) -> bool {
-        self.frozen.load(Ordering::SeqCst)
-    }
-
-    fn fence(&self) {
-        let at_ms = self.sim_ms();
-        let last_write_ms = lock(&self.kernel).stats().last_write_ms;
-        lock(&self.events).push(LiveEvent::Fenced { node: self.id, at_ms, last_write_ms });
-        self.trace(format!("n{} FENCED", self.id));
-        if self.suspend {
-            // Stop answering, and suspend the mirror: its writes are held
-            // (the suspend itself waits for answers until the rejoin).
-            self.fenced.store(true, Ordering::SeqCst);
-            lock(&self.kernel).suspend(MirrorId(0));
-            return;
-        }
-        self.down.store(true, Ordering::SeqCst);
-        let dead = std::mem::replace(&mut *lock(&self.kernel), Kernel::new(KernelConfig::default(), 0, 0));
-        dead.crash();
-        self.net.unregister(self.id);
-    }
-
-    fn evicted(&self, node: Rn) {
-        let at_ms = self.sim_ms();
-        lock(&self.events).push(LiveEvent::Evicted { node: node.0, at_ms });
-    }
-
-    fn trace(&self, line: String) {
-        if trace_region().is_some() {
-            lock(&TRACE).push(format!("{:?} {line}", Instant::now()));
-        }
-    }
-}
-
-/// After a `suspend` fence: one entry registering the node's table and
-/// re-marking what its kernel may hold dirty (with the stale-hints notice),
-/// retried until it commits without refusals; then the node answers again
-/// and its mirror is resumed. `DMLOGD_SIM_BREAK=no-remark` leaves the marks
-/// out, `no-stale-hints` the notice (the seeded runs must then fail).
-async fn rejoin(replica: &Replica<MemLink>, own: &Mutex<OwnMarks>, incarnation: u64, hooks: &SimHooks) {
-    loop {
-        let mut commands = lock(own).rejoin(Rn(replica.id), incarnation);
-        if broken("no-remark") {
-            commands.retain(|c| !matches!(c, regions::Command::Kernel { op: regions::KernelOp::Flush { .. }, .. }));
-        }
-        if broken("no-stale-hints") {
-            commands.retain(|c| !matches!(c, regions::Command::StaleHints { .. }));
-        }
-        let p = Proposal { commands };
-        match replica.propose(p, Instant::now() + Duration::from_secs(5)).await {
-            Ok(out) if out.0.iter().all(|o| o.refusal.is_none()) => break,
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-    hooks.lease.grant(hooks.fence_after);
-    hooks.fenced.store(false, Ordering::SeqCst);
-    lock(&hooks.events).push(LiveEvent::Rejoined { node: hooks.id, at_ms: hooks.sim_ms() });
-    hooks.trace(format!("n{} REJOINED", hooks.id));
-    lock(&hooks.kernel).resume(MirrorId(0));
 }

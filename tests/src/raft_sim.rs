@@ -104,7 +104,7 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     // to reboots).
     let suspend = rng.random_bool(0.5) && std::env::var("DMLOGD_SIM_FENCE").map_or(true, |v| v != "reboot");
     let liveness = LivenessConfig { timing, rates, seed: rng.random(), suspend };
-    let mut c = RaftCluster::start_live(storage, 3, log_args, regions, Some(liveness)).await;
+    let mut c = RaftCluster::start_live(storage, 3, log_args, regions, liveness).await;
     let mut crashed: BTreeMap<u64, u64> = BTreeMap::new();
     // Nodes whose kernel was stopped (frozen), from when.
     let mut stopped: BTreeMap<u64, u64> = BTreeMap::new();

@@ -96,7 +96,7 @@ async fn start(rng: &mut SmallRng, log_args: &str, suspend: bool) -> Result<(Tim
     let timing = sim_timing(rng)?;
     let rates: BTreeMap<u64, f64> = (1..=3).map(|id| (id, 1.0 + rng.random_range(-0.0099..0.0099))).collect();
     let liveness = LivenessConfig { timing, rates, seed: rng.random(), suspend };
-    let c = RaftCluster::start_live(storage, 3, log_args, REGIONS, Some(liveness)).await;
+    let c = RaftCluster::start_live(storage, 3, log_args, REGIONS, liveness).await;
     Ok((timing, c))
 }
 

@@ -1,5 +1,6 @@
-//! A reader for `shared/fixtures/kernel-6.1-trace.txt`: one request and the
-//! reply it got per line, grouped by the `### phase` markers.
+//! A reader for `tests/fixtures/kernel-6.1-trace.txt`, a request/reply trace
+//! recorded from the Debian 6.1 kernel: one request and the reply it got
+//! per line, grouped by the `### phase` markers.
 //!
 //! Line format (from the file's header):
 //! `<time> seq=<n> <TYPE> luid=<hex> uuid=<s> ds=<n> <payload> -> err=<e> rs=<n> <reply>`
@@ -33,13 +34,9 @@ pub struct Entry {
     pub reply: String,
 }
 
-/// Where the fixture lives: `../shared/` beside the checkout, or
-/// `DMLOGD_SHARED` when set.
+/// Where the fixture lives: in this crate's `fixtures/`.
 pub fn fixture_path() -> PathBuf {
-    if let Ok(dir) = std::env::var("DMLOGD_SHARED") {
-        return PathBuf::from(dir).join("fixtures/kernel-6.1-trace.txt");
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/kernel-6.1-trace.txt")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/kernel-6.1-trace.txt")
 }
 
 /// Reads and parses the fixture.

@@ -96,7 +96,10 @@ pub fn refusal(s: &tonic::Status) -> String {
 
 /// Whether the node looks healthy, and if not, why.
 pub fn health(s: &StatusReply) -> Result<(), String> {
-    if s.fenced {
+    if s.fenced || s.fence_failed {
+        if !s.standing.is_empty() {
+            return Err(s.standing.clone());
+        }
         return Err("fenced: its lease ran out; it answers no kernel requests".into());
     }
     if !s.violation.is_empty() {
@@ -166,6 +169,7 @@ pub fn status_json(s: &StatusReply) -> Value {
         "last_applied": s.last_applied,
         "millis_since_quorum_ack": if s.millis_since_quorum_ack < 0 { Value::Null } else { json!(s.millis_since_quorum_ack) },
         "fenced": s.fenced,
+        "fence_failed": s.fence_failed,
         "violation": if s.violation.is_empty() { Value::Null } else { json!(s.violation) },
         "healthy": health(s).is_ok(),
         "health": health(s).err(),

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use wire::{Errno, KernelReply, Luid, Region, Request, Seq, encode_request, reply_capacity};
 
 use crate::legs::SharedLegs;
-use crate::mirror::{Bio, InFlight, Job, Life, Mirror, Purpose, RState, RegionEntry, Step, Table, Who};
+use crate::mirror::{Bio, InFlight, Job, Life, Mirror, Purpose, RState, Reconnect, RegionEntry, Step, Table, Who};
 
 /// Timing of the simulated hardware and kernel.
 #[derive(Clone, Debug)]
@@ -42,6 +42,8 @@ pub const REMOTE_RECOVERING_THROTTLE_MS: u64 = 248;
 pub const REQUEUE_DELAY_MS: u64 = 200;
 /// Integrated mode: the delayed FLUSH after a flush that carried no marks.
 pub const DELAYED_FLUSH_MS: u64 = 3000;
+/// The reconnect loop's sleep between CTRs when no daemon listens (2 s).
+pub const RECONNECT_SLEEP_MS: u64 = 2000;
 
 /// A handle to one mirror of a [`Kernel`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -82,6 +84,11 @@ pub struct Stats {
     pub regions_recovered: u64,
     /// When this kernel last put a write on a leg (ms), if ever.
     pub last_write_ms: Option<u64>,
+    /// Requests that found no daemon listening (`-ESRCH`).
+    pub unheard: u64,
+    /// Reconnect CTRs sent (the kernel's "Attempting to contact userspace
+    /// log server...").
+    pub reconnects: u64,
 }
 
 /// A read-only view of one mirror.
@@ -129,6 +136,8 @@ pub struct Kernel {
     mirrors: Vec<Mirror>,
     outstanding: BTreeMap<u32, Outstanding>,
     outbox: Vec<Vec<u8>>,
+    /// Reconnect loops asleep: when each sends its next CTR.
+    reconnecting: Vec<(u64, usize, Who, Reconnect)>,
     stats: Stats,
     violations: Vec<Violation>,
 }
@@ -148,6 +157,7 @@ impl Kernel {
             mirrors: Vec::new(),
             outstanding: BTreeMap::new(),
             outbox: Vec::new(),
+            reconnecting: Vec::new(),
             stats: Stats::default(),
             violations: Vec::new(),
         }
@@ -303,6 +313,7 @@ impl Kernel {
     pub fn is_idle(&self) -> bool {
         self.outstanding.is_empty()
             && self.outbox.is_empty()
+            && self.reconnecting.is_empty()
             && self.mirrors.iter().all(|m| {
                 m.jobs.is_empty()
                     && m.kmirrord.steps.is_empty()
@@ -316,6 +327,21 @@ impl Kernel {
             })
     }
 
+    /// Whether mirror `m` waits for the answer to a MARK or to a FLUSH
+    /// carrying marks: a write is between its mark and its data.
+    pub fn awaits_mark(&self, m: MirrorId) -> bool {
+        self.outstanding.values().any(|o| {
+            o.mirror == m.0
+                && matches!(&o.request, Request::MarkRegion(_) | Request::Flush { marks: _ })
+                && matches!(o.purpose, Purpose::Log(true))
+        })
+    }
+
+    /// The request waiting for a reply under `seq`, if any.
+    pub fn outstanding_request(&self, seq: u32) -> Option<&Request> {
+        self.outstanding.get(&seq).map(|o| &o.request)
+    }
+
     /// Datagrams to deliver to the daemon, in sending order.
     pub fn take_requests(&mut self) -> Vec<Vec<u8>> {
         self.run();
@@ -325,6 +351,7 @@ impl Kernel {
     /// The earliest time something happens without a reply arriving.
     pub fn next_event_ms(&self) -> Option<u64> {
         let mut t: Vec<u64> = self.outstanding.values().map(|o| o.sent_at + RETRY_TIMEOUT_MS).collect();
+        t.extend(self.reconnecting.iter().map(|(at, ..)| *at));
         for m in &self.mirrors {
             t.extend(m.inflight.iter().map(|w| w.complete_at));
             t.extend(m.recovering.as_ref().and_then(|(_, c)| c.as_ref()).map(|(_, done)| *done));
@@ -362,6 +389,15 @@ impl Kernel {
                 self.stats.timeouts += 1;
                 self.send(o.mirror, o.who, o.request, o.purpose);
             }
+        }
+        // Reconnect loops whose 2 s sleep is over send their CTR again.
+        let (due, asleep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.reconnecting).into_iter().partition(|(at, ..)| *at <= now);
+        self.reconnecting = asleep;
+        for (_, mi, who, r) in due {
+            self.stats.reconnects += 1;
+            let args = self.mirrors[mi].table.ctr_args();
+            self.send(mi, who, Request::Ctr { args, reconnect: true }, Purpose::Reconnect(Box::new(r)));
         }
         for mi in 0..self.mirrors.len() {
             let m = &mut self.mirrors[mi];
@@ -630,6 +666,45 @@ impl Kernel {
         }
     }
 
+    /// A request datagram found no daemon listening on the connector (no
+    /// socket in the group, or its receive queue full): the kernel's send
+    /// returns `-ESRCH` at once (spec §1.8). CTR, DTR, the suspend and
+    /// resume calls and GET_REGION_SIZE get the error; every other request
+    /// enters the reconnect loop: every 2 s a CTR with the saved
+    /// arguments (NUL-terminated, no receive buffer), then a RESUME, then
+    /// the request again under a new seq.
+    pub fn unheard(&mut self, datagram: &[u8]) {
+        let Ok(frame) = wire::Frame::parse(datagram) else { return };
+        let Some(o) = self.outstanding.remove(&frame.header().seq.0) else { return };
+        self.stats.unheard += 1;
+        let esrch = Errno::ESRCH.negated();
+        match o.purpose {
+            // The loop's own CTR: sleep and try again.
+            Purpose::Reconnect(r) if r.ctr => {
+                self.reconnecting.push((self.now_ms + RECONNECT_SLEEP_MS, o.mirror, o.who, *r))
+            }
+            // Its RESUME failed: the request fails with -ESRCH.
+            Purpose::Reconnect(r) => {
+                let original = Outstanding { request: r.request, purpose: r.purpose, ..o };
+                self.fail(original, esrch);
+            }
+            _ if is_direct(&o.request) => self.fail(o, esrch),
+            purpose => {
+                // The thread stays blocked (waiting on a seq nobody answers).
+                let r = Reconnect { ctr: true, request: o.request, purpose };
+                self.reconnecting.push((self.now_ms + RECONNECT_SLEEP_MS, o.mirror, o.who, r));
+            }
+        }
+    }
+
+    /// The waiting thread gets `error` for `o` without a reply.
+    fn fail(&mut self, o: Outstanding, error: i32) {
+        if let Some(m) = self.mirrors.get_mut(o.mirror) {
+            m.thread(o.who).waiting = None;
+        }
+        self.on_reply(o, error, &[]);
+    }
+
     /// Consumes one reply datagram from the daemon, as `cn_ulog_callback`
     /// and the waiting caller would (spec §1.5).
     pub fn deliver(&mut self, datagram: &[u8]) {
@@ -691,6 +766,20 @@ impl Kernel {
         };
         let mi = o.mirror;
         match o.purpose {
+            Purpose::Reconnect(r) if r.ctr && ok => {
+                let r = Reconnect { ctr: false, ..*r };
+                self.send(mi, o.who, Request::Resume, Purpose::Reconnect(Box::new(r)));
+            }
+            Purpose::Reconnect(r) if r.ctr => {
+                self.mirrors[mi].thread(o.who).waiting = Some(u32::MAX);
+                self.reconnecting.push((now + RECONNECT_SLEEP_MS, mi, o.who, *r));
+            }
+            // Reconnected: the request goes again, under a new seq.
+            Purpose::Reconnect(r) if ok => self.send(mi, o.who, r.request, r.purpose),
+            Purpose::Reconnect(r) => {
+                let original = Outstanding { request: r.request, purpose: r.purpose, ..o };
+                self.fail(original, Errno::ESRCH.negated());
+            }
             Purpose::Ctr => {
                 let m = &mut self.mirrors[mi];
                 if !ok {
@@ -855,6 +944,21 @@ impl Kernel {
             }
         }
     }
+}
+
+/// Whether the kernel sends `request` straight through
+/// `dm_consult_userspace`, so that "no daemon" is an error for the caller
+/// rather than the reconnect loop (spec §1.8).
+fn is_direct(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Ctr { .. }
+            | Request::Dtr
+            | Request::Presuspend
+            | Request::Postsuspend
+            | Request::Resume
+            | Request::GetRegionSize
+    )
 }
 
 /// kcopyd starts copying the region under recovery once its writes have

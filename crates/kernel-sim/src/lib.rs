@@ -9,7 +9,10 @@
 //! FLUSH or an integrated FLUSH carrying the marks, CLEAR later, the 3 s
 //! delayed FLUSH), batches of at most 32 regions, the `in_sync_hint` cache
 //! reset only at RESUME, suspend/resume/remove, 15 s timeouts re-sent under a
-//! new seq, and `-EAGAIN` re-sends. It checks every reply as the kernel
+//! new seq, `-EAGAIN` re-sends, and a daemon that is not there: `-ESRCH`
+//! for the constructor and suspend calls, the reconnect loop (CTR with the
+//! saved arguments, RESUME, the request again) for the rest
+//! ([`Kernel::unheard`]). It checks every reply as the kernel
 //! would (exact `data_size`, capacity, 0/1 answers) and records violations.
 //!
 //! It also models the data legs ([`Legs`]): which regions were written on
@@ -26,8 +29,8 @@ mod legs;
 mod mirror;
 
 pub use kernel::{
-    Config, DELAYED_FLUSH_MS, Kernel, MirrorId, MirrorView, REMOTE_RECOVERING_THROTTLE_MS, REQUEUE_DELAY_MS,
-    RETRY_TIMEOUT_MS, Stats, Violation,
+    Config, DELAYED_FLUSH_MS, Kernel, MirrorId, MirrorView, RECONNECT_SLEEP_MS, REMOTE_RECOVERING_THROTTLE_MS,
+    REQUEUE_DELAY_MS, RETRY_TIMEOUT_MS, Stats, Violation,
 };
 pub use legs::{Legs, SharedLegs};
 pub use mirror::{Life, Table};

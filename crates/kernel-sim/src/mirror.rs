@@ -99,6 +99,20 @@ pub(crate) enum Purpose {
     SetSync,
     StatusCount,
     StatusInfo,
+    /// A step of the reconnect loop of `userspace_do_request` (spec §1.8),
+    /// carrying the request that found no daemon.
+    Reconnect(Box<Reconnect>),
+}
+
+/// The reconnect loop of one request that found no daemon listening.
+#[derive(Clone, Debug)]
+pub(crate) struct Reconnect {
+    /// `true` while the CTR is out, `false` for the RESUME after it.
+    pub ctr: bool,
+    /// The request to send again once reconnected.
+    pub request: wire::Request,
+    /// Its purpose.
+    pub purpose: Purpose,
 }
 
 /// One step of a kernel thread.

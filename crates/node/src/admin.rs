@@ -11,7 +11,6 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::ServerState;
@@ -36,13 +35,13 @@ pub const CHANGE_DEADLINE: Duration = Duration::from_secs(60);
 /// The admin service of one node.
 pub struct AdminService {
     replica: Arc<Replica<GrpcLeaderLink>>,
-    fenced: Arc<AtomicBool>,
+    gate: crate::gate::Gate,
 }
 
 impl AdminService {
-    /// Serves `replica`'s node; `fenced` is the router's fence flag.
-    pub fn new(replica: Arc<Replica<GrpcLeaderLink>>, fenced: Arc<AtomicBool>) -> AdminService {
-        AdminService { replica, fenced }
+    /// Serves `replica`'s node, whose answers to its kernel pass `gate`.
+    pub fn new(replica: Arc<Replica<GrpcLeaderLink>>, gate: crate::gate::Gate) -> AdminService {
+        AdminService { replica, gate }
     }
 
     /// The tonic service.
@@ -226,9 +225,11 @@ impl Admin for AdminService {
                     .flat_map(|r| r.iter())
                     .map(|(id, matched)| Progress { id: *id, matched: matched.map_or(0, |l| l.index) })
                     .collect(),
-                fenced: self.fenced.load(Ordering::SeqCst),
+                fenced: self.gate.is_closed(),
                 violation: String::new(),
                 kernels: Vec::new(),
+                standing: self.gate.standing().describe(),
+                fence_failed: matches!(self.gate.standing(), crate::gate::Standing::FenceFailed(_)),
             }
         };
         let (violation, kernels) = self.replica.state.read(|m| {

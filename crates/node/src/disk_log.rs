@@ -28,7 +28,6 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use regions::{Bitmap, Command, DiskImage, NodeId};
@@ -132,7 +131,7 @@ pub type DeviceOf = Box<dyn Fn(&Uuid) -> Option<String> + Send + Sync>;
 /// node is the writer of.
 pub struct DiskWriter<L: LeaderLink> {
     replica: Arc<Replica<L>>,
-    fenced: Arc<AtomicBool>,
+    gate: crate::gate::Gate,
     /// How long a new writer waits before its first write after another
     /// node wrote.
     pub handover: Duration,
@@ -153,14 +152,15 @@ struct Due {
 }
 
 impl<L: LeaderLink> DiskWriter<L> {
-    /// A writer for `replica`'s node, silent while `fenced`.
+    /// A writer for `replica`'s node, silent while `gate` is closed (the
+    /// node is fenced).
     pub fn new(
         replica: Arc<Replica<L>>,
-        fenced: Arc<AtomicBool>,
+        gate: crate::gate::Gate,
         handover: Duration,
         device_of: impl Fn(&Uuid) -> Option<String> + Send + Sync + 'static,
     ) -> DiskWriter<L> {
-        DiskWriter { replica, fenced, handover, device_of: Box::new(device_of), slow_device: Duration::ZERO }
+        DiskWriter { replica, gate, handover, device_of: Box::new(device_of), slow_device: Duration::ZERO }
     }
 
     /// The logs this node must write now.
@@ -192,7 +192,7 @@ impl<L: LeaderLink> DiskWriter<L> {
         let mut mine: std::collections::HashSet<Uuid> = Default::default();
         loop {
             let _ = tokio::time::timeout(Duration::from_millis(200), applied.changed()).await;
-            if self.fenced.load(Ordering::SeqCst) {
+            if self.gate.is_closed() {
                 continue;
             }
             for due in self.due() {
@@ -204,7 +204,7 @@ impl<L: LeaderLink> DiskWriter<L> {
                     break;
                 }
                 mine.insert(due.uuid.clone());
-                if self.fenced.load(Ordering::SeqCst) {
+                if self.gate.is_closed() {
                     break;
                 }
                 let (token, clean, slow) = (due.token.clone(), due.clean, self.slow_device);
@@ -238,7 +238,7 @@ impl<L: LeaderLink> DiskWriter<L> {
             let p = Proposal { commands: vec![c.clone()] };
             match self.replica.propose(p, Instant::now() + Duration::from_secs(5)).await {
                 Ok(_) => return,
-                Err(ReplicaError::Timeout) if !self.fenced.load(Ordering::SeqCst) => {
+                Err(ReplicaError::Timeout) if !self.gate.is_closed() => {
                     tracing::warn!("no quorum to report a log device write; retrying");
                 }
                 Err(_) => return,

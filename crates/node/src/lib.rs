@@ -6,13 +6,21 @@
 //!   makes fencing safe is checked by [`liveness::Timing::validate`].
 //! * [`live`]: the liveness task that runs them (renewals, fencing,
 //!   evictions on the leader, pre-vote elections), with hooks for the fence.
+//! * [`host`]: the pipeline of one host, which the daemon, the simulation,
+//!   the multi-process tests and the demo all run: join, serve, the gate at
+//!   the send, liveness, fence and rejoin, effects, stop.
+//! * [`pipeline`]: the pure steps of a request's path: decode, route,
+//!   reply.
+//! * [`gate`]: whether the node may answer its kernel now, and why not.
 //! * [`own_marks`]: the node's own tables and dirty regions as its kernel
-//!   sees them, to re-register and re-mark them after an eviction.
-//! * [`router`]: kernel datagrams to replicated commands and reads and
+//!   sees them, journaled on local disk, to re-register and re-mark them
+//!   after an eviction or a daemon restart.
+//! * [`router`]: decoded requests to replicated commands and reads and
 //!   back: one ordered lane per log table, one batched Raft entry for
 //!   everything queued.
-//! * [`transport`]: the Unix datagram transport (same bytes as netlink)
-//!   and the serve loop that joins a transport to the router.
+//! * [`effects`]: the region machine's effects, carried out in one place.
+//! * [`transport`]: the transport trait, the Unix datagram transport (same
+//!   bytes as netlink) and the in-memory one.
 //! * [`netlink`]: the kernel transport, a `NETLINK_CONNECTOR` socket in
 //!   the dm-log group that hears only the kernel.
 //! * [`disk_log`]: the `clustered-disk` log device, read at RESUME and
@@ -27,13 +35,18 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod breaks;
 pub mod disk_log;
+pub mod effects;
 pub mod fence;
+pub mod gate;
+pub mod host;
 pub mod kick;
 pub mod live;
 pub mod liveness;
 pub mod metrics;
 pub mod netlink;
 pub mod own_marks;
+pub mod pipeline;
 pub mod router;
 pub mod transport;

@@ -21,8 +21,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand08::rngs::SmallRng;
+use rand08::{Rng, SeedableRng};
 use regions::{Command, NodeId};
 use replication::{LeaderLink, Proposal, Replica};
 use tokio::time::Instant;
@@ -62,8 +62,9 @@ impl Lease {
         }
     }
 
-    /// The lease ran out: nothing is answered until the next grant.
-    fn end(&self) {
+    /// The lease ran out (or the node stops renewing): nothing is answered
+    /// until the next grant.
+    pub fn end(&self) {
         *lock(&self.0) = Some(Instant::now());
     }
 }
@@ -159,7 +160,7 @@ impl<L: LeaderLink> LiveTask<L> {
         let raft_config = self.replica.raft.config().clone();
         let mut rng = SmallRng::seed_from_u64(self.config.seed);
         let mut quiet = || {
-            Duration::from_millis(rng.random_range(raft_config.election_timeout_min..=raft_config.election_timeout_max))
+            Duration::from_millis(rng.gen_range(raft_config.election_timeout_min..=raft_config.election_timeout_max))
         };
         let mut wait = quiet();
         loop {
@@ -256,26 +257,23 @@ impl<L: LeaderLink> LiveTask<L> {
 /// election after election, and once it reaches the others its term makes
 /// every real candidate's vote request fail while its own log cannot win
 /// (the 10,000-seed run, seed 9280: a rebooted node at term 51 kept a
-/// cluster at term 13 leaderless until every node fenced). The liveness
-/// task takes over when it starts; abort the returned task then.
-pub fn spawn_prevote_elections<L: LeaderLink>(replica: Arc<Replica<L>>, seed: u64) -> tokio::task::JoinHandle<()> {
+/// cluster at term 13 leaderless until every node fenced). Runs until it
+/// is dropped; the liveness task takes over when it starts.
+pub async fn prevote_elections<L: LeaderLink>(replica: Arc<Replica<L>>, seed: u64) {
     replica.take_over_elections();
-    tokio::spawn(async move {
-        let raft_config = replica.raft.config().clone();
-        let mut rng = SmallRng::seed_from_u64(seed);
-        let mut quiet = || {
-            Duration::from_millis(rng.random_range(raft_config.election_timeout_min..=raft_config.election_timeout_max))
-        };
-        let mut wait = quiet();
-        loop {
-            tokio::time::sleep(Duration::from_millis(raft_config.heartbeat_interval)).await;
-            let due = replica.leader_contact_age() >= wait && !replica.raft.metrics().borrow().state.is_leader();
-            let _ = replica.campaign_if_leaderless(wait).await;
-            if due {
-                wait = quiet();
-            }
+    let raft_config = replica.raft.config().clone();
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut quiet =
+        || Duration::from_millis(rng.gen_range(raft_config.election_timeout_min..=raft_config.election_timeout_max));
+    let mut wait = quiet();
+    loop {
+        tokio::time::sleep(Duration::from_millis(raft_config.heartbeat_interval)).await;
+        let due = replica.leader_contact_age() >= wait && !replica.raft.metrics().borrow().state.is_leader();
+        let _ = replica.campaign_if_leaderless(wait).await;
+        if due {
+            wait = quiet();
         }
-    })
+    }
 }
 
 /// Feeds applied renewals to the leader's lease table.

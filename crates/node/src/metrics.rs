@@ -66,6 +66,9 @@ pub struct Metrics {
     pub evictions: Counter,
     /// Times this node fenced itself.
     pub fences: Counter,
+    /// Replies dropped at the send because the gate had closed since they
+    /// were answered (the lease ran out meanwhile, or the node fenced).
+    pub withheld: Counter,
     /// Kicks of this node's kernel (suspend/resume to pick up resync work), by log.
     pub kicks: Family<LogLabel, Counter>,
     /// Kicks that failed, by log.
@@ -76,6 +79,7 @@ pub struct Metrics {
     /// Wakes that failed, by log.
     pub wake_failures: Family<LogLabel, Counter>,
     fenced: Gauge,
+    fence_failed: Gauge,
     is_leader: Gauge,
     term: Gauge,
     last_applied: Gauge,
@@ -103,11 +107,13 @@ impl Metrics {
             leader_changes: Counter::default(),
             evictions: Counter::default(),
             fences: Counter::default(),
+            withheld: Counter::default(),
             kicks: Family::default(),
             kick_failures: Family::default(),
             wakes: Family::default(),
             wake_failures: Family::default(),
             fenced: Gauge::default(),
+            fence_failed: Gauge::default(),
             is_leader: Gauge::default(),
             term: Gauge::default(),
             last_applied: Gauge::default(),
@@ -129,6 +135,16 @@ impl Metrics {
         r.register("wakes", "Reads that wake this node's idle mirrors to ask for resync work, by log", m.wakes.clone());
         r.register("wake_failures", "Wakes that failed, by log", m.wake_failures.clone());
         r.register("fenced", "1 while this node is fenced", m.fenced.clone());
+        r.register(
+            "fence_failed",
+            "1 after a fence action failed: the node answers nothing until an operator restarts it",
+            m.fence_failed.clone(),
+        );
+        r.register(
+            "withheld_replies",
+            "Replies dropped at the send because the lease ran out or the node fenced since they were answered",
+            m.withheld.clone(),
+        );
         r.register("is_leader", "1 on the Raft leader", m.is_leader.clone());
         r.register("term", "Current Raft term", m.term.clone());
         r.register("last_applied", "Index of the last applied Raft entry", m.last_applied.clone());
@@ -149,7 +165,7 @@ impl Metrics {
     }
 
     /// Refreshes the gauges from `replica` and renders the text format.
-    pub fn render<L: LeaderLink>(&self, replica: &Replica<L>, fenced: bool) -> String {
+    pub fn render<L: LeaderLink>(&self, replica: &Replica<L>, gate: &crate::gate::Gate) -> String {
         {
             let m = replica.raft.metrics();
             let m = m.borrow();
@@ -157,7 +173,8 @@ impl Metrics {
             self.term.set(i64::try_from(m.current_term).unwrap_or(i64::MAX));
             self.last_applied.set(m.last_applied.map_or(0, |l| i64::try_from(l.index).unwrap_or(i64::MAX)));
         }
-        self.fenced.set(i64::from(fenced));
+        self.fenced.set(i64::from(gate.is_closed()));
+        self.fence_failed.set(i64::from(matches!(gate.standing(), crate::gate::Standing::FenceFailed(_))));
         self.regions.clear();
         replica.state.read(|m| {
             self.members.set(i64::try_from(m.members().len()).unwrap_or(0));
@@ -196,13 +213,13 @@ pub async fn serve<L: LeaderLink>(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     replica: Arc<Replica<L>>,
-    fenced: Arc<std::sync::atomic::AtomicBool>,
+    gate: crate::gate::Gate,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let text = metrics.render(&replica, fenced.load(Ordering::SeqCst));
+            let text = metrics.render(&replica, &gate);
             async move { ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], text) }
         }),
     );

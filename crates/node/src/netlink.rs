@@ -7,12 +7,23 @@
 //! otherwise inject requests. The connector id ({7, 1}) is checked by
 //! [`wire::Frame::parse`] in the router. Replies go to port 0, one per
 //! datagram, in whatever order the router finishes them.
+//!
+//! A receive queue that overflowed (a burst of requests from many
+//! mirrors) makes the next receive fail once with `ENOBUFS` (spec §1.8):
+//! the requests that did not fit are lost, and the kernel sends each of
+//! them again after its 15 s timeout. That is not the end of the socket:
+//! it is counted, logged at most once a minute, and the loop reads on.
 
 use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use netlink_sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
 
 use crate::transport::Transport;
+
+/// `ENOBUFS`: the receive queue overflowed and datagrams were dropped.
+const ENOBUFS: i32 = 105;
 
 /// `NETLINK_CONNECTOR`.
 pub const NETLINK_CONNECTOR: isize = 11;
@@ -57,6 +68,14 @@ pub fn from_kernel(sender_port: u32) -> bool {
 /// The connector transport.
 pub struct NetlinkTransport {
     socket: TokioSocket,
+    /// Overflows of the receive queue, and when one was last logged.
+    overruns: Mutex<(u64, Option<Instant>)>,
+}
+
+/// Whether a receive error only means datagrams were lost to an overflow
+/// (the socket goes on working).
+pub fn is_overrun(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(ENOBUFS)
 }
 
 impl NetlinkTransport {
@@ -78,7 +97,26 @@ impl NetlinkTransport {
                 tracing::warn!(error = %e, "could not raise the netlink receive buffer");
             }
         }
-        Ok(NetlinkTransport { socket })
+        Ok(NetlinkTransport { socket, overruns: Mutex::new((0, None)) })
+    }
+
+    /// Counts an overflow and logs it, at most once a minute.
+    fn overrun(&self) {
+        let mut o = self.overruns.lock().unwrap_or_else(|e| e.into_inner());
+        o.0 += 1;
+        if o.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            o.1 = Some(Instant::now());
+            tracing::warn!(
+                overruns = o.0,
+                "the netlink receive queue overflowed: requests were lost and the kernel re-sends them after 15 s \
+                 (raise net.core.rmem_max)"
+            );
+        }
+    }
+
+    /// Receive-queue overflows so far.
+    pub fn overruns(&self) -> u64 {
+        self.overruns.lock().unwrap_or_else(|e| e.into_inner()).0
     }
 }
 
@@ -87,7 +125,14 @@ impl Transport for NetlinkTransport {
 
     async fn recv(&self) -> io::Result<(Vec<u8>, ())> {
         loop {
-            let (bytes, from) = self.socket.recv_from_full().await?;
+            let (bytes, from) = match self.socket.recv_from_full().await {
+                Ok(got) => got,
+                Err(e) if is_overrun(&e) => {
+                    self.overrun();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if from_kernel(from.port_number()) {
                 return Ok((bytes, ()));
             }
@@ -95,8 +140,16 @@ impl Transport for NetlinkTransport {
         }
     }
 
-    async fn send(&self, bytes: &[u8], _peer: &()) -> io::Result<()> {
-        self.socket.send_to(bytes, &SocketAddr::new(0, 0)).await.map(|_| ())
+    /// A unicast to the kernel is handed to the kernel inside the send
+    /// call; it does not queue, so there is nothing to wait for (the host
+    /// backs off briefly after the rare `EAGAIN`).
+    async fn writable(&self) -> io::Result<()> {
+        tokio::task::yield_now().await;
+        Ok(())
+    }
+
+    fn try_send(&self, bytes: &[u8], _peer: &()) -> io::Result<()> {
+        self.socket.socket_ref().send_to(bytes, &SocketAddr::new(0, 0), 0).map(|_| ())
     }
 
     async fn kick(&self, uuid: &wire::Uuid) -> Result<String, String> {
@@ -121,6 +174,12 @@ impl Transport for NetlinkTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overflowed_receive_queue_is_not_the_end_of_the_socket() {
+        assert!(is_overrun(&io::Error::from_raw_os_error(ENOBUFS)));
+        assert!(!is_overrun(&io::Error::from_raw_os_error(9)), "EBADF ends it");
+    }
 
     #[test]
     fn only_the_kernel_is_heard() {

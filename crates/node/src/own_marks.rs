@@ -14,10 +14,26 @@
 //! the fence left unanswered: answered after the rejoin, it let the kernel
 //! write a region another node was copying (the 10,000-seed run, seed
 //! 3767).
+//!
+//! **Kept on local disk.** A daemon restarted under a live kernel (after a
+//! `kill -9`, or a crash of the daemon alone) must still know its tables'
+//! constructor arguments and what its kernel holds dirty: the kernel keeps
+//! both and only reconnects. [`Journal`] records every change before the
+//! request's answer can leave (a `write(2)` without `fsync`: it survives
+//! the death of the process, and a crash of the whole machine takes the
+//! kernel and its tables too, which the boot `incarnation` recorded first
+//! tells apart). [`FileJournal`] appends to a file in the data directory
+//! and rewrites it compacted from time to time; [`MemJournal`] keeps the
+//! bytes in memory for the simulation, where they outlive a simulated
+//! daemon's death.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use regions::{Command, Instance, KernelOp, NodeId};
+use serde::{Deserialize, Serialize};
 use wire::{Luid, Region, Request, Uuid};
 
 /// One table as the kernel sees it.
@@ -46,38 +62,21 @@ impl OwnMarks {
     /// The kernel sent `request` of table (`uuid`, `luid`): a MARK or a
     /// FLUSH with marks counts its regions dirty at once.
     pub fn requested(&mut self, uuid: &Uuid, luid: Luid, request: &Request) {
-        if let Request::MarkRegion(rs) | Request::Flush { marks: rs } = request
-            && let Some(t) = self.tables.get_mut(&(uuid.clone(), luid))
-        {
-            t.dirty.extend(rs.iter().copied());
+        for r in self.requested_records(uuid, luid, request) {
+            self.apply(&r);
         }
     }
 
     /// The daemon answered `request` of table (`uuid`, `luid`) with success.
     pub fn acknowledged(&mut self, uuid: &Uuid, luid: Luid, request: &Request) {
-        let key = (uuid.clone(), luid);
-        match request {
-            Request::Ctr { args, .. } => {
-                let t = self.tables.entry(key).or_default();
-                t.ctr_args = args.clone();
-            }
-            Request::Dtr => {
-                self.tables.remove(&key);
-            }
-            Request::Resume => self.tables.entry(key).or_default().resumed = true,
-            Request::Postsuspend => self.tables.entry(key).or_default().resumed = false,
-            Request::MarkRegion(rs) | Request::Flush { marks: rs } => {
-                self.tables.entry(key).or_default().dirty.extend(rs.iter().copied());
-            }
-            Request::ClearRegion(rs) => {
-                if let Some(t) = self.tables.get_mut(&key) {
-                    for r in rs {
-                        t.dirty.remove(r);
-                    }
-                }
-            }
-            _ => {}
+        for r in OwnMarks::acknowledged_records(uuid, luid, request) {
+            self.apply(&r);
         }
+    }
+
+    /// Whether the kernel has no table this node knows of.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
     }
 
     /// The logs this node's kernel has tables of.
@@ -132,6 +131,279 @@ impl OwnMarks {
             out.push(Command::StaleHints { node });
         }
         out
+    }
+}
+
+/// One change to [`OwnMarks`], as the journal keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Record {
+    /// The kernel boot these records belong to (always first).
+    Boot(u64),
+    /// A table was constructed with these arguments.
+    Table { uuid: Uuid, luid: Luid, args: String },
+    /// A table was destroyed.
+    Gone { uuid: Uuid, luid: Luid },
+    /// A table was resumed (`true`) or suspended (`false`).
+    Resumed { uuid: Uuid, luid: Luid, resumed: bool },
+    /// Regions the kernel may hold dirty.
+    Dirty { uuid: Uuid, luid: Luid, regions: Vec<Region> },
+    /// Regions the kernel cleared.
+    Cleared { uuid: Uuid, luid: Luid, regions: Vec<Region> },
+}
+
+impl OwnMarks {
+    /// Applies one journal record.
+    fn apply(&mut self, record: &Record) {
+        match record {
+            Record::Boot(_) => {}
+            Record::Table { uuid, luid, args } => {
+                self.tables.entry((uuid.clone(), *luid)).or_default().ctr_args = args.clone();
+            }
+            Record::Gone { uuid, luid } => {
+                self.tables.remove(&(uuid.clone(), *luid));
+            }
+            Record::Resumed { uuid, luid, resumed } => {
+                self.tables.entry((uuid.clone(), *luid)).or_default().resumed = *resumed;
+            }
+            Record::Dirty { uuid, luid, regions } => {
+                self.tables.entry((uuid.clone(), *luid)).or_default().dirty.extend(regions.iter().copied());
+            }
+            Record::Cleared { uuid, luid, regions } => {
+                if let Some(t) = self.tables.get_mut(&(uuid.clone(), *luid)) {
+                    for r in regions {
+                        t.dirty.remove(r);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The records that rebuild this state, after `Boot(incarnation)`.
+    fn records(&self, incarnation: u64) -> Vec<Record> {
+        let mut out = vec![Record::Boot(incarnation)];
+        for ((uuid, luid), t) in &self.tables {
+            let (uuid, luid) = (uuid.clone(), *luid);
+            out.push(Record::Table { uuid: uuid.clone(), luid, args: t.ctr_args.clone() });
+            out.push(Record::Resumed { uuid: uuid.clone(), luid, resumed: t.resumed });
+            if !t.dirty.is_empty() {
+                out.push(Record::Dirty { uuid, luid, regions: t.dirty.iter().copied().collect() });
+            }
+        }
+        out
+    }
+
+    /// The records for the kernel's `request` of table (`uuid`, `luid`):
+    /// what [`OwnMarks::requested`] changes.
+    fn requested_records(&self, uuid: &Uuid, luid: Luid, request: &Request) -> Vec<Record> {
+        match request {
+            Request::MarkRegion(rs) | Request::Flush { marks: rs }
+                if !rs.is_empty() && self.tables.contains_key(&(uuid.clone(), luid)) =>
+            {
+                vec![Record::Dirty { uuid: uuid.clone(), luid, regions: rs.clone() }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The records for a successful answer to `request`: what
+    /// [`OwnMarks::acknowledged`] changes.
+    fn acknowledged_records(uuid: &Uuid, luid: Luid, request: &Request) -> Vec<Record> {
+        let (uuid, luid) = (uuid.clone(), luid);
+        match request {
+            Request::Ctr { args, .. } => vec![Record::Table { uuid, luid, args: args.clone() }],
+            Request::Dtr => vec![Record::Gone { uuid, luid }],
+            Request::Resume => vec![Record::Resumed { uuid, luid, resumed: true }],
+            Request::Postsuspend => vec![Record::Resumed { uuid, luid, resumed: false }],
+            Request::MarkRegion(rs) | Request::Flush { marks: rs } if !rs.is_empty() => {
+                vec![Record::Dirty { uuid, luid, regions: rs.clone() }]
+            }
+            Request::ClearRegion(rs) => vec![Record::Cleared { uuid, luid, regions: rs.clone() }],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Where [`OwnMarksStore`] keeps its records: bytes that outlive the
+/// daemon's process.
+pub trait Journal: Send {
+    /// Everything written so far.
+    fn load(&mut self) -> io::Result<Vec<u8>>;
+    /// Adds `bytes` at the end; done once the bytes would survive the
+    /// process.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Replaces everything with `bytes`, atomically.
+    fn replace(&mut self, bytes: &[u8]) -> io::Result<()>;
+}
+
+/// A journal in a file: appends are `write(2)` calls on a file opened for
+/// appending (no `fsync`: only the process may die with the kernel still
+/// up); a compaction writes a new file and renames it over the old one.
+pub struct FileJournal {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl FileJournal {
+    /// The journal at `path` (created at the first write).
+    pub fn new(path: &Path) -> FileJournal {
+        FileJournal { path: path.to_owned(), file: None }
+    }
+
+    fn file(&mut self) -> io::Result<&mut std::fs::File> {
+        if self.file.is_none() {
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.file = Some(f);
+        }
+        self.file.as_mut().ok_or_else(|| io::Error::other("journal not open"))
+    }
+}
+
+impl Journal for FileJournal {
+    fn load(&mut self) -> io::Result<Vec<u8>> {
+        match std::fs::read(&self.path) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file()?.write_all(bytes)
+    }
+
+    fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.file = None;
+        Ok(())
+    }
+}
+
+/// A journal in memory, shared by its clones: the simulation's local disk,
+/// which outlives a simulated daemon.
+#[derive(Clone, Debug, Default)]
+pub struct MemJournal(Arc<Mutex<Vec<u8>>>);
+
+impl MemJournal {
+    /// An empty journal.
+    pub fn new() -> MemJournal {
+        MemJournal::default()
+    }
+}
+
+impl Journal for MemJournal {
+    fn load(&mut self) -> io::Result<Vec<u8>> {
+        Ok(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn replace(&mut self, bytes: &[u8]) -> io::Result<()> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = bytes.to_vec();
+        Ok(())
+    }
+}
+
+/// Records appended before the journal is rewritten compacted.
+const COMPACT_AFTER: usize = 4096;
+
+/// [`OwnMarks`] with every change recorded in a [`Journal`] first.
+pub struct OwnMarksStore {
+    marks: OwnMarks,
+    journal: Box<dyn Journal>,
+    incarnation: u64,
+    appended: usize,
+}
+
+/// Each record as a little-endian `u32` length and its postcard bytes.
+fn encode(records: &[Record]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        // Serialising plain data into a Vec cannot fail.
+        let bytes = postcard::to_stdvec(r).unwrap_or_default();
+        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+/// The records in `bytes`, up to the first that does not decode (a write
+/// torn by the process's death leaves at most the last one incomplete).
+fn decode(bytes: &[u8]) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_le_bytes(*len) as usize;
+        let Some(body) = tail.get(..len) else { break };
+        let Ok(r) = postcard::from_bytes::<Record>(body) else { break };
+        out.push(r);
+        rest = &tail[len..];
+    }
+    out
+}
+
+impl OwnMarksStore {
+    /// Opens `journal` for kernel boot `incarnation`: what it holds if it
+    /// was written under the same boot (a daemon restarted under a live
+    /// kernel), else nothing (the machine rebooted: those tables are gone).
+    pub fn open(mut journal: Box<dyn Journal>, incarnation: u64) -> io::Result<OwnMarksStore> {
+        let marks = OwnMarksStore::read(journal.as_mut(), incarnation)?;
+        journal.replace(&encode(&marks.records(incarnation)))?;
+        Ok(OwnMarksStore { marks, journal, incarnation, appended: 0 })
+    }
+
+    /// What `journal` says the kernel of boot `incarnation` holds, without
+    /// changing it (for inspection).
+    pub fn read(journal: &mut dyn Journal, incarnation: u64) -> io::Result<OwnMarks> {
+        let records = decode(&journal.load()?);
+        let mut marks = OwnMarks::new();
+        if records.first() == Some(&Record::Boot(incarnation)) {
+            for r in &records {
+                marks.apply(r);
+            }
+        }
+        Ok(marks)
+    }
+
+    /// A store that keeps nothing beyond the process (tests).
+    pub fn in_memory(incarnation: u64) -> OwnMarksStore {
+        OwnMarksStore { marks: OwnMarks::new(), journal: Box::new(MemJournal::new()), incarnation, appended: 0 }
+    }
+
+    /// What the kernel holds, as known so far.
+    pub fn marks(&self) -> &OwnMarks {
+        &self.marks
+    }
+
+    /// [`OwnMarks::requested`], recorded first.
+    pub fn requested(&mut self, uuid: &Uuid, luid: Luid, request: &Request) -> io::Result<()> {
+        let records = self.marks.requested_records(uuid, luid, request);
+        self.record(records)
+    }
+
+    /// [`OwnMarks::acknowledged`], recorded first.
+    pub fn acknowledged(&mut self, uuid: &Uuid, luid: Luid, request: &Request) -> io::Result<()> {
+        self.record(OwnMarks::acknowledged_records(uuid, luid, request))
+    }
+
+    fn record(&mut self, records: Vec<Record>) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.journal.append(&encode(&records))?;
+        for r in &records {
+            self.marks.apply(r);
+        }
+        self.appended += records.len();
+        if self.appended >= COMPACT_AFTER {
+            self.journal.replace(&encode(&self.marks.records(self.incarnation)))?;
+            self.appended = 0;
+        }
+        Ok(())
     }
 }
 

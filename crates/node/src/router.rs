@@ -1,4 +1,5 @@
-//! The request router: kernel datagrams in, replies out.
+//! The request router: decoded kernel requests to replicated commands and
+//! reads, and their answers back to the host's send queue.
 //!
 //! * **Order.** Each log table (uuid, local id) has its own lane, a task
 //!   that handles that table's requests one at a time in arrival order, so
@@ -16,32 +17,36 @@
 //!   it does; the kernel gets no error that would fail its mirror, and
 //!   re-sends after 15 s, which queue behind the original in the same lane
 //!   and are answered again (every command is idempotent).
-//! * **Fenced.** A fenced node answers nothing (see `docs/fencing.md`),
-//!   nor does a node whose lease has run out by its own clock before its
-//!   liveness task noticed (it woke from a pause; see [`crate::live`]).
-//! * **Disk logs.** A RESUME of a `clustered-disk` log carries what the
-//!   log device holds; a FLUSH (or first RESUME) is answered only once its
-//!   clean bits are durable on the device (see [`crate::disk_log`]).
-//! * **Bad input.** A datagram whose framing is broken is dropped (there is
-//!   no trustworthy seq to answer); one that frames but does not decode is
-//!   answered `-EINVAL`.
+//! * **Closed gate.** A lane whose node is fenced, or whose lease ran out,
+//!   acknowledges nothing; the host checks the gate again at the send
+//!   itself (see [`crate::host`]).
+//! * **Effects before the reply.** An effect that must finish before the
+//!   answer ([`regions::Effect::before_reply`]) is carried out by the lane
+//!   ([`crate::effects`]); a `clustered-disk` FLUSH is answered only once
+//!   its clean bits are durable on the device.
+//! * **What the kernel holds.** Every MARK is recorded in the node's own
+//!   journal when it arrives, and every acknowledged change before its
+//!   answer leaves ([`crate::own_marks`]): a restarted daemon and a rejoin
+//!   know what the kernel may write.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use regions::{Command, Effect, KernelOp, NodeId, Routed, kernel_answer, route};
+use regions::{Command, KernelOp, NodeId};
 use replication::{LeaderLink, Outcome, Proposal, ReadRequest, Replica, ReplicaError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use wire::{Errno, Frame, Luid, Message, Reply, Uuid};
+use tokio_util::sync::CancellationToken;
+use wire::{Errno, Luid, Message, Uuid};
 
-use crate::live::Lease;
+use crate::effects::Effects;
+use crate::gate::Gate;
 use crate::metrics::Metrics;
-use crate::own_marks::OwnMarks;
+use crate::own_marks::{OwnMarks, OwnMarksStore};
+use crate::pipeline::{self, Routed};
 
-/// Where a reply goes: the transport's way back to the sender.
+/// Where a reply goes: the host's send queue for the sender of the request.
 pub type ReplyTo = Box<dyn FnOnce(Vec<u8>) + Send>;
 
 /// How long one attempt may take before it is tried again.
@@ -61,12 +66,13 @@ type Pending = (Command, oneshot::Sender<Outcome>);
 pub struct Router<L: LeaderLink> {
     replica: Arc<Replica<L>>,
     node: NodeId,
-    fenced: Arc<AtomicBool>,
-    lease: Lease,
-    own: Mutex<OwnMarks>,
+    gate: Gate,
+    own: Mutex<OwnMarksStore>,
     lanes: Mutex<HashMap<(Uuid, Luid), mpsc::UnboundedSender<Job>>>,
     proposer: mpsc::UnboundedSender<Pending>,
     metrics: Arc<Metrics>,
+    effects: Arc<Effects<L>>,
+    scope: CancellationToken,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,59 +80,49 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<L: LeaderLink> Router<L> {
-    /// A router for `replica`'s node; `fenced` stops all answers when set;
-    /// requests and commits are counted in `metrics`. Must be called
-    /// within a tokio runtime (it starts the proposer task).
-    pub fn new(replica: Arc<Replica<L>>, fenced: Arc<AtomicBool>, metrics: Arc<Metrics>) -> Arc<Router<L>> {
-        Router::with_lease(replica, fenced, Lease::new(), metrics)
-    }
-
-    /// Like [`Router::new`], answering also only while `lease` holds (see
-    /// [`crate::live`]).
-    pub fn with_lease(
+    /// A router for `replica`'s node, answering only while `gate` is open,
+    /// recording what its kernel holds in `own`. Its tasks end when `scope`
+    /// is cancelled. Must be called within a tokio runtime.
+    pub fn new(
         replica: Arc<Replica<L>>,
-        fenced: Arc<AtomicBool>,
-        lease: Lease,
+        gate: Gate,
+        own: OwnMarksStore,
         metrics: Arc<Metrics>,
+        effects: Arc<Effects<L>>,
+        scope: CancellationToken,
     ) -> Arc<Router<L>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(propose_loop(replica.clone(), rx, metrics.clone()));
+        tokio::spawn(scope.clone().run_until_cancelled_owned(propose_loop(replica.clone(), rx, metrics.clone())));
         let node = NodeId(replica.id);
         Arc::new(Router {
             replica,
             node,
-            fenced,
-            lease,
-            own: Mutex::new(OwnMarks::new()),
+            gate,
+            own: Mutex::new(own),
             lanes: Mutex::default(),
             proposer: tx,
             metrics,
+            effects,
+            scope,
         })
     }
 
-    /// Whether an answer may go to the kernel now: not fenced, and the
-    /// lease holds (a node that wakes from a pause past its lease must not
-    /// answer before its liveness task fences it).
-    fn may_answer(&self) -> bool {
-        !self.fenced.load(Ordering::SeqCst) && self.lease.holds()
-    }
-
-    /// What this node's kernel holds, from the requests answered so far.
+    /// What this node's kernel holds, from the requests seen so far.
     pub fn own_marks(&self) -> OwnMarks {
-        lock(&self.own).clone()
+        lock(&self.own).marks().clone()
     }
 
     /// The log device token of disk log `uuid` as this node's kernel named
     /// it, if it has a table of it.
     pub fn disk_device(&self, uuid: &Uuid) -> Option<String> {
-        lock(&self.own).disk_device(uuid)
+        lock(&self.own).marks().disk_device(uuid)
     }
 
     /// The device token and region count of table (`uuid`, `luid`) if it is
-    /// a `clustered-disk` log: from the table's own constructor, else (the
-    /// daemon restarted under a running kernel) from the replicated log.
+    /// a `clustered-disk` log: from the table's own constructor, else from
+    /// the replicated log.
     fn disk_table(&self, uuid: &Uuid, luid: Luid) -> Option<(String, u64)> {
-        let own = lock(&self.own).ctr_args(uuid, luid).and_then(|a| regions::CtrArgs::parse(a).ok());
+        let own = lock(&self.own).marks().ctr_args(uuid, luid).and_then(|a| regions::CtrArgs::parse(a).ok());
         let args = own.or_else(|| self.replica.state.read(|m| m.log(uuid).map(|l| l.args().clone())))?;
         match &args.log_type {
             regions::LogType::Disk { device } => Some((device.clone(), args.region_count())),
@@ -134,33 +130,22 @@ impl<L: LeaderLink> Router<L> {
         }
     }
 
-    /// Takes one datagram from the kernel; `reply` is called at most once.
-    pub fn handle(self: &Arc<Self>, datagram: &[u8], reply: ReplyTo) {
+    /// Takes one decoded request; `reply` is called at most once.
+    pub fn handle(self: &Arc<Self>, msg: Message, reply: ReplyTo) {
         let arrived = Instant::now();
-        let Ok(frame) = Frame::parse(datagram) else {
-            tracing::debug!(len = datagram.len(), "dropped a datagram that does not frame");
-            self.metrics.malformed.inc();
-            return;
-        };
-        let msg = match frame.message() {
-            Ok(m) => m,
-            Err(e) => {
-                self.metrics.malformed.inc();
-                tracing::warn!(error = %e, "answered a malformed request with EINVAL");
-                if self.may_answer() {
-                    reply(Reply::error(frame.header(), Errno::EINVAL).encode());
-                }
-                return;
-            }
-        };
         let key = (msg.uuid.clone(), msg.luid());
-        lock(&self.own).requested(&msg.uuid, msg.luid(), &msg.request);
+        // The kernel set a region dirty before it sent this MARK: recorded
+        // before anything else can happen to it.
+        if let Err(e) = lock(&self.own).requested(&msg.uuid, msg.luid(), &msg.request) {
+            tracing::error!(error = %e, "could not record a mark in the local journal; not answering (the kernel re-sends)");
+            return;
+        }
         let mut job = Job { msg, reply, arrived };
         let mut lanes = lock(&self.lanes);
         for _ in 0..2 {
             let tx = lanes.entry(key.clone()).or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(lane(self.clone(), rx));
+                tokio::spawn(self.scope.clone().run_until_cancelled_owned(lane(self.clone(), rx)));
                 tx
             });
             match tx.send(job) {
@@ -179,9 +164,9 @@ impl<L: LeaderLink> Router<L> {
         lock(&self.lanes).remove(&(uuid.clone(), luid));
     }
 
-    /// One request, to its answer.
+    /// One request, to its answer. `None` when Raft stopped.
     async fn answer(&self, msg: &Message) -> Option<Result<wire::Answer, Errno>> {
-        match route(self.node, msg) {
+        match pipeline::route(self.node, msg) {
             Routed::Command(Command::Kernel { uuid, instance, op: KernelOp::Flush { marks } })
                 if marks.is_empty() && self.replica.state.read(|m| m.empty_flush_is_noop(&uuid, instance)) =>
             {
@@ -198,24 +183,22 @@ impl<L: LeaderLink> Router<L> {
                     }
                     *disk = Some(image);
                 }
+                #[cfg(feature = "canary-drop-marks")]
+                let c = canary::drop_marks(c);
                 let (tx, rx) = oneshot::channel();
                 self.proposer.send((c, tx)).ok()?;
                 let outcome = rx.await.ok()?;
                 if let Some(why) = &outcome.refusal {
                     tracing::info!(request = ?msg.request, %why, "refused");
                 }
-                let mut answer = outcome.answer;
-                for e in &outcome.effects {
-                    if let Effect::PersistDiskLog { uuid, version } = e
-                        && *uuid == msg.uuid
-                        && answer.is_ok()
-                        && let Err(why) = crate::disk_log::wait_durable(&self.replica, uuid, *version).await
-                    {
-                        tracing::error!(request = ?msg.request, %why, "answered EIO");
-                        answer = Err(Errno::EIO);
-                    }
+                if outcome.answer.is_err() {
+                    return Some(outcome.answer);
                 }
-                Some(answer)
+                if let Err(errno) = self.effects.before_reply(&msg.uuid, &outcome.effects).await {
+                    tracing::error!(request = ?msg.request, ?errno, "an effect before the reply failed");
+                    return Some(Err(errno));
+                }
+                Some(outcome.answer)
             }
             Routed::Query { uuid, instance, query } => {
                 let r = ReadRequest { uuid, instance, query };
@@ -238,22 +221,23 @@ impl<L: LeaderLink> Router<L> {
 async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedReceiver<Job>) {
     while let Some(job) = rx.recv().await {
         let Some(result) = router.answer(&job.msg).await else { continue };
-        if !router.may_answer() {
+        // Nothing is acknowledged through a closed gate (the host checks
+        // it again when it sends).
+        if !router.gate.open() {
             continue;
         }
-        let result = kernel_answer(&job.msg.request, result);
         if result.is_ok() {
-            lock(&router.own).acknowledged(&job.msg.uuid, job.msg.luid(), &job.msg.request);
+            if let Err(e) = lock(&router.own).acknowledged(&job.msg.uuid, job.msg.luid(), &job.msg.request) {
+                tracing::error!(error = %e, "could not record an answer in the local journal; not answering");
+                continue;
+            }
             if job.msg.request == wire::Request::Dtr {
                 router.forget_lane(&job.msg.uuid, job.msg.luid());
             }
         }
-        match Reply::new(&job.msg, result) {
-            Ok(r) => {
-                (job.reply)(r.encode());
-                router.metrics.answered(job.msg.request.request_type().name(), job.arrived.elapsed());
-            }
-            Err(e) => tracing::error!(error = %e, "no valid reply for a request; the kernel will re-send"),
+        if let Some(bytes) = pipeline::reply(&job.msg, result) {
+            (job.reply)(bytes);
+            router.metrics.answered(job.msg.request.request_type().name(), job.arrived.elapsed());
         }
     }
 }
@@ -291,6 +275,24 @@ async fn propose_loop<L: LeaderLink>(
         metrics.batch_commands.observe(batch.len() as f64);
         for ((_, tx), outcome) in batch.into_iter().zip(outcomes.0) {
             let _ = tx.send(outcome);
+        }
+    }
+}
+
+/// The planted bug of the `canary-drop-marks` feature: the marks of a
+/// FLUSH or a MARK are dropped on their way into Raft, so the kernel is
+/// told its marks are durable when they are not (I1). The simulation must
+/// report exactly that (`tests/raft_sim.rs`).
+#[cfg(feature = "canary-drop-marks")]
+mod canary {
+    use regions::{Command, KernelOp};
+
+    pub(super) fn drop_marks(c: Command) -> Command {
+        match c {
+            Command::Kernel { uuid, instance, op: KernelOp::Flush { .. } | KernelOp::Mark(_) } => {
+                Command::Kernel { uuid, instance, op: KernelOp::Flush { marks: Vec::new() } }
+            }
+            other => other,
         }
     }
 }

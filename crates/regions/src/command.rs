@@ -198,10 +198,11 @@ pub enum Query {
 
 /// What applying a command produced.
 ///
-/// Ordering duty: the caller must carry out every effect **before** it sends
-/// the answer to the kernel. In particular a FLUSH's answer may only be sent
-/// once its command is durably committed (I1) and, for a `clustered-disk`
-/// log, once the [`Effect::PersistDiskLog`] it returned is done.
+/// Ordering duty: the caller must carry out every effect that is
+/// [`Effect::before_reply`] **before** it sends the answer to the kernel.
+/// In particular a FLUSH's answer may only be sent once its command is
+/// durably committed (I1) and, for a `clustered-disk` log, once the
+/// [`Effect::PersistDiskLog`] it returned is done.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
 pub struct Applied {
@@ -222,20 +223,26 @@ impl Applied {
 }
 
 /// Work the machine asks of the node; data, never I/O.
+///
+/// Each variant says when it is carried out ([`Effect::before_reply`]):
+/// *before the reply* — by the node whose kernel sent the command, and
+/// the command's answer waits for it; or *after apply* — by the node it
+/// names, whenever that node applies the entry, and nobody waits for it.
+/// The node's pipeline honours this in one place (`node::effects`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
-    /// The `clustered-disk` log must hold the clean bits of at least
-    /// `version` before the answer is sent (I1). One node writes the device
-    /// ([`crate::Log::disk_writer`]); every node waits until the written
-    /// version is reported ([`Command::DiskLogWritten`]).
+    /// *Before the reply.* The `clustered-disk` log must hold the clean
+    /// bits of at least `version` before the answer is sent (I1). One node
+    /// writes the device ([`crate::Log::disk_writer`]); every node waits
+    /// until the written version is reported ([`Command::DiskLogWritten`]).
     PersistDiskLog {
         /// The log.
         uuid: Uuid,
         /// The clean-bit version to be durable.
         version: u64,
     },
-    /// Regions of this log went out of sync behind the kernel's cached
-    /// `in_sync_hint` on `node`: its kernel will not ask about them until it
+    /// *After apply.* Regions of this log went out of sync behind the
+    /// kernel's cached `in_sync_hint` on `node`: its kernel will not ask about them until it
     /// is resumed, so the node must make it (I10 caveat, spec §3.3).
     KickKernel {
         /// The node whose kernel must be resumed.
@@ -243,12 +250,14 @@ pub enum Effect {
         /// The log.
         uuid: Uuid,
     },
-    /// `node` renewed its lease (the leader restarts its timer).
+    /// *After apply.* `node` renewed its lease (the leader restarts its
+    /// timer).
     LeaseRenewed {
         /// The node.
         node: NodeId,
     },
-    /// `node`'s kernel should run a recovery pass: a suspending kernel's
+    /// *After apply.* `node`'s kernel should run a recovery pass: a
+    /// suspending kernel's
     /// writes wait for out-of-sync regions to be resynced, and an idle
     /// kernel does not ask for resync work until something wakes it. The
     /// node wakes it with I/O (a read of the mirror).
@@ -258,6 +267,18 @@ pub enum Effect {
         /// The log.
         uuid: Uuid,
     },
+}
+
+impl Effect {
+    /// Whether the node must carry this effect out before it answers the
+    /// command that produced it (else it is done after apply, by the node
+    /// it names, and nobody waits for it).
+    pub fn before_reply(&self) -> bool {
+        match self {
+            Effect::PersistDiskLog { .. } => true,
+            Effect::KickKernel { .. } | Effect::LeaseRenewed { .. } | Effect::WakeRecovery { .. } => false,
+        }
+    }
 }
 
 /// Why a request was refused; each maps to the errno the kernel sees.

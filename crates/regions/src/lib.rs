@@ -61,7 +61,6 @@ pub mod ctr;
 mod describe;
 pub mod disk;
 pub mod invariants;
-mod kernel;
 pub mod limits;
 mod log;
 mod machine;
@@ -71,6 +70,5 @@ pub use command::{Applied, Command, Effect, Instance, KernelOp, NodeId, Query, R
 pub use ctr::{CtrArgs, CtrError, LogType, SyncMode};
 pub use disk::DiskImage;
 pub use invariants::Violation;
-pub use kernel::{Routed, kernel_answer, route};
 pub use log::{InstanceState, Log, Phase};
 pub use machine::{Machine, Member, SnapshotError};

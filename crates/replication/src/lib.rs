@@ -50,5 +50,5 @@ pub mod pb {
 
 pub use log_store::{FlushMode, FlushStats, LogStore, OpenError};
 pub use replica::{ForwardError, LeaderLink, ReadRequest, Replica, ReplicaError};
-pub use state_machine::{AppliedEffects, SnapshotBuilder, StateMachine, StateReader};
+pub use state_machine::{AppliedEffects, SnapshotBuilder, StateMachine, StateReader, Violations};
 pub use types::{Entry, LogId, Node, NodeId, Outcome, Outcomes, Proposal, Raft, TypeConfig};

@@ -145,6 +145,28 @@ impl GrpcNode {
         Ok(GrpcNode { replica, effects, addr, stop: Some(stop), server })
     }
 
+    /// The replica, the stream of applied effects (for the host), and the
+    /// server to shut down at the end.
+    pub fn split(self) -> (Arc<Replica<GrpcLeaderLink>>, mpsc::UnboundedReceiver<AppliedEffects>, GrpcServer) {
+        let GrpcNode { replica, effects, stop, server, .. } = self;
+        (replica.clone(), effects, GrpcServer { replica, stop, server })
+    }
+
+    /// Stops the server and the Raft core.
+    pub async fn shutdown(self) {
+        self.split().2.shutdown().await;
+    }
+}
+
+/// The peer server and Raft core of a node whose replica and effects were
+/// handed out ([`GrpcNode::split`]).
+pub struct GrpcServer {
+    replica: Arc<Replica<GrpcLeaderLink>>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl GrpcServer {
     /// Stops the server and the Raft core.
     pub async fn shutdown(mut self) {
         if let Some(s) = self.stop.take() {

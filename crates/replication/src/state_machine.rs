@@ -59,7 +59,12 @@ pub struct StateMachine {
     snapshots_built: Arc<AtomicU64>,
     effects: Option<mpsc::UnboundedSender<AppliedEffects>>,
     read_floor: Arc<(u64, u64)>,
+    checks: Option<Violations>,
 }
+
+/// Where [`StateMachine::with_checks`] records each invariant violation,
+/// in words.
+pub type Violations = Arc<Mutex<Vec<String>>>;
 
 /// Read access to a node's applied state, for answering queries after a
 /// read index was confirmed.
@@ -147,12 +152,22 @@ impl StateMachine {
             snapshots_built: Arc::new(AtomicU64::new(0)),
             read_floor: Arc::new(floor),
             effects: None,
+            checks: None,
         })
     }
 
     /// A reader of this state machine's applied state.
     pub fn reader(&self) -> StateReader {
         StateReader { state: self.state.clone(), floor: self.read_floor.clone() }
+    }
+
+    /// Checks every invariant of the region machine after every applied
+    /// command, in any build profile, and records each violation in `sink`
+    /// (the simulation does this). Without it, debug builds check and
+    /// assert; release builds do not check.
+    pub fn with_checks(mut self, sink: Violations) -> StateMachine {
+        self.checks = Some(sink);
+        self
     }
 
     /// Sends the effects of every applied command to `tx`.
@@ -210,8 +225,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Outcomes::default()
                 }
                 EntryPayload::Normal(proposal) => {
-                    let results: Vec<Outcome> =
-                        proposal.commands.iter().map(|c| Outcome::from(st.machine.apply(c))).collect();
+                    let mut results = Vec::with_capacity(proposal.commands.len());
+                    for c in &proposal.commands {
+                        results.push(Outcome::from(st.machine.apply(c)));
+                        if self.checks.is_none() && !cfg!(debug_assertions) {
+                            continue;
+                        }
+                        if let Err(v) = st.machine.check() {
+                            let line = format!("after {c:?} in entry {}: {v}", entry.log_id);
+                            match &self.checks {
+                                Some(sink) => lock(sink).push(line),
+                                None => {
+                                    tracing::error!("invariant violated {line}");
+                                    debug_assert!(false, "invariant violated {line}");
+                                }
+                            }
+                        }
+                    }
                     if let Some(tx) = &self.effects {
                         let effects: Vec<regions::Effect> =
                             results.iter().flat_map(|o| o.effects.iter().cloned()).collect();

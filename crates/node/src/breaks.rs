@@ -1,0 +1,35 @@
+//! Safety mechanisms a simulation may switch off, to show that the test
+//! aimed at each one fails without it (`DMLOGD_SIM_BREAK=name,name`).
+//!
+//! Compiled in only with the `fault-injection` feature, which the
+//! simulation's crate turns on; in a build without it every mechanism is
+//! always on and [`off`] is a constant `false`.
+//!
+//! | name | what is switched off |
+//! |---|---|
+//! | `no-lease-gate` | the lease: replies go out while it has run out |
+//! | `no-send-gate` | the gate check at the send: only the lane's check remains |
+//! | `no-kick` | kicks of this node's kernel after an eviction |
+//! | `no-remark` | the re-marks of a rejoin |
+//! | `no-stale-hints` | the stale-hints notice of a rejoin |
+//! | `no-transport-watch` | fencing and stopping when the kernel transport dies |
+//! | `no-failed-fence-hold` | staying fenced after a failed fence action |
+//! | `no-journal` | the local journal of what the kernel holds |
+
+/// Whether the mechanism `name` is switched off.
+#[cfg(feature = "fault-injection")]
+pub fn off(name: &str) -> bool {
+    static BROKEN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    BROKEN
+        .get_or_init(|| {
+            std::env::var("DMLOGD_SIM_BREAK").map(|v| v.split(',').map(str::to_owned).collect()).unwrap_or_default()
+        })
+        .iter()
+        .any(|f| f == name)
+}
+
+/// Whether the mechanism `name` is switched off: never, in this build.
+#[cfg(not(feature = "fault-injection"))]
+pub fn off(_name: &str) -> bool {
+    false
+}

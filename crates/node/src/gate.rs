@@ -1,0 +1,146 @@
+//! Whether this node may answer its kernel now, and if not, why.
+//!
+//! The gate is closed while the node is fenced (its lease ran out and it
+//! ran its fence action), after a fence action that failed (until an
+//! operator restarts the daemon), and once the kernel transport died. It
+//! is also closed, without anyone closing it, while the node's lease has
+//! run out by its own clock ([`Lease::holds`]): a node woken from a pause
+//! answers nothing before its liveness task notices and fences.
+//!
+//! The host checks the gate immediately before each reply's send system
+//! call, with no wait in between ([`crate::host`]); the admin API, the
+//! metrics and the `clustered-disk` writer read it too.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::live::Lease;
+
+/// Why the gate is closed, or that it is open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Answering the kernel.
+    Answering,
+    /// Fenced: the lease ran out and the fence action ran; the node rejoins
+    /// by itself once it reaches the cluster (unless it rebooted).
+    Fenced,
+    /// The fence action failed: the node answers nothing until an operator
+    /// has stopped this host's writes and restarted the daemon.
+    FenceFailed(String),
+    /// The kernel transport died; the daemon fenced and is stopping.
+    TransportFailed(String),
+}
+
+impl Standing {
+    /// One line for `dmlogctl status`, the log and the OCF agent; empty
+    /// while answering.
+    pub fn describe(&self) -> String {
+        match self {
+            Standing::Answering => String::new(),
+            Standing::Fenced => "fenced: its lease ran out; it answers no kernel requests until it rejoins".into(),
+            Standing::FenceFailed(e) => format!(
+                "fence failed ({e}): it answers no kernel requests; stop this host's writes (reset it), then restart dmlogd"
+            ),
+            Standing::TransportFailed(e) => format!("kernel transport failed ({e}): fenced and stopping"),
+        }
+    }
+}
+
+struct Inner {
+    closed: AtomicBool,
+    lease: Lease,
+    standing: Mutex<Standing>,
+}
+
+/// The gate of one node's answers to its kernel (cheap to clone).
+#[derive(Clone)]
+pub struct Gate(Arc<Inner>);
+
+impl Default for Gate {
+    fn default() -> Gate {
+        Gate::new()
+    }
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gate({:?}, lease holds: {})", self.standing(), self.0.lease.holds())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Gate {
+    /// An open gate with a lease that holds until a liveness task starts it.
+    pub fn new() -> Gate {
+        Gate(Arc::new(Inner {
+            closed: AtomicBool::new(false),
+            lease: Lease::new(),
+            standing: Mutex::new(Standing::Answering),
+        }))
+    }
+
+    /// The node's lease (extended by the liveness task).
+    pub fn lease(&self) -> &Lease {
+        &self.0.lease
+    }
+
+    /// Whether a reply may leave now: not closed, and the lease holds.
+    pub fn open(&self) -> bool {
+        !self.0.closed.load(Ordering::SeqCst) && (self.0.lease.holds() || crate::breaks::off("no-lease-gate"))
+    }
+
+    /// Whether the node is fenced, whatever the lease says.
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::SeqCst)
+    }
+
+    /// Closes the gate for `why`. A failed fence is never downgraded to a
+    /// plain fence by a later close.
+    pub fn close(&self, why: Standing) {
+        self.0.closed.store(true, Ordering::SeqCst);
+        let mut s = lock(&self.0.standing);
+        if !matches!(*s, Standing::FenceFailed(_)) || matches!(why, Standing::FenceFailed(_)) {
+            *s = why;
+        }
+    }
+
+    /// Opens the gate again (the node rejoined). Refused, returning
+    /// `false`, after a failed fence: that takes an operator.
+    pub fn reopen(&self) -> bool {
+        let mut s = lock(&self.0.standing);
+        if matches!(*s, Standing::FenceFailed(_)) && !crate::breaks::off("no-failed-fence-hold") {
+            return false;
+        }
+        *s = Standing::Answering;
+        self.0.closed.store(false, Ordering::SeqCst);
+        true
+    }
+
+    /// Why the gate is closed (or [`Standing::Answering`]).
+    pub fn standing(&self) -> Standing {
+        lock(&self.0.standing).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_fence_stays_closed_until_an_operator_acts() {
+        let g = Gate::new();
+        assert!(g.open());
+        g.close(Standing::Fenced);
+        assert!(!g.open());
+        assert!(g.reopen(), "a plain fence reopens at the rejoin");
+        g.close(Standing::FenceFailed("no sysrq".into()));
+        g.close(Standing::Fenced);
+        assert_eq!(g.standing(), Standing::FenceFailed("no sysrq".into()), "not downgraded");
+        assert!(!g.reopen());
+        assert!(!g.open());
+        assert!(g.standing().describe().contains("restart dmlogd"));
+    }
+}
