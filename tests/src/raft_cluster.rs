@@ -578,7 +578,9 @@ impl RaftCluster {
         // The local disk survives daemon deaths, not reboots (a new boot
         // identity makes the journal start afresh anyway).
         let journal = MemJournal::new();
-        let (replica, daemon, gate) = self.start_daemon(id, incarnation, &kernel, &end, &down, &frozen, &journal).await;
+        let trap = Arc::new(AtomicBool::new(false));
+        let (replica, daemon, gate) =
+            self.start_daemon(id, incarnation, &kernel, &end, &down, &frozen, &journal, &trap).await;
         let node = RaftNode {
             id,
             replica,
@@ -590,7 +592,7 @@ impl RaftCluster {
             pump,
             down,
             frozen,
-            trap: Arc::new(AtomicBool::new(false)),
+            trap,
             journal,
             incarnation,
         };
@@ -621,6 +623,7 @@ impl RaftCluster {
         down: &Arc<AtomicBool>,
         frozen: &Arc<AtomicBool>,
         journal: &MemJournal,
+        trap: &Arc<AtomicBool>,
     ) -> (SimReplica, JoinHandle<Exit>, Gate) {
         let opened = match &mut self.storage {
             Storage::Dir(dir) => LogStore::open(&dir.join(format!("node{id}.redb"))),
@@ -649,13 +652,12 @@ impl RaftCluster {
         self.net.register(id, raft.clone(), state.clone());
         let replica = Arc::new(Replica::new(id, raft, state, self.net.link(id)).with_log(log));
         self.net.register_replica(id, &replica);
-        let trap = self.nodes.get(&id).map_or_else(|| Arc::new(AtomicBool::new(false)), |n| n.trap.clone());
         let sim_kernel = SimKernel {
             id,
             kernel: kernel.clone(),
             uuid: self.table.uuid.clone(),
             frozen: frozen.clone(),
-            trap,
+            trap: trap.clone(),
             watch: self.watch.clone(),
             net: self.net.clone(),
         };
@@ -753,7 +755,8 @@ impl RaftCluster {
         let Some(n) = self.nodes.get(&id) else { return false };
         let (kernel, end, down, frozen, journal, inc) =
             (n.kernel.clone(), n.end.clone(), n.down.clone(), n.frozen.clone(), n.journal.clone(), n.incarnation);
-        let (replica, daemon, gate) = self.start_daemon(id, inc, &kernel, &end, &down, &frozen, &journal).await;
+        let trap = n.trap.clone();
+        let (replica, daemon, gate) = self.start_daemon(id, inc, &kernel, &end, &down, &frozen, &journal, &trap).await;
         if let Some(n) = self.nodes.get_mut(&id) {
             n.replica = replica;
             n.daemon = Some(daemon);
@@ -798,6 +801,11 @@ impl RaftCluster {
     /// Whether node `id` is frozen.
     pub fn is_frozen(&self, id: u64) -> bool {
         self.nodes.get(&id).is_some_and(|n| n.frozen.load(Ordering::SeqCst))
+    }
+
+    /// The first time a reply reached node `id`'s kernel at or after `ms`.
+    pub fn delivered_after(&self, id: u64, ms: u64) -> Option<u64> {
+        self.deliveries(id).into_iter().find(|&t| t >= ms)
     }
 
     /// When replies reached node `id`'s kernel, in simulated ms.

@@ -6,14 +6,17 @@
 //! latency of the simulated disks, the rates of lost requests, lost
 //! replies and late duplicates on the network, which node is cut off from
 //! the others and when, which node is frozen (kernel and daemon) past its
-//! lease, which node crashes mid-write (losing what its disk
-//! had not synced), and whether it comes back. Faults first (safety phase), then the network
-//! heals and the cluster must converge (liveness phase): every node's
+//! lease, whose daemon alone is killed with a write on its way and
+//! restarted under its running kernel, which node crashes mid-write
+//! (losing what its disk had not synced), and whether it comes back.
+//! Faults first (safety phase), then the network heals and the cluster
+//! must converge (liveness phase): every node's
 //! `dmsetup status` shows the mirror in sync, the legs are identical and
 //! every replica holds the same state. Every request is checked by the
 //! kernel simulator as the kernel would (sizes, values, I5 against the
-//! legs) and every replica asserts the machine's invariants after every
-//! command (debug builds).
+//! legs), every replica checks the machine's invariants after every
+//! command (in every build profile), and every node runs the daemon's own
+//! pipeline (`node::host::Host`).
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -43,6 +46,8 @@ pub struct SimSummary {
     pub fenced: u32,
     /// Nodes frozen past their lease.
     pub freezes: u32,
+    /// Daemons killed alone (their kernels kept running) and restarted.
+    pub daemon_kills: u32,
     /// Simulated milliseconds.
     pub sim_ms: u64,
     /// A hash of the final replicated state and the legs: equal for equal
@@ -124,6 +129,7 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
         partitions: 0,
         fenced: 0,
         freezes: 0,
+        daemon_kills: 0,
         sim_ms: 0,
         fingerprint: 0,
     };
@@ -226,6 +232,34 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     // crash below hits a member.
     if !c.wait_unfenced(Duration::from_secs(30)).await {
         return Err(format!("a fenced node did not rejoin; {}", c.raft_states()));
+    }
+    // Sometimes a node's daemon alone dies (`kill -9`) with a MARK or FLUSH
+    // on its way; its kernel keeps its tables, and its supervisor restarts
+    // the daemon within its lease. Requests the kernel sends meanwhile
+    // find nobody (it reconnects when the daemon is back).
+    if rng.random_bool(0.2) {
+        let victim = rng.random_range(1..=3u64);
+        for _ in 0..500 {
+            if c.marking(victim) {
+                break;
+            }
+            c.write(victim, rng.random_range(0..regions));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        c.kill_daemon(victim).await;
+        summary.daemon_kills += 1;
+        let until = c.now_ms() + rng.random_range(200..3000);
+        while c.now_ms() < until {
+            for id in c.nodes.keys().copied().collect::<Vec<_>>() {
+                if rng.random_range(0..100) < 30 {
+                    c.write(id, rng.random_range(0..regions));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !c.restart_daemon(victim, Duration::from_secs(30)).await {
+            return Err(format!("n{victim}'s daemon did not join again; {}", c.raft_states()));
+        }
     }
     // A node dies mid-write; the cluster evicts it; maybe it comes back.
     if rng.random_bool(0.7) {

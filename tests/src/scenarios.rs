@@ -42,17 +42,37 @@ pub enum Scenario {
     /// comes back: the new leader does not evict the follower on the old
     /// leader's timer (no node is evicted before it fenced).
     LeaderChange,
+    /// A whole node stops exactly when its daemon has a reply ready to send
+    /// (between the lane's lease check and the send): after it wakes, past
+    /// its lease, no reply reaches its kernel before it fenced.
+    FrozenAtSend,
+    /// A writer's kernel transport dies: its daemon stops renewing, fences
+    /// and exits before the others evict it; they resync its regions.
+    TransportDies,
+    /// A node's fence action fails: it answers nothing more, never rejoins
+    /// by itself, until an operator resets it.
+    FenceFails,
+    /// A writer's daemon alone is killed (`kill -9`) with a MARK or FLUSH
+    /// unanswered, and restarted before or after the kernel's 15 s re-send
+    /// (which then finds no daemon and reconnects); then another node
+    /// crashes mid-write; later the restarted node is cut off, fences and
+    /// rejoins with what its journal kept.
+    DaemonRestart,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::WriterCrash,
         Scenario::PartitionedMinority,
         Scenario::Rejoin,
         Scenario::RecovererDies,
         Scenario::Frozen,
         Scenario::LeaderChange,
+        Scenario::FrozenAtSend,
+        Scenario::TransportDies,
+        Scenario::FenceFails,
+        Scenario::DaemonRestart,
     ];
 
     /// Its name on the command line.
@@ -64,6 +84,10 @@ impl Scenario {
             Scenario::RecovererDies => "recoverer-dies",
             Scenario::Frozen => "frozen",
             Scenario::LeaderChange => "leader-change",
+            Scenario::FrozenAtSend => "frozen-at-send",
+            Scenario::TransportDies => "transport-dies",
+            Scenario::FenceFails => "fence-fails",
+            Scenario::DaemonRestart => "daemon-restart",
         }
     }
 
@@ -83,6 +107,10 @@ pub fn run(scenario: Scenario, seed: u64) -> Result<String, String> {
             Scenario::RecovererDies => recoverer_dies(seed).await,
             Scenario::Frozen => frozen(seed).await,
             Scenario::LeaderChange => leader_change(seed).await,
+            Scenario::FrozenAtSend => frozen_at_send(seed).await,
+            Scenario::TransportDies => transport_dies(seed).await,
+            Scenario::FenceFails => fence_fails(seed).await,
+            Scenario::DaemonRestart => daemon_restart(seed).await,
         }
     };
     on_sim_runtime(seed, run).map_err(|e| format!("{} seed {seed}: {e}", scenario.name()))
@@ -91,9 +119,19 @@ pub fn run(scenario: Scenario, seed: u64) -> Result<String, String> {
 /// A cluster of three with automatic liveness; the fence action is a
 /// reboot, or a suspend and a rejoin without reboot if `suspend`.
 async fn start(rng: &mut SmallRng, log_args: &str, suspend: bool) -> Result<(Timing, RaftCluster), String> {
+    let timing = sim_timing(rng)?;
+    start_with(rng, log_args, suspend, timing).await
+}
+
+/// [`start`] with the given timings.
+async fn start_with(
+    rng: &mut SmallRng,
+    log_args: &str,
+    suspend: bool,
+    timing: Timing,
+) -> Result<(Timing, RaftCluster), String> {
     let storage =
         Storage::Memory { dbs: BTreeMap::new(), sync_latency: Duration::from_micros(rng.random_range(100..2000)) };
-    let timing = sim_timing(rng)?;
     let rates: BTreeMap<u64, f64> = (1..=3).map(|id| (id, 1.0 + rng.random_range(-0.0099..0.0099))).collect();
     let liveness = LivenessConfig { timing, rates, seed: rng.random(), suspend };
     let c = RaftCluster::start_live(storage, 3, log_args, REGIONS, liveness).await;
@@ -122,7 +160,17 @@ async fn churn(c: &RaftCluster, rng: &mut SmallRng, rounds: std::ops::Range<u64>
 /// and a node chosen by the seed with a write in flight.
 async fn opening(seed: u64, suspend: bool) -> Result<(SmallRng, Timing, RaftCluster, u64), String> {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let (timing, c) = start(&mut rng, "clustered-core 8 nosync", suspend).await?;
+    let timing = sim_timing(&mut rng)?;
+    opening_with(rng, suspend, timing).await
+}
+
+/// [`opening`] with the given timings.
+async fn opening_with(
+    mut rng: SmallRng,
+    suspend: bool,
+    timing: Timing,
+) -> Result<(SmallRng, Timing, RaftCluster, u64), String> {
+    let (timing, c) = start_with(&mut rng, "clustered-core 8 nosync", suspend, timing).await?;
     churn(&c, &mut rng, 20..60, REGIONS).await;
     let victim = rng.random_range(1..=3u64);
     until_writing(&c, &mut rng, victim).await?;
@@ -367,5 +415,186 @@ async fn leader_change(seed: u64) -> Result<String, String> {
     finish(c, &BTreeMap::from([(leader, at)])).await?;
     Ok(format!(
         "n{follower} cut off {cut} ms, n{leader} died at {at} ms, n{new_leader} leads; n{follower} fenced: {follower_fenced:?}"
+    ))
+}
+
+/// Deliveries to node `id`'s kernel in [`from`, `to`).
+fn delivered_between(c: &RaftCluster, id: u64, from: u64, to: u64) -> Vec<u64> {
+    c.deliveries(id).into_iter().filter(|&t| t >= from && t < to).collect()
+}
+
+async fn frozen_at_send(seed: u64) -> Result<String, String> {
+    let (mut rng, timing, c, victim) = opening(seed, false).await?;
+    // Stopped the moment its daemon has the next reply in hand.
+    c.freeze_at_next_send(victim);
+    let mut at = None;
+    for _ in 0..5_000 {
+        if c.is_frozen(victim) {
+            at = Some(c.now_ms());
+            break;
+        }
+        c.write(victim, rng.random_range(0..8));
+        churn(&c, &mut rng, 0..1, 8).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let at = at.ok_or(format!("n{victim} never had a reply to send"))?;
+    let evicted_at = until_evicted(&c, &mut rng, victim, at, &timing).await?;
+    let thawed = c.now_ms();
+    c.thaw(victim);
+    let mut fenced_at = None;
+    while fenced_at.is_none() && c.now_ms() < thawed + 5_000 {
+        churn(&c, &mut rng, 1..2, 8).await;
+        fenced_at = first(&c, victim, thawed, fenced);
+    }
+    let fenced_at = fenced_at.ok_or(format!("n{victim} did not fence after it woke"))?;
+    // The reply it held when it stopped, or any other, must not have
+    // reached its kernel: its lease ran out while it slept.
+    let late = delivered_between(&c, victim, at, fenced_at + 1);
+    if !late.is_empty() {
+        return Err(format!(
+            "n{victim} stopped at {at} ms with a reply in hand, was evicted at {evicted_at}, woke at {thawed}, \
+             and its kernel got answers at {late:?} ms, before its fence at {fenced_at}"
+        ));
+    }
+    churn(&c, &mut rng, 10..50, REGIONS).await;
+    finish(c, &BTreeMap::from([(victim, at)])).await?;
+    Ok(format!("n{victim} stopped at {at} ms with a reply to send, evicted at {evicted_at}, fenced at {fenced_at}"))
+}
+
+async fn transport_dies(seed: u64) -> Result<String, String> {
+    let (mut rng, timing, c, victim) = opening(seed, false).await?;
+    let at = c.now_ms();
+    c.break_transport(victim);
+    // Everyone else writes on; the victim's daemon must give up its lease.
+    let mut exited = None;
+    while exited.is_none() && c.now_ms() < at + 10_000 {
+        churn(&c, &mut rng, 1..2, 8).await;
+        exited = c.events_of(victim).iter().find_map(|e| match e {
+            LiveEvent::TransportFailed { at_ms, .. } if *at_ms >= at => Some(*at_ms),
+            _ => None,
+        });
+    }
+    let exited = exited.ok_or(format!("n{victim}'s daemon went on after its kernel transport died"))?;
+    let evicted_at = until_evicted(&c, &mut rng, victim, at, &timing).await?;
+    if exited >= evicted_at {
+        return Err(format!("n{victim} gave up its lease at {exited} ms, after its eviction at {evicted_at}"));
+    }
+    let late = delivered_between(&c, victim, exited, u64::MAX);
+    if !late.is_empty() {
+        return Err(format!("n{victim}'s kernel got answers at {late:?} ms, after its transport failed at {exited}"));
+    }
+    churn(&c, &mut rng, 10..50, REGIONS).await;
+    finish(c, &BTreeMap::new()).await?;
+    Ok(format!("n{victim}'s transport died at {at} ms; it fenced and exited at {exited}, evicted at {evicted_at}"))
+}
+
+async fn fence_fails(seed: u64) -> Result<String, String> {
+    let (mut rng, timing, mut c, victim) = opening(seed, true).await?;
+    c.fail_fences_of(victim);
+    let at = c.now_ms();
+    c.net.isolate(victim);
+    let evicted_at = until_evicted(&c, &mut rng, victim, at, &timing).await?;
+    let fenced_at = first(&c, victim, at, fenced).ok_or(format!("n{victim} never fenced"))?;
+    c.net.heal();
+    // Long enough for a rejoin, which must not come.
+    let healed = c.now_ms();
+    churn(&c, &mut rng, 300..500, 8).await;
+    if let Some(t) = first(&c, victim, fenced_at, rejoined) {
+        return Err(format!("n{victim} rejoined at {t} ms after its fence action failed at {fenced_at}"));
+    }
+    let late = delivered_between(&c, victim, fenced_at, u64::MAX);
+    if !late.is_empty() {
+        return Err(format!("n{victim}'s kernel got answers at {late:?} ms after its fence action failed"));
+    }
+    let standing = c.gate(victim).map(|g| g.standing());
+    if !matches!(standing, Some(node::gate::Standing::FenceFailed(_))) {
+        return Err(format!("n{victim} says {standing:?} after its fence action failed"));
+    }
+    // The operator resets the machine.
+    c.crash(victim).await;
+    if !c.reboot(victim).await {
+        return Err(format!("n{victim} could not rejoin after its reset"));
+    }
+    churn(&c, &mut rng, 10..50, REGIONS).await;
+    finish(c, &BTreeMap::new()).await?;
+    Ok(format!("n{victim}: fence failed at {fenced_at} ms, evicted at {evicted_at}, silent from {healed} on"))
+}
+
+async fn daemon_restart(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    // Leases long enough that a daemon down for 20 s is not evicted: a
+    // node's own supervisor restarts it well within its lease.
+    let mut timing = sim_timing(&mut rng)?;
+    timing.fence_after_ms = 30_000;
+    timing.dead_after_ms = timing.least_dead_after_ms() + rng.random_range(0..500);
+    timing.validate().map_err(|e| e.to_string())?;
+    let (mut rng, timing, mut c, victim) = opening_with(rng, true, timing).await?;
+    for _ in 0..2_000 {
+        if c.marking(victim) {
+            break;
+        }
+        c.write(victim, rng.random_range(0..8));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if !c.marking(victim) {
+        return Err(format!("n{victim} never had a MARK on its way"));
+    }
+    let at = c.now_ms();
+    c.kill_daemon(victim).await;
+    // Before the kernel's 15 s re-send, or after it (the re-send finds no
+    // daemon and the kernel reconnects).
+    let late = rng.random_bool(0.5);
+    let down = if late { rng.random_range(16_000..20_000) } else { rng.random_range(500..10_000) };
+    while c.now_ms() < at + down {
+        churn(&c, &mut rng, 1..2, REGIONS).await;
+    }
+    if !c.restart_daemon(victim, Duration::from_secs(30)).await {
+        return Err(format!("n{victim}'s daemon did not join again; {}", c.raft_states()));
+    }
+    let restarted = c.now_ms();
+    // The kernel's MARK is answered once it is sent again: after its 15 s
+    // timeout (to the new daemon), or after the reconnect loop's next CTR
+    // (every 2 s) found the daemon back.
+    let settle = (at + kernel_sim::RETRY_TIMEOUT_MS).max(restarted + kernel_sim::RECONNECT_SLEEP_MS) + 3_000;
+    while c.now_ms() < settle {
+        churn(&c, &mut rng, 1..2, REGIONS).await;
+    }
+    let stats = c.kernel_stats(victim).unwrap_or_default();
+    if late && stats.reconnects == 0 {
+        return Err(format!("n{victim}'s kernel never reconnected after {down} ms without a daemon: {stats:?}"));
+    }
+    if c.delivered_after(victim, restarted).is_none() {
+        return Err(format!("n{victim}'s kernel got no answer after its daemon came back"));
+    }
+    // Another node dies mid-write; the restarted node takes part in its
+    // resync.
+    let other = (1..=3u64).filter(|&n| n != victim).nth(rng.random_range(0..2)).ok_or("no other node")?;
+    until_writing(&c, &mut rng, other).await?;
+    let crashed_at = c.now_ms();
+    c.crash(other).await;
+    until_evicted(&c, &mut rng, other, crashed_at, &timing).await?;
+    churn(&c, &mut rng, 50..100, REGIONS).await;
+    if !c.reboot(other).await {
+        return Err(format!("n{other} could not rejoin"));
+    }
+    // Later the restarted node is cut off past its lease, fences (by
+    // suspending) and rejoins: with what its journal kept from before the
+    // restart.
+    let cut = c.now_ms();
+    c.net.isolate(victim);
+    let evicted_at = until_evicted(&c, &mut rng, victim, cut, &timing).await?;
+    c.net.heal();
+    let mut back = None;
+    while back.is_none() && c.now_ms() < evicted_at + 30_000 {
+        churn(&c, &mut rng, 1..2, 8).await;
+        back = first(&c, victim, evicted_at, rejoined);
+    }
+    let back = back.ok_or(format!("n{victim} never rejoined after its restart and fence; {}", c.raft_states()))?;
+    churn(&c, &mut rng, 20..60, REGIONS).await;
+    finish(c, &BTreeMap::from([(other, crashed_at)])).await?;
+    Ok(format!(
+        "n{victim}'s daemon killed at {at} ms for {down} ms (reconnects {}), n{other} crashed at {crashed_at}, \
+         n{victim} evicted at {evicted_at}, rejoined at {back}",
+        stats.reconnects
     ))
 }

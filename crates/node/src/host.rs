@@ -190,14 +190,14 @@ impl<T: Transport, L: LeaderLink> Host<T, L> {
             .live
             .prevote
             .then(|| spawn_in(&scope, crate::live::prevote_elections(replica.clone(), config.live.seed ^ replica.id)));
-        let first = if own.marks().is_empty() {
-            vec![Command::NodeJoined { node: me, incarnation: config.incarnation }]
+        let (first, what) = if own.marks().is_empty() {
+            (vec![Command::NodeJoined { node: me, incarnation: config.incarnation }], "join")
         } else {
             tracing::warn!(tables = own.marks().uuids().len(), "the kernel kept its tables: rejoining with them");
-            rejoin_commands(own.marks(), me, config.incarnation)
+            (rejoin_commands(own.marks(), me, config.incarnation), "rejoin")
         };
         tokio::select! {
-            () = commit_until_accepted(&replica, first, "join") => {}
+            () = commit_until_accepted(&replica, first, what) => {}
             () = &mut shutdown => {
                 tracing::info!("stopping before the join");
                 return Exit::Stopped;
@@ -451,8 +451,8 @@ async fn commit_until_accepted<L: LeaderLink>(replica: &Replica<L>, commands: Ve
             Ok(outcomes) => {
                 let refused: Vec<String> = outcomes.0.iter().filter_map(|o| o.refusal.clone()).collect();
                 if refused.is_empty() {
-                    if marks > 0 {
-                        tracing::warn!(regions = marks, "{what}: tables registered and dirty regions marked again");
+                    if what == "rejoin" {
+                        tracing::warn!(regions = marks, "rejoined: tables registered and dirty regions marked again");
                     }
                     return;
                 }

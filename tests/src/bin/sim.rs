@@ -40,6 +40,7 @@ struct Args {
     raft_seeds: Option<u64>,
     /// A named liveness scenario of the Raft cluster simulation:
     /// writer-crash, partitioned-minority, rejoin, recoverer-dies, frozen,
+    /// frozen-at-send, transport-dies, fence-fails, daemon-restart,
     /// leader-change.
     #[arg(long, value_parser = parse_scenario)]
     scenario: Option<Scenario>,
