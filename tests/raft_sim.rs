@@ -113,7 +113,8 @@ fn the_planted_bug_is_caught_as_an_i1_violation() {
         match run_seed(seed) {
             Ok(_) => {}
             Err(e) if e.contains("I1 violated") => {
-                println!("planted bug caught by seed {seed}: {}", e.lines().next().unwrap_or_default());
+                let line = e.lines().find(|l| l.contains("I1 violated")).unwrap_or_default();
+                println!("planted bug caught by seed {seed}: {line}");
                 return;
             }
             Err(e) => other.push(format!("seed {seed}: {}", e.lines().next().unwrap_or_default())),

@@ -16,17 +16,8 @@ _dmlogd() {
             ",$1")
                 cmd="dmlogd"
                 ;;
-            dmlogd,demo)
-                cmd="dmlogd__subcmd__demo"
-                ;;
-            dmlogd,help)
-                cmd="dmlogd__subcmd__help"
-                ;;
-            dmlogd__subcmd__help,demo)
-                cmd="dmlogd__subcmd__help__subcmd__demo"
-                ;;
-            dmlogd__subcmd__help,help)
-                cmd="dmlogd__subcmd__help__subcmd__help"
+            dmlogd,wake-read)
+                cmd="dmlogd__subcmd__wake__subcmd__read"
                 ;;
             *)
                 ;;
@@ -35,7 +26,7 @@ _dmlogd() {
 
     case "${cmd}" in
         dmlogd)
-            opts="-h -V --config --cluster --id --data-dir --listen --member --kernel --fence --admin-socket --metrics --incarnation --check-config --json --help --version demo help"
+            opts="-h -V --config --cluster --id --data-dir --listen --member --kernel --fence --admin-socket --metrics --incarnation --check-config --json --help --version wake-read"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -92,67 +83,9 @@ _dmlogd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        dmlogd__subcmd__demo)
-            opts="-h --regions --seconds --dir --seed --plain --help"
+        dmlogd__subcmd__wake__subcmd__read)
+            opts="-h --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                --regions)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --seconds)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --dir)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --seed)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        dmlogd__subcmd__help)
-            opts="demo help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        dmlogd__subcmd__help__subcmd__demo)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        dmlogd__subcmd__help__subcmd__help)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -39,13 +39,5 @@ complete -c dmlogd -n "__fish_dmlogd_needs_command" -l check-config -d 'Check th
 complete -c dmlogd -n "__fish_dmlogd_needs_command" -l json -d 'Log as JSON lines instead of plain text'
 complete -c dmlogd -n "__fish_dmlogd_needs_command" -s h -l help -d 'Print help'
 complete -c dmlogd -n "__fish_dmlogd_needs_command" -s V -l version -d 'Print version'
-complete -c dmlogd -n "__fish_dmlogd_needs_command" -f -a "demo" -d 'Three dmlogd processes on loopback, each with a simulated kernel writing to one shared mirror: crashes, failover, eviction, resync, rejoin, then a verification. Exit status 1 if a check fails'
-complete -c dmlogd -n "__fish_dmlogd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -l regions -d 'Regions of the mirror' -r
-complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -l seconds -d 'Seconds of writes between the steps' -r
-complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -l dir -d 'Working directory (default: a temporary one, kept on failure)' -r -F
-complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -l seed -d 'Seed of the write pattern' -r
-complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -l plain -d 'One line per step instead of the live table'
-complete -c dmlogd -n "__fish_dmlogd_using_subcommand demo" -s h -l help -d 'Print help'
-complete -c dmlogd -n "__fish_dmlogd_using_subcommand help; and not __fish_seen_subcommand_from demo help" -f -a "demo" -d 'Three dmlogd processes on loopback, each with a simulated kernel writing to one shared mirror: crashes, failover, eviction, resync, rejoin, then a verification. Exit status 1 if a check fails'
-complete -c dmlogd -n "__fish_dmlogd_using_subcommand help; and not __fish_seen_subcommand_from demo help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -f -a "wake-read" -d 'Read the last 4 KiB of a mirror with O_DIRECT, to wake its idle recovery (run by the daemon itself, as a separate process)'
+complete -c dmlogd -n "__fish_dmlogd_using_subcommand wake-read" -s h -l help -d 'Print help'

@@ -41,40 +41,12 @@ _dmlogd() {
         (( CURRENT += 1 ))
         curcontext="${curcontext%:*:*}:dmlogd-command-$line[1]:"
         case $line[1] in
-            (demo)
+            (wake-read)
 _arguments "${_arguments_options[@]}" : \
-'--regions=[Regions of the mirror]:REGIONS:_default' \
-'--seconds=[Seconds of writes between the steps]:SECONDS:_default' \
-'--dir=[Working directory (default\: a temporary one, kept on failure)]:DIR:_files' \
-'--seed=[Seed of the write pattern]:SEED:_default' \
-'--plain[One line per step instead of the live table]' \
 '-h[Print help]' \
 '--help[Print help]' \
+':device:_files' \
 && ret=0
-;;
-(help)
-_arguments "${_arguments_options[@]}" : \
-":: :_dmlogd__subcmd__help_commands" \
-"*::: :->help" \
-&& ret=0
-
-    case $state in
-    (help)
-        words=($line[1] "${words[@]}")
-        (( CURRENT += 1 ))
-        curcontext="${curcontext%:*:*}:dmlogd-help-command-$line[1]:"
-        case $line[1] in
-            (demo)
-_arguments "${_arguments_options[@]}" : \
-&& ret=0
-;;
-(help)
-_arguments "${_arguments_options[@]}" : \
-&& ret=0
-;;
-        esac
-    ;;
-esac
 ;;
         esac
     ;;
@@ -84,33 +56,14 @@ esac
 (( $+functions[_dmlogd_commands] )) ||
 _dmlogd_commands() {
     local commands; commands=(
-'demo:Three dmlogd processes on loopback, each with a simulated kernel writing to one shared mirror\: crashes, failover, eviction, resync, rejoin, then a verification. Exit status 1 if a check fails' \
-'help:Print this message or the help of the given subcommand(s)' \
+'wake-read:Read the last 4 KiB of a mirror with O_DIRECT, to wake its idle recovery (run by the daemon itself, as a separate process)' \
     )
     _describe -t commands 'dmlogd commands' commands "$@"
 }
-(( $+functions[_dmlogd__subcmd__demo_commands] )) ||
-_dmlogd__subcmd__demo_commands() {
+(( $+functions[_dmlogd__subcmd__wake-read_commands] )) ||
+_dmlogd__subcmd__wake-read_commands() {
     local commands; commands=()
-    _describe -t commands 'dmlogd demo commands' commands "$@"
-}
-(( $+functions[_dmlogd__subcmd__help_commands] )) ||
-_dmlogd__subcmd__help_commands() {
-    local commands; commands=(
-'demo:Three dmlogd processes on loopback, each with a simulated kernel writing to one shared mirror\: crashes, failover, eviction, resync, rejoin, then a verification. Exit status 1 if a check fails' \
-'help:Print this message or the help of the given subcommand(s)' \
-    )
-    _describe -t commands 'dmlogd help commands' commands "$@"
-}
-(( $+functions[_dmlogd__subcmd__help__subcmd__demo_commands] )) ||
-_dmlogd__subcmd__help__subcmd__demo_commands() {
-    local commands; commands=()
-    _describe -t commands 'dmlogd help demo commands' commands "$@"
-}
-(( $+functions[_dmlogd__subcmd__help__subcmd__help_commands] )) ||
-_dmlogd__subcmd__help__subcmd__help_commands() {
-    local commands; commands=()
-    _describe -t commands 'dmlogd help help commands' commands "$@"
+    _describe -t commands 'dmlogd wake-read commands' commands "$@"
 }
 
 if [ "$funcstack[1]" = "_dmlogd" ]; then

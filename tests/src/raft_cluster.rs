@@ -279,19 +279,16 @@ impl Watch {
         }
     }
 
-    /// I1: node `id`'s kernel writes only regions marked in the state.
-    fn check_i1(&self, id: u64, uuid: &Uuid) {
+    /// I1 from the kernel's side: node `id`'s kernel, `writing` these
+    /// regions, writes only regions that are not clean in the state.
+    fn check_i1(&self, id: u64, uuid: &Uuid, writing: &[u64]) {
         let at = ms_since(self.start);
-        if lock(&self.last_death_ms).is_some_and(|t| at < t + 1_000) {
+        if writing.is_empty() || lock(&self.last_death_ms).is_some_and(|t| at < t + 1_000) {
             return;
         }
         let nodes = lock(&self.nodes).clone();
         let Some(me) = nodes.get(&id) else { return };
         if !me.answering() {
-            return;
-        }
-        let writing = lock(&me.kernel).mirror(MirrorId(0)).map(|v| v.inflight_regions).unwrap_or_default();
-        if writing.is_empty() {
             return;
         }
         let Some(newest) = newest(&nodes) else { return };
@@ -327,7 +324,6 @@ fn word(data: &[u8], i: usize) -> Option<u64> {
 struct SimKernel {
     id: u64,
     kernel: Arc<Mutex<Kernel>>,
-    uuid: Uuid,
     frozen: Arc<AtomicBool>,
     trap: Arc<AtomicBool>,
     watch: Watch,
@@ -349,9 +345,6 @@ impl MemKernel for SimKernel {
             note_request(self.id, &format!("<- {answer:?} for"), q);
         }
         lock(&self.kernel).deliver(reply);
-        if matches!(request, Some(wire::Request::Flush { .. } | wire::Request::MarkRegion(_))) {
-            self.watch.check_i1(self.id, &self.uuid);
-        }
     }
 
     fn kick(&self, _uuid: &Uuid) -> Result<String, String> {
@@ -480,39 +473,50 @@ fn raft_config() -> Arc<openraft::Config> {
 
 /// The kernel of one node: its clock moves with the runtime's; its
 /// requests go to the daemon that listens, or find nobody (`-ESRCH`).
-async fn pump(
-    id: u64,
-    kernel: Arc<Mutex<Kernel>>,
-    end: Arc<Mutex<Option<MemKernelEnd>>>,
-    down: Arc<AtomicBool>,
-    frozen: Arc<AtomicBool>,
-    start: Instant,
-) {
+/// Every write it has on the legs is checked against I1.
+async fn pump(k: PumpOf) {
+    let PumpOf { id, kernel, end, down, frozen, start, watch, uuid } = k;
     loop {
         if down.load(Ordering::SeqCst) {
             return;
         }
         // A frozen node's kernel stands still; its clock jumps at the thaw.
         if !frozen.load(Ordering::SeqCst) {
-            let mut k = lock(&kernel);
-            k.advance_to(ms_since(start));
-            let requests = k.take_requests();
-            let listener = lock(&end).clone();
-            for datagram in requests {
-                if trace_region().is_some()
-                    && let Ok(frame) = wire::Frame::parse(&datagram)
-                    && let Ok(msg) = frame.message()
-                {
-                    note_request(id, "->", &msg.request);
+            let writing = {
+                let mut k = lock(&kernel);
+                k.advance_to(ms_since(start));
+                let requests = k.take_requests();
+                let listener = lock(&end).clone();
+                for datagram in requests {
+                    if trace_region().is_some()
+                        && let Ok(frame) = wire::Frame::parse(&datagram)
+                        && let Ok(msg) = frame.message()
+                    {
+                        note_request(id, "->", &msg.request);
+                    }
+                    let heard = listener.as_ref().is_some_and(|e| e.send(datagram.clone()));
+                    if !heard {
+                        k.unheard(&datagram);
+                    }
                 }
-                let heard = listener.as_ref().is_some_and(|e| e.send(datagram.clone()));
-                if !heard {
-                    k.unheard(&datagram);
-                }
-            }
+                k.mirror(MirrorId(0)).map(|v| v.inflight_regions).unwrap_or_default()
+            };
+            watch.check_i1(id, &uuid, &writing);
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// What a node's kernel pump works with.
+struct PumpOf {
+    id: u64,
+    kernel: Arc<Mutex<Kernel>>,
+    end: Arc<Mutex<Option<MemKernelEnd>>>,
+    down: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
+    start: Instant,
+    watch: Watch,
+    uuid: Uuid,
 }
 
 impl RaftCluster {
@@ -574,7 +578,16 @@ impl RaftCluster {
         let kernel = Arc::new(Mutex::new(k));
         let end: Arc<Mutex<Option<MemKernelEnd>>> = Arc::default();
         let (down, frozen) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
-        let pump = tokio::spawn(pump(id, kernel.clone(), end.clone(), down.clone(), frozen.clone(), self.start));
+        let pump = tokio::spawn(pump(PumpOf {
+            id,
+            kernel: kernel.clone(),
+            end: end.clone(),
+            down: down.clone(),
+            frozen: frozen.clone(),
+            start: self.start,
+            watch: self.watch.clone(),
+            uuid: self.table.uuid.clone(),
+        }));
         // The local disk survives daemon deaths, not reboots (a new boot
         // identity makes the journal start afresh anyway).
         let journal = MemJournal::new();
@@ -655,7 +668,6 @@ impl RaftCluster {
         let sim_kernel = SimKernel {
             id,
             kernel: kernel.clone(),
-            uuid: self.table.uuid.clone(),
             frozen: frozen.clone(),
             trap: trap.clone(),
             watch: self.watch.clone(),

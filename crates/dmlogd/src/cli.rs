@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 /// A cluster-coherent dirty-region log for device-mapper mirrors.
 #[derive(Parser, Debug)]
-#[command(name = "dmlogd", version)]
+#[command(name = "dmlogd", version, disable_help_subcommand = true)]
 pub struct Daemon {
     /// TOML configuration file.
     #[arg(long)]
@@ -61,26 +61,10 @@ pub struct Daemon {
 
 #[derive(Subcommand, Debug)]
 pub enum DaemonCmd {
-    /// Three dmlogd processes on loopback, each with a simulated kernel
-    /// writing to one shared mirror: crashes, failover, eviction, resync,
-    /// rejoin, then a verification. Exit status 1 if a check fails.
-    Demo {
-        /// Regions of the mirror.
-        #[arg(long, default_value_t = 256)]
-        regions: u64,
-        /// Seconds of writes between the steps.
-        #[arg(long, default_value_t = 4)]
-        seconds: u64,
-        /// Working directory (default: a temporary one, kept on failure).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Seed of the write pattern.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// One line per step instead of the live table.
-        #[arg(long)]
-        plain: bool,
-    },
+    /// Read the last 4 KiB of a mirror with O_DIRECT, to wake its idle
+    /// recovery (run by the daemon itself, as a separate process).
+    #[command(hide = true)]
+    WakeRead { device: PathBuf },
 }
 
 /// Status and administration of a dmlogd cluster.

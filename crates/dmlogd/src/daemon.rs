@@ -50,7 +50,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     crate::config::claim_data_dir(&config.data_dir, &config.cluster)?;
     match config.kernel.clone() {
         Kernel::Netlink => {
-            let t = node::netlink::NetlinkTransport::open().map_err(|e| e.to_string())?;
+            let me = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
+            let t = node::netlink::NetlinkTransport::open(&me).map_err(|e| e.to_string())?;
             serve_with(config, Arc::new(t)).await
         }
         Kernel::Unix(path) => {

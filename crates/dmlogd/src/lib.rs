@@ -1,13 +1,12 @@
-//! The `dmlogd` and `dmlogctl` programs, as a library so the demo and the
-//! multi-process tests share one harness.
+//! The `dmlogd` and `dmlogctl` programs, as a library: the man pages are
+//! rendered from [`cli`], and the demo's daemons run [`entry`].
 //!
 //! * [`cli`]: the command lines of both programs.
 //! * [`config`]: the daemon's configuration (TOML, flags, embedded default).
-//! * [`daemon`]: the daemon itself.
+//! * [`entry`]: `dmlogd` from its parsed command line.
+//! * [`daemon`]: the daemon: configuration, signals and wiring around the
+//!   host pipeline (`node::host`).
 //! * [`ctl`]: the admin client and the text `dmlogctl` prints.
-//! * [`harness`]: real `dmlogd` processes on loopback driven by simulated
-//!   kernels, used by `dmlogd demo` and the tests.
-//! * [`demo`]: `dmlogd demo`.
 
 #![deny(missing_docs)]
 
@@ -15,5 +14,4 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
-pub mod demo;
-pub mod harness;
+pub mod entry;

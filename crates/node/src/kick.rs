@@ -16,6 +16,11 @@
 //! A simulated kernel on the Unix transport is kicked with a notice
 //! datagram instead ([`kick_notice`]); its driver suspends and resumes the
 //! simulated mirror.
+//!
+//! Nothing here waits, inside the daemon's process, for I/O that only the
+//! daemon can complete: `dmsetup` runs as a child process and is waited
+//! for with a limit (a thread waiting for a child can always be killed),
+//! and the wake read runs in a child process ([`spawn_wake`]).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -156,25 +161,60 @@ pub fn dm_kick(uuid: &Uuid) -> Result<Vec<String>, KickError> {
     Ok(names)
 }
 
+/// How long the daemon waits for a wake read before it leaves it running:
+/// the read completes only once the kernel's log requests are answered.
+pub const WAKE_WAIT: Duration = Duration::from_secs(5);
+
 /// Wakes the mirrors using `uuid` so they ask for resync work: an idle
 /// mirror's kernel thread runs only on I/O. A direct read of the mirror's
 /// last 4 KiB does it: the userspace log cannot answer IN_SYNC for a read
 /// without blocking above its cached hint, so the read is queued to the
 /// mirror's thread, whose pass asks GET_RESYNC_WORK. Returns the names.
-/// Blocking: run it on a blocking thread.
-pub fn dm_wake(uuid: &Uuid) -> Result<Vec<String>, KickError> {
-    let names = local_mirrors(uuid)?;
+///
+/// The read completes only once this daemon has answered its kernel, so it
+/// must never run inside the daemon: a thread of the daemon stuck in that
+/// read (uninterruptible) keeps a killed daemon from exiting, with its lock
+/// and its connector socket, and no new daemon can start to answer it. It
+/// runs in a child process, `program wake-read <device>` (the daemon's own
+/// executable), which the daemon waits for at most [`WAKE_WAIT`] and then
+/// leaves to finish by itself; the child holds none of the daemon's files
+/// (every descriptor is close-on-exec).
+pub async fn spawn_wake(program: &std::path::Path, uuid: &Uuid) -> Result<Vec<String>, KickError> {
+    let id = uuid.clone();
+    let names = tokio::task::spawn_blocking(move || local_mirrors(&id))
+        .await
+        .map_err(|e| KickError::Read { device: uuid.to_string(), why: e.to_string() })??;
     if names.is_empty() {
         return Err(KickError::NoDevice(uuid.to_string()));
     }
     for name in &names {
-        read_tail(&format!("/dev/mapper/{name}")).map_err(|e| KickError::Read { device: name.clone(), why: e })?;
+        let device = format!("/dev/mapper/{name}");
+        let fail = |why: String| KickError::Read { device: name.clone(), why };
+        let mut child = tokio::process::Command::new(program)
+            .args(["wake-read", &device])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| fail(format!("{}: {e}", program.display())))?;
+        match tokio::time::timeout(WAKE_WAIT, child.wait()).await {
+            Ok(Ok(status)) if status.success() => {}
+            Ok(Ok(status)) => return Err(fail(format!("the wake read exited with {status}"))),
+            Ok(Err(e)) => return Err(fail(e.to_string())),
+            // Still waiting for the log (for answers this daemon is about
+            // to give): reaped whenever it ends.
+            Err(_) => {
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
+        }
     }
     Ok(names)
 }
 
-/// Reads the last 4 KiB of block device `path`, bypassing the page cache.
-fn read_tail(path: &str) -> Result<(), String> {
+/// Reads the last 4 KiB of block device `path`, bypassing the page cache
+/// (the body of `dmlogd wake-read`; blocking).
+pub fn wake_read(path: &std::path::Path) -> Result<(), String> {
     use std::io::{Seek, SeekFrom};
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     const BLOCK: usize = 4096;

@@ -68,6 +68,8 @@ pub fn from_kernel(sender_port: u32) -> bool {
 /// The connector transport.
 pub struct NetlinkTransport {
     socket: TokioSocket,
+    /// The daemon's executable, run as `wake-read` to wake a mirror.
+    program: std::path::PathBuf,
     /// Overflows of the receive queue, and when one was last logged.
     overruns: Mutex<(u64, Option<Instant>)>,
 }
@@ -79,9 +81,10 @@ pub fn is_overrun(e: &io::Error) -> bool {
 }
 
 impl NetlinkTransport {
-    /// Opens the socket, joins the dm-log group and sizes the buffer. Needs
+    /// Opens the socket, joins the dm-log group and sizes the buffer; wakes
+    /// run `program wake-read <device>` ([`crate::kick::spawn_wake`]). Needs
     /// a tokio runtime.
-    pub fn open() -> Result<NetlinkTransport, OpenError> {
+    pub fn open(program: &std::path::Path) -> Result<NetlinkTransport, OpenError> {
         let mut socket = TokioSocket::new(NETLINK_CONNECTOR).map_err(classify)?;
         socket.socket_mut().bind(&SocketAddr::new(0, 0)).map_err(classify)?;
         socket.socket_ref().add_membership(CN_IDX_DM).map_err(classify)?;
@@ -97,7 +100,7 @@ impl NetlinkTransport {
                 tracing::warn!(error = %e, "could not raise the netlink receive buffer");
             }
         }
-        Ok(NetlinkTransport { socket, overruns: Mutex::new((0, None)) })
+        Ok(NetlinkTransport { socket, program: program.to_owned(), overruns: Mutex::new((0, None)) })
     }
 
     /// Counts an overflow and logs it, at most once a minute.
@@ -162,11 +165,9 @@ impl Transport for NetlinkTransport {
     }
 
     async fn wake(&self, uuid: &wire::Uuid) -> Result<String, String> {
-        let uuid = uuid.clone();
-        match tokio::task::spawn_blocking(move || crate::kick::dm_wake(&uuid)).await {
-            Ok(Ok(names)) => Ok(format!("read {} to wake its recovery", names.join(", "))),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("wake task: {e}")),
+        match crate::kick::spawn_wake(&self.program, uuid).await {
+            Ok(names) => Ok(format!("read {} to wake its recovery", names.join(", "))),
+            Err(e) => Err(e.to_string()),
         }
     }
 }

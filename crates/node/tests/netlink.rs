@@ -14,7 +14,7 @@ use node::transport::Transport;
 
 #[tokio::test]
 async fn the_connector_transport_joins_the_dm_group_and_drops_what_is_not_from_the_kernel() {
-    let transport = match NetlinkTransport::open() {
+    let transport = match NetlinkTransport::open(std::path::Path::new("/proc/self/exe")) {
         Ok(t) => t,
         Err(e @ (OpenError::NoConnector(_) | OpenError::NotPermitted(_))) => {
             eprintln!("no connector here: {e}");

@@ -1,4 +1,4 @@
-//! `dmlogd demo`: three real daemons on loopback, each with a simulated
+//! `dmlogd-demo`: three real daemons on loopback, each with a simulated
 //! kernel writing to one shared mirror; the leader's host crashes
 //! mid-write, then a follower's; the cluster fails over, evicts each,
 //! resyncs what they left half written, and takes them back when they
@@ -18,8 +18,11 @@ use crate::wait_for;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The `dmlogd` executable to start the nodes with.
+    /// The executable to start the nodes with, and the arguments that make
+    /// it run `dmlogd` (the demo binary itself, with `daemon`).
     pub exe: PathBuf,
+    /// See `exe`.
+    pub exe_args: Vec<String>,
     /// Working directory (a temporary one when `None`); kept on failure.
     pub dir: Option<PathBuf>,
     /// Regions of the mirror.
@@ -63,7 +66,8 @@ pub async fn run(opts: Options) -> Result<Report, String> {
             tmp.path().to_owned()
         }
     };
-    let mut h = Harness::new(&opts.exe, &dir, 3, opts.regions, opts.seed)?;
+    let args: Vec<&str> = opts.exe_args.iter().map(String::as_str).collect();
+    let mut h = Harness::new(&opts.exe, &dir, 3, opts.regions, opts.seed)?.daemon_args(&args);
     let mut d = Display::new(opts.live);
     let result = scenario(&mut h, &opts, &mut d).await;
     if result.is_err() {
@@ -203,8 +207,8 @@ async fn diagnosis(h: &Harness) -> String {
     for id in h.running() {
         match (h.status(id).await, h.log(id).await) {
             (Ok(st), Ok(log)) => {
-                s.push_str(&crate::ctl::status_text(&st));
-                s.push_str(&crate::ctl::log_text(&log));
+                s.push_str(&dmlogd::ctl::status_text(&st));
+                s.push_str(&dmlogd::ctl::log_text(&log));
             }
             (a, b) => s.push_str(&format!("node {id}: {:?} {:?}\n", a.err(), b.err())),
         }

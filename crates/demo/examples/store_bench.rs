@@ -7,29 +7,24 @@
 //!    be reported durable (no group commit possible);
 //! 4. the log store with 64 appends queued at once (group commit).
 //!
-//! Run: `cargo run --release -p replication --example store_bench [dir]`.
+//! Run: `cargo run --release -p dmlogd-demo --example store_bench [dir]`.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use dmlogd_demo::harness::percentile;
 use openraft::storage::RaftLogStorageExt;
 use openraft::{CommittedLeaderId, EntryPayload};
 use replication::types::LogId;
 use replication::{Entry, LogStore, Proposal};
-
-fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or_default()
-}
 
 fn report(name: &str, samples: Vec<Duration>) {
     let n = samples.len();
     let total: Duration = samples.iter().sum();
     println!(
         "{name:<44} p50 {:>7.3} ms  p99 {:>7.3} ms  ({n} ops, {:.0} ops/s)",
-        percentile(samples.clone(), 0.5).as_secs_f64() * 1e3,
-        percentile(samples, 0.99).as_secs_f64() * 1e3,
+        percentile(&samples, 0.5).as_secs_f64() * 1e3,
+        percentile(&samples, 0.99).as_secs_f64() * 1e3,
         n as f64 / total.as_secs_f64()
     );
 }

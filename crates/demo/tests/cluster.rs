@@ -1,5 +1,6 @@
-//! Three real `dmlogd` processes on loopback, each driven by a simulated
-//! kernel over the Unix transport (the [`dmlogd::harness`]): leader
+//! Three real daemon processes on loopback (the demo binary running
+//! `dmlogd`'s own entry point), each driven by a simulated kernel over the
+//! Unix transport (the [`dmlogd_demo::harness`]): leader
 //! hand-over on SIGTERM, acknowledged marks across a restart of every
 //! daemon, and the demo's crash scenario end to end.
 
@@ -9,15 +10,20 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use dmlogd::harness::Harness;
-use dmlogd::wait_for;
+use dmlogd_demo::harness::Harness;
+use dmlogd_demo::wait_for;
 
 fn exe() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_dmlogd"))
+    Path::new(env!("CARGO_BIN_EXE_dmlogd-demo"))
+}
+
+/// A harness whose daemons are `dmlogd-demo daemon …`.
+fn harness(dir: &Path, regions: u64, seed: u64) -> Harness {
+    Harness::new(exe(), dir, 3, regions, seed).unwrap().daemon_args(&["daemon"])
 }
 
 async fn three_nodes(dir: &Path, regions: u64, seed: u64) -> Harness {
-    let mut h = Harness::new(exe(), dir, 3, regions, seed).unwrap();
+    let mut h = harness(dir, regions, seed);
     boot_all(&mut h).await;
     h
 }
@@ -122,15 +128,16 @@ async fn acknowledged_marks_survive_kill_9_of_every_daemon_and_the_mirror_still_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_crashes_the_leader_and_a_follower_mid_write_and_verifies_the_legs() {
     let dir = tempfile::TempDir::new().unwrap();
-    let opts = dmlogd::demo::Options {
+    let opts = dmlogd_demo::demo::Options {
         exe: exe().to_owned(),
+        exe_args: vec!["daemon".into()],
         dir: Some(dir.path().to_owned()),
         regions: 128,
         write_secs: 2,
         live: false,
         seed: 11,
     };
-    match dmlogd::demo::run(opts).await {
+    match dmlogd_demo::demo::run(opts).await {
         Ok(report) => {
             assert!(report.writes > 0);
             assert!(report.kicks > 0, "the survivors' kernels were kicked to resync");
@@ -208,7 +215,7 @@ async fn a_clustered_disk_log_survives_a_crash_of_its_writer_and_the_device_ends
     let dir = tempfile::TempDir::new().unwrap();
     let device = dir.path().join("mirror_mlog");
     std::fs::write(&device, vec![0u8; 8192]).unwrap();
-    let mut h = Harness::new(exe(), dir.path(), 3, 128, 5).unwrap();
+    let mut h = harness(dir.path(), 128, 5);
     h.use_disk_log(&device);
     for id in h.ids() {
         h.boot(id).await.unwrap();
@@ -314,7 +321,7 @@ async fn a_paused_node_is_evicted_then_fences_on_waking_and_rejoins_with_its_mar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_link_cut_every_node_fences_and_healing_brings_back_the_marks() {
     let dir = tempfile::TempDir::new().unwrap();
-    let mut h = Harness::new(exe(), dir.path(), 3, 128, 9).unwrap();
+    let mut h = harness(dir.path(), 128, 9);
     h.use_proxies().await.unwrap();
     boot_all(&mut h).await;
     initial_resync(&mut h).await;

@@ -1,6 +1,6 @@
 //! Real `dmlogd` processes on loopback, each driven by a simulated kernel
 //! (`kernel-sim`) through the Unix transport, all sharing one pair of
-//! simulated mirror legs. Used by `dmlogd demo` and the multi-process
+//! simulated mirror legs. Used by `dmlogd-demo` and the multi-process
 //! tests.
 //!
 //! The harness is the hosts: it starts and kills daemons (SIGKILL is a
@@ -26,7 +26,7 @@ use replication::pb::admin::{LogReply, LogRequest, StatusReply, StatusRequest};
 use tokio::time::Instant;
 use wire::{Frame, Uuid};
 
-use crate::ctl;
+use dmlogd::ctl;
 
 /// The liveness timings of the demo and the tests: evictions within about
 /// five seconds (validated like any configuration).
@@ -122,6 +122,8 @@ struct Booted {
 pub struct Harness {
     dir: PathBuf,
     exe: PathBuf,
+    /// Arguments before the daemon's own (`daemon` for the demo binary).
+    exe_args: Vec<String>,
     timing: Timing,
     hosts: BTreeMap<u64, Host>,
     /// The mirror's legs, shared by every kernel.
@@ -159,6 +161,7 @@ impl Harness {
         Ok(Harness {
             dir: dir.to_owned(),
             exe: exe.to_owned(),
+            exe_args: Vec::new(),
             timing: quick_timing(),
             hosts,
             legs: SharedLegs::new(Legs::new(regions, true)),
@@ -170,6 +173,13 @@ impl Harness {
             writes: 0,
             proxies: BTreeMap::new(),
         })
+    }
+
+    /// Starts the daemons as `exe <args…> <dmlogd arguments>` (the demo
+    /// binary runs `dmlogd` as its `daemon` subcommand).
+    pub fn daemon_args(mut self, args: &[&str]) -> Harness {
+        self.exe_args = args.iter().map(|a| (*a).to_owned()).collect();
+        self
     }
 
     /// Puts a [`Proxy`] in front of every node's peer port (before any
@@ -302,6 +312,7 @@ impl Harness {
         let _ = std::fs::remove_file(&ksock);
         let _ = std::fs::remove_file(self.admin_socket(id));
         let child = Command::new(&self.exe)
+            .args(&self.exe_args)
             .arg("--config")
             .arg(&config)
             .arg("--incarnation")
@@ -624,13 +635,19 @@ macro_rules! wait_for {
     }};
 }
 
-/// p50 and p99 of `samples`, in milliseconds.
-pub fn percentiles(samples: &[Duration]) -> (f64, f64) {
+/// The `q` quantile (0 to 1) of `samples` by the nearest rank; zero for
+/// none. The demo, the tests and the benchmarks all use this one.
+pub fn percentile(samples: &[Duration], q: f64) -> Duration {
     if samples.is_empty() {
-        return (0.0, 0.0);
+        return Duration::ZERO;
     }
     let mut v: Vec<Duration> = samples.to_vec();
     v.sort();
-    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
-    (at(0.50), at(0.99))
+    v[((v.len() as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize]
+}
+
+/// p50 and p99 of `samples`, in milliseconds.
+pub fn percentiles(samples: &[Duration]) -> (f64, f64) {
+    let ms = |q| percentile(samples, q).as_secs_f64() * 1e3;
+    (ms(0.50), ms(0.99))
 }

@@ -11,7 +11,7 @@
 //! * 64 logs at once, spread over the three nodes, each a kernel doing
 //!   FLUSH-with-mark then CLEAR in a loop: aggregate requests/s.
 //!
-//! Run: `cargo run --release -p replication --example cluster_bench [dir] [seconds]`.
+//! Run: `cargo run --release -p dmlogd-demo --example cluster_bench [dir] [seconds]`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use dmlogd_demo::harness::percentile;
 use regions::{Command, Instance, KernelOp, NodeId as Rn};
 use replication::node::{GrpcNode, RaftSettings};
 use replication::pb::peer::Envelope;
@@ -29,12 +30,6 @@ use tokio::time::Instant;
 use wire::{Luid, Region, Uuid};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or_default()
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
