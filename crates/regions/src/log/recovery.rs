@@ -1,0 +1,210 @@
+//! Resync: which region an instance copies next (I9), when a copy makes a
+//! region in sync, the in-sync hint a kernel caches (I7), and which writes
+//! IS_REMOTE_RECOVERING holds (I6), including writes let through while
+//! recovery is halted everywhere.
+
+use std::collections::BTreeSet;
+
+use wire::Region;
+
+use super::{Log, Phase};
+use crate::command::{Instance, NodeId};
+
+impl Log {
+    /// Whether any instance can recover regions (resumed, not suspending).
+    pub(crate) fn recovery_running(&self) -> bool {
+        self.instances.values().any(|s| s.phase == Phase::Resumed)
+    }
+
+    /// GET_RESYNC_WORK for `i`: the region it already holds (a kernel
+    /// re-send gets the same answer, I9), else the lowest out-of-sync region
+    /// that no other instance recovers, whose recovery has not failed since
+    /// the last resume, and that no other instance has marked (a node that
+    /// may still be writing a region must finish before it is copied).
+    pub(crate) fn resync_work(&mut self, i: Instance) -> Option<Region> {
+        if self.instances.get(&i).map(|s| s.phase) != Some(Phase::Resumed) {
+            return None;
+        }
+        if let Some(&r) = self.assignments.get(&i) {
+            return Some(r);
+        }
+        let found = self.resync_candidates().find(|r| {
+            self.marks.get(r).is_none_or(|who| who.iter().all(|m| *m == i)) && !self.reserved_for_others(*r, i)
+        });
+        if let Some(r) = found {
+            self.assignments.insert(i, r);
+        }
+        found
+    }
+
+    /// SET_REGION_SYNC from `i`. In sync is only believed from the instance
+    /// that holds the region's assignment: a re-send that arrives after the
+    /// assignment was released (possibly after the region went out of sync
+    /// again through an eviction) must not mark it in sync. Out of sync is
+    /// always believed.
+    pub(crate) fn set_region_sync(&mut self, i: Instance, r: Region, in_sync: bool) {
+        let assigned = self.assignments.get(&i) == Some(&r);
+        if assigned {
+            self.assignments.remove(&i);
+        }
+        if in_sync {
+            if assigned && self.copied_by(r, i) {
+                self.sync.set(r.0, true);
+                self.recovery_failed.remove(&r);
+            }
+        } else {
+            // A failed write: the legs really differ, in acknowledged data.
+            self.set_out_of_sync(r);
+            self.unsettled.remove(&r);
+            if assigned {
+                self.recovery_failed.insert(r);
+            }
+        }
+    }
+
+    /// Lowest region that is or may become subject to recovery, or the
+    /// region count when none is (I7).
+    pub fn in_sync_hint(&self) -> u64 {
+        self.sync.next_zero(0).unwrap_or(self.region_count())
+    }
+
+    /// The hint IS_REMOTE_RECOVERING gives `node`'s kernel: the lowest
+    /// out-of-sync region, but one that skips the unsettled regions while
+    /// the kernel still writes behind a stale hint. None of them can become
+    /// resync work before that kernel's next RESUME (which resets its hint):
+    /// they wait for every survivor's resume, its own included. And it is
+    /// told they are in sync and not recovering anyway, so a lower hint
+    /// only sends each of its writes above it through the kernel's
+    /// IS_REMOTE_RECOVERING throttle (one query per 250 ms per host): a
+    /// backlog that its kick's suspend must then drain at four writes a
+    /// second, while every other survivor's kick and the resync wait.
+    /// (One exception: a failed write's SET_REGION_SYNC(r, 0) takes r out
+    /// of the unsettled set at once; a kernel that keeps a hint above r
+    /// then writes r without asking, exposed as any kernel behind a stale
+    /// hint already is, until its kick. It needs a leg failing mid-kick.)
+    pub fn in_sync_hint_for(&self, node: NodeId) -> u64 {
+        if self.unsettled.is_empty() || !self.writes_behind_stale_hint(node) {
+            return self.in_sync_hint();
+        }
+        self.sync.zeros_iter().find(|r| !self.unsettled.contains(&Region(*r))).unwrap_or(self.region_count())
+    }
+
+    /// Whether `node`'s kernel may still write unsettled regions behind a
+    /// stale hint (it has not resumed since the eviction).
+    pub fn writes_behind_stale_hint(&self, node: NodeId) -> bool {
+        self.awaiting_resume.contains(&node)
+    }
+
+    /// IS_REMOTE_RECOVERING from `node`: writes to an out-of-sync region
+    /// are held while some instance can recover it (I6); with recovery
+    /// halted everywhere they pass, or a suspend would hang on its own
+    /// writes. An unsettled region is held only from kernels that already
+    /// resumed; the others still have to drain their writes to finish the
+    /// suspend that resets their hint (see [`Log::unsettled`]).
+    pub fn is_remote_recovering(&self, r: Region, node: NodeId) -> bool {
+        let unsettled_here = self.unsettled.contains(&r) && self.writes_behind_stale_hint(node);
+        !self.sync.get(r.0) && !self.recovery_failed.contains(&r) && !unsettled_here && self.recovery_running()
+    }
+
+    /// IS_REMOTE_RECOVERING from instance `i`: as
+    /// [`Log::is_remote_recovering`], except that a kernel let through to a
+    /// region before is let through again (see [`Log::halted_passes`]).
+    pub fn remote_recovering(&self, r: Region, i: Instance) -> bool {
+        !self.passed(r, i) && self.is_remote_recovering(r, i.node)
+    }
+
+    /// IN_SYNC: the sync bit, except for unsettled regions, which every
+    /// kernel is told are in sync (see [`Log::unsettled`]).
+    pub fn in_sync_answer(&self, r: Region) -> bool {
+        self.sync.get(r.0) || self.unsettled.contains(&r)
+    }
+
+    /// Whether instance `i` let writes through to `r` and has not copied
+    /// it since (see [`Log::halted_passes`]).
+    pub(crate) fn passed(&self, r: Region, i: Instance) -> bool {
+        self.halted_passes.get(&i).is_some_and(|rs| rs.contains(&r))
+    }
+
+    /// Whether `r` may be copied only by instances other than `i`: some
+    /// instance let writes through to it and `i` did not (see
+    /// [`Log::halted_passes`]).
+    pub(crate) fn reserved_for_others(&self, r: Region, i: Instance) -> bool {
+        !self.passed(r, i) && self.halted_passes.values().any(|rs| rs.contains(&r))
+    }
+
+    /// IS_REMOTE_RECOVERING from `i` on its write path: the answer, and a
+    /// record of the pass when it lets a write through to an out-of-sync
+    /// region (see [`Log::halted_passes`]).
+    pub(crate) fn remote_recovering_for_write(&mut self, r: Region, i: Instance) -> bool {
+        if self.sync.get(r.0) || self.passed(r, i) {
+            return false;
+        }
+        let recovering = self.is_remote_recovering(r, i.node);
+        // A kernel behind a stale hint is told IN_SYNC = 1 for an unsettled
+        // region until it has resumed, which its suspend (draining this
+        // write) comes before: its write is marked and goes to both legs.
+        let marked_pass = self.unsettled.contains(&r) && self.writes_behind_stale_hint(i.node);
+        if !recovering && !marked_pass {
+            self.halted_passes.entry(i).or_default().insert(r);
+        }
+        recovering
+    }
+
+    /// Instance `i` copied `r`: its kernel dropped its region-hash entry.
+    /// Returns whether the region may be in sync now (no other instance let
+    /// writes through to it since its last copy).
+    pub(super) fn copied_by(&mut self, r: Region, i: Instance) -> bool {
+        if let Some(rs) = self.halted_passes.get_mut(&i) {
+            rs.remove(&r);
+            if rs.is_empty() {
+                self.halted_passes.remove(&i);
+            }
+        }
+        !self.halted_passes.values().any(|rs| rs.contains(&r))
+    }
+
+    /// Whether GET_RESYNC_WORK from some resumed instance would hand out a
+    /// region now (marks and reservations counted).
+    pub(crate) fn claimable_work(&self) -> bool {
+        let resumed: Vec<Instance> =
+            self.instances.iter().filter(|(_, s)| s.phase == Phase::Resumed).map(|(i, _)| *i).collect();
+        if resumed.is_empty() {
+            return false;
+        }
+        self.resync_candidates().any(|r| {
+            resumed.iter().any(|&i| {
+                !self.assignments.contains_key(&i)
+                    && self.marks.get(&r).is_none_or(|who| who.iter().all(|m| *m == i))
+                    && !self.reserved_for_others(r, i)
+            })
+        })
+    }
+
+    /// Whether some out-of-sync region could be handed out for resync now.
+    pub(crate) fn has_resync_work(&self) -> bool {
+        self.resync_candidates().next().is_some()
+    }
+
+    /// Out-of-sync regions in increasing order that nobody recovers, whose
+    /// recovery has not failed since the last resume, and that are not
+    /// unsettled: what GET_RESYNC_WORK may hand out (marks aside).
+    pub(super) fn resync_candidates(&self) -> impl Iterator<Item = Region> + '_ {
+        let taken: BTreeSet<Region> = self.assignments.values().copied().collect();
+        self.sync
+            .zeros_iter()
+            .map(Region)
+            .filter(move |r| !taken.contains(r) && !self.recovery_failed.contains(r) && !self.unsettled.contains(r))
+    }
+
+    /// A full resync: every region goes out of sync. Returns the regions
+    /// that were in sync. Marks and recovery assignments stay: a marked
+    /// region is copied once its writers clear it, and a copy under way
+    /// still ends with the legs identical.
+    pub(crate) fn resync_all(&mut self) -> Vec<Region> {
+        let changed: Vec<Region> = (0..self.region_count()).map(Region).filter(|r| self.sync.get(r.0)).collect();
+        for &r in &changed {
+            self.set_out_of_sync(r);
+        }
+        changed
+    }
+}
