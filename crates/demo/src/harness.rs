@@ -635,6 +635,32 @@ macro_rules! wait_for {
     }};
 }
 
+/// Like [`wait_for!`], with no fixed limit, so that a slow machine passes
+/// what a fast one passes: `$left` says how much is left to do (0: done),
+/// and the wait fails only when it has not gone down for `$stall`.
+#[macro_export]
+macro_rules! wait_progress {
+    ($h:expr, $stall:expr, $per_tick:expr, $what:expr, $left:expr) => {{
+        let started = tokio::time::Instant::now();
+        let mut best = u64::MAX;
+        let mut moved = started;
+        loop {
+            $h.run_for(std::time::Duration::from_millis(100), $per_tick).await;
+            let left: u64 = $left;
+            if left == 0 {
+                break Ok::<std::time::Duration, String>(started.elapsed());
+            }
+            if left < best {
+                best = left;
+                moved = tokio::time::Instant::now();
+            }
+            if moved.elapsed() > $stall {
+                break Err(format!("{}: {left} left, and no progress for {:?}", $what, $stall));
+            }
+        }
+    }};
+}
+
 /// The `q` quantile (0 to 1) of `samples` by the nearest rank; zero for
 /// none. The demo, the tests and the benchmarks all use this one.
 pub fn percentile(samples: &[Duration], q: f64) -> Duration {
