@@ -20,6 +20,12 @@ pub const ALL: &[(&str, Scenario, &[&str])] = &[
     ("partition", partition, &["lease lost: fenced", "Request timed out"]),
     ("partition-suspend", partition_suspend, &["lease lost: fenced", "Request timed out", "resetting the machine"]),
     ("disk", disk, &[]),
+    // The killed daemon's kernel finds nobody for a moment: it reconnects.
+    (
+        "daemon-kill",
+        daemon_kill,
+        &["Userspace log server not found", "Attempting to contact userspace log server", "Request timed out"],
+    ),
     ("speed", speed, &[]),
 ];
 
@@ -565,4 +571,60 @@ fn speed(lab: &Lab) -> Outcome<()> {
     println!("   (cmirrord in the same lab: ratio 0.020 at 4k, 0.10 at 1M)");
     stop(guests);
     Ok(())
+}
+
+/// `kill -9` of one node's daemon alone (its kernel stays up) while that
+/// node copies a region of the initial resync; the daemon is started
+/// again at once. It must start (nothing of the old process may hold the
+/// lock or the connector socket: a thread stuck in a read of the mirror
+/// did), the kernel reconnects, the node resumes its part of the resync,
+/// every node ends in sync and the legs are identical.
+fn daemon_kill(lab: &Lab) -> Outcome<()> {
+    let mut guests = boot(lab, 3)?;
+    cluster_up(&mut guests, REBOOT)?;
+    // Node 2's copies are slow (its leg 1 writes 300 ms late), so it holds
+    // a region for a while.
+    guests[1].sh(&format!("dmsetup create slow1 --table \"0 131072 delay {LEG1} 0 0 {LEG1} 0 300\""))?;
+    let uuid = "lab-dkill";
+    for g in guests.iter_mut() {
+        let leg1 = if g.node == 2 { "/dev/mapper/slow1".to_owned() } else { LEG1.to_owned() };
+        create(g, "m", &table(uuid, &[], "clustered-core", &[], &leg1))?;
+    }
+    // Until node 2 holds a region of the resync.
+    let script = format!(
+        "n=0; while [ $n -lt 600 ]; do {ADMIN} log {uuid} --json 2>/dev/null | tr -d ' \\n' | grep -q '\"node\":2,[^}}]*\"recovering\":[0-9]' && exit 0; sleep 0.1; n=$((n+1)); done; exit 1"
+    );
+    guests[1].run(&script, SECS(90)).map_err(|e| format!("node 2 never held a region to resync: {e}"))?;
+    let before = guests[1].sh("in_sync m")?;
+    let killed = Instant::now();
+    // kill -9 of the daemon alone, and at once a new one, as systemd does.
+    let out = guests[1].run("pkill -9 -x dmlogd; sleep 0.2; start_dmlogd && echo started", SECS(60))?;
+    if !out.contains("started") {
+        return Err(format!("the daemon did not start again after kill -9: {out}"));
+    }
+    println!(
+        "   node 2's daemon killed while resyncing ({before} in sync); a new one is up {:.1} s later",
+        killed.elapsed().as_secs_f64()
+    );
+    let stuck = guests[1].sh("for p in /proc/[0-9]*; do s=$(cat $p/stat 2>/dev/null); case \"$s\" in *'(dmlogd) D'*) echo ${p#/proc/};; esac; done")?;
+    if !stuck.trim().is_empty() {
+        println!("   note: dmlogd process(es) in D state: {}", stuck.trim());
+    }
+    wait_healthy(&mut guests[1], SECS(120))?;
+    for g in guests.iter_mut() {
+        wait_in_sync(g, "m", 300)?;
+    }
+    println!("   every node in sync {:.1} s after the kill", killed.elapsed().as_secs_f64());
+    let console = std::fs::read_to_string(&guests[1].console).unwrap_or_default();
+    if console.contains("another dmlogd holds") {
+        return Err("the restarted daemon found the killed one's lock still held".into());
+    }
+    let reconnected = console.contains("Reconnected to userspace log server");
+    println!("   node 2's kernel reconnected: {reconnected}");
+    for g in guests.iter_mut() {
+        g.sh("dmsetup remove m")?;
+    }
+    guests[1].sh("dmsetup remove slow1")?;
+    stop(guests);
+    lab.legs_identical()
 }
