@@ -1,12 +1,13 @@
-//! Compiles `proto/dmlogd/*.proto` with protox (pure Rust: no system protoc).
+//! Compiles `proto/dmlogd/peer.proto` (node-to-node traffic) with protox
+//! (pure Rust: no system protoc). The admin API is the `node` crate's.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read when the script runs, not when it was compiled: a build script
     // binary may be reused for a checkout at another path.
     let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = [root.join("dmlogd/peer.proto"), root.join("dmlogd/admin.proto")];
+    let files = [root.join("dmlogd/peer.proto")];
     let fds = protox::compile(&files, [&root])?;
     tonic_prost_build::configure().compile_fds(fds)?;
-    println!("cargo:rerun-if-changed={}", root.join("dmlogd").display());
+    println!("cargo:rerun-if-changed={}", root.join("dmlogd/peer.proto").display());
     Ok(())
 }

@@ -558,7 +558,7 @@ impl RaftCluster {
         }
         let members: BTreeMap<u64, BasicNode> = (1..=n).map(|i| (i, BasicNode::new(format!("mem:{i}")))).collect();
         if let Some(first) = c.nodes.values().next() {
-            let _ = first.replica.raft.initialize(members).await;
+            let _ = first.replica.initialize(members).await;
         }
         for id in 1..=n {
             if !c.wait_joined(id, 1, Duration::from_secs(30)).await {
@@ -744,7 +744,7 @@ impl RaftCluster {
             d.abort();
         }
         self.net.unregister(id);
-        let _ = n.replica.raft.shutdown().await;
+        let _ = n.replica.shutdown().await;
         *lock(&self.watch.last_death_ms) = Some(ms_since(self.start));
     }
 
@@ -851,7 +851,7 @@ impl RaftCluster {
             d.abort();
         }
         self.net.unregister(id);
-        let _ = n.replica.raft.shutdown().await;
+        let _ = n.replica.shutdown().await;
         Some(n)
     }
 
@@ -859,7 +859,7 @@ impl RaftCluster {
     pub fn raft_states(&self) -> String {
         let mut out = Vec::new();
         for n in self.nodes.values() {
-            let m = n.replica.raft.metrics().borrow().clone();
+            let m = n.replica.metrics().borrow().clone();
             out.push(format!(
                 "n{} {:?} term {} leader {:?} last_log {:?} applied {:?} voters {:?} down {} gate {:?}",
                 n.id,
@@ -1027,7 +1027,7 @@ impl RaftCluster {
 
     /// The node that leads, if any.
     pub fn leader(&self) -> Option<u64> {
-        self.nodes.values().find(|n| n.replica.raft.metrics().borrow().state.is_leader()).map(|n| n.id)
+        self.nodes.values().find(|n| n.replica.metrics().borrow().state.is_leader()).map(|n| n.id)
     }
 
     /// Regions with writes in flight in node `id`'s kernel.
@@ -1043,7 +1043,7 @@ impl RaftCluster {
     pub fn out_of_sync_at_leader(&self) -> BTreeSet<u64> {
         self.nodes
             .values()
-            .find(|n| n.replica.raft.metrics().borrow().state.is_leader())
+            .find(|n| n.replica.metrics().borrow().state.is_leader())
             .and_then(|n| {
                 n.replica.state.read(|m| {
                     m.log(&self.table.uuid)

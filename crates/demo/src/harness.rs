@@ -22,7 +22,7 @@ use kernel_sim::{Config as SimConfig, Kernel, Legs, MirrorId, SharedLegs, Table}
 use node::liveness::Timing;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use replication::pb::admin::{LogReply, LogRequest, StatusReply, StatusRequest};
+use node::admin::pb::{LogReply, LogRequest, StatusReply, StatusRequest};
 use tokio::time::Instant;
 use wire::{Frame, Uuid};
 

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
-use replication::pb::admin::admin_client::AdminClient;
-use replication::pb::admin::{LogReply, LogSummary, LogsReply, StatusReply};
+use node::admin::pb::admin_client::AdminClient;
+use node::admin::pb::{LogReply, LogSummary, LogsReply, StatusReply};
 use serde_json::{Value, json};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;

@@ -112,8 +112,8 @@ fn the_tcp_admin_api_answers_only_tls_clients_with_the_token() {
             .await;
         match ch {
             Err(e) => Err(e.to_string()),
-            Ok(ch) => replication::pb::admin::admin_client::AdminClient::new(ch)
-                .status(replication::pb::admin::StatusRequest {})
+            Ok(ch) => node::admin::pb::admin_client::AdminClient::new(ch)
+                .status(node::admin::pb::StatusRequest {})
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),

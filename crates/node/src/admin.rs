@@ -18,8 +18,15 @@ use regions::Phase;
 use replication::Replica;
 use replication::grpc::GrpcLeaderLink;
 use replication::membership::{ChangeError, MemberInfo};
-use replication::pb::admin::admin_server::{Admin, AdminServer};
-use replication::pb::admin::{
+/// Code generated from `proto/dmlogd/admin.proto`: the messages and the
+/// client `dmlogctl` uses.
+#[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
+pub mod pb {
+    tonic::include_proto!("dmlogd.admin");
+}
+
+use self::pb::admin_server::{Admin, AdminServer};
+use self::pb::{
     AddNodeRequest, ChangeReply, DiskState, Instance, KernelMember, LogReply, LogRequest, LogSummary, LogsReply,
     LogsRequest, Member, Progress, RegionMarks, RemoveNodeRequest, ResyncReply, ResyncRequest, StatusReply,
     StatusRequest, TransferLeaderRequest,
@@ -208,7 +215,7 @@ fn role(s: ServerState) -> &'static str {
 impl Admin for AdminService {
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         let reply = {
-            let m = self.replica.raft.metrics();
+            let m = self.replica.metrics();
             let m = m.borrow();
             StatusReply {
                 id: m.id,

@@ -102,7 +102,7 @@ pub fn write_image(token: &str, clean: &Bitmap) -> io::Result<()> {
 /// the write of that version (or a newer one) failed and none succeeded
 /// since, or the log is gone.
 pub async fn wait_durable<L: LeaderLink>(replica: &Replica<L>, uuid: &Uuid, version: u64) -> Result<(), String> {
-    let mut applied = replica.raft.metrics();
+    let mut applied = replica.metrics();
     loop {
         let now = replica.state.read(|m| {
             let log = m.log(uuid)?;
@@ -187,7 +187,7 @@ impl<L: LeaderLink> DiskWriter<L> {
 
     /// Runs until the node stops.
     pub async fn run(self) {
-        let mut applied = self.replica.raft.metrics();
+        let mut applied = self.replica.metrics();
         // Logs this process has written (no hand-over wait for them again).
         let mut mine: std::collections::HashSet<Uuid> = Default::default();
         loop {

@@ -469,7 +469,7 @@ async fn commit_until_accepted<L: LeaderLink>(replica: &Replica<L>, commands: Ve
 
 /// Keeps the leader gauges of the metrics current.
 async fn watch_leader<L: LeaderLink>(replica: Arc<Replica<L>>, metrics: Arc<Metrics>) {
-    let mut watch = replica.raft.metrics();
+    let mut watch = replica.metrics();
     loop {
         let leader = watch.borrow_and_update().current_leader;
         metrics.saw_leader(leader);
@@ -482,7 +482,7 @@ async fn watch_leader<L: LeaderLink>(replica: Arc<Replica<L>>, metrics: Arc<Metr
 /// A leader that stops hands leadership to another voter first, so the
 /// cluster does not wait an election timeout for a new one.
 async fn handoff<L: LeaderLink>(replica: &Replica<L>) {
-    if !replica.raft.metrics().borrow().state.is_leader() {
+    if !replica.metrics().borrow().state.is_leader() {
         return;
     }
     let Some(to) = replica.members().into_iter().find(|m| m.voter && m.id != replica.id).map(|m| m.id) else {

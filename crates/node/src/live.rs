@@ -157,7 +157,7 @@ impl<L: LeaderLink> LiveTask<L> {
         if self.config.prevote {
             self.replica.take_over_elections();
         }
-        let raft_config = self.replica.raft.config().clone();
+        let raft_config = self.replica.config().clone();
         let mut rng = SmallRng::seed_from_u64(self.config.seed);
         let mut quiet = || {
             Duration::from_millis(rng.gen_range(raft_config.election_timeout_min..=raft_config.election_timeout_max))
@@ -181,7 +181,7 @@ impl<L: LeaderLink> LiveTask<L> {
             self.leader_duty(now, &evicting, &hooks);
             if self.config.prevote {
                 let due = self.replica.leader_contact_age() >= wait
-                    && !self.replica.raft.metrics().borrow().state.is_leader();
+                    && !self.replica.metrics().borrow().state.is_leader();
                 if self.replica.campaign_if_leaderless(wait).await {
                     hooks.trace(format!("n{} stood for election", self.id));
                 }
@@ -215,7 +215,7 @@ impl<L: LeaderLink> LiveTask<L> {
 
     /// On the leader: evict every member unseen for `dead_after`.
     fn leader_duty(&self, now: u64, evicting: &Arc<Mutex<BTreeSet<u64>>>, hooks: &Arc<dyn LiveHooks>) {
-        let leads = self.replica.raft.metrics().borrow().state.is_leader();
+        let leads = self.replica.metrics().borrow().state.is_leader();
         let expired = {
             let mut table = lock(&self.table);
             match (leads, table.leading()) {
@@ -261,14 +261,14 @@ impl<L: LeaderLink> LiveTask<L> {
 /// is dropped; the liveness task takes over when it starts.
 pub async fn prevote_elections<L: LeaderLink>(replica: Arc<Replica<L>>, seed: u64) {
     replica.take_over_elections();
-    let raft_config = replica.raft.config().clone();
+    let raft_config = replica.config().clone();
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut quiet =
         || Duration::from_millis(rng.gen_range(raft_config.election_timeout_min..=raft_config.election_timeout_max));
     let mut wait = quiet();
     loop {
         tokio::time::sleep(Duration::from_millis(raft_config.heartbeat_interval)).await;
-        let due = replica.leader_contact_age() >= wait && !replica.raft.metrics().borrow().state.is_leader();
+        let due = replica.leader_contact_age() >= wait && !replica.metrics().borrow().state.is_leader();
         let _ = replica.campaign_if_leaderless(wait).await;
         if due {
             wait = quiet();

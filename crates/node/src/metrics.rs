@@ -167,7 +167,7 @@ impl Metrics {
     /// Refreshes the gauges from `replica` and renders the text format.
     pub fn render<L: LeaderLink>(&self, replica: &Replica<L>, gate: &crate::gate::Gate) -> String {
         {
-            let m = replica.raft.metrics();
+            let m = replica.metrics();
             let m = m.borrow();
             self.is_leader.set(i64::from(m.state.is_leader()));
             self.term.set(i64::try_from(m.current_term).unwrap_or(i64::MAX));

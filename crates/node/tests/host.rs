@@ -334,7 +334,7 @@ async fn a_daemon_restarted_under_its_kernel_rejoins_with_the_tables_and_marks_i
         }
     }
     d.task.abort();
-    let _ = d.replica.raft.shutdown().await;
+    let _ = d.replica.shutdown().await;
     disk.net.unregister(1);
     let journaled = OwnMarksStore::read(&mut disk.journal.clone(), 1).unwrap();
     let luid = lock(&kernel).mirror(m).unwrap().luid;

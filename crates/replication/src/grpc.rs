@@ -30,7 +30,7 @@ use wire::{Answer, Errno};
 use crate::pb::peer::peer_client::PeerClient;
 use crate::pb::peer::peer_server::{Peer, PeerServer};
 use crate::pb::peer::{Envelope, SnapshotChunk, snapshot_chunk};
-use crate::replica::{ForwardError, LeaderLink, ReadRequest, Replica, read_local};
+use crate::replica::{Campaign, ForwardError, LeaderLink, ReadRequest, Replica, read_local};
 use crate::types::{LogId, Node, NodeId, Outcomes, Proposal, Raft, SnapshotMeta, TypeConfig, Vote, decode, encode};
 
 /// Largest message either side accepts: far above one snapshot chunk and
@@ -46,18 +46,6 @@ pub const CHUNK_DEADLINE: Duration = Duration::from_secs(10);
 pub const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEPALIVE: Duration = Duration::from_secs(5);
-
-/// A campaign order, for leadership transfer (openraft 0.9 has none).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub enum Campaign {
-    /// Stand for election now.
-    Elect,
-    /// Do not start elections for this long (0: resume at once).
-    Hold {
-        /// Milliseconds.
-        millis: u64,
-    },
-}
 
 /// Mutual TLS between the nodes of a cluster: the cluster's CA certificate
 /// and this node's certificate and key, PEM. Each side presents its

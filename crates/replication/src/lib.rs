@@ -12,8 +12,8 @@
 //! * [`Replica`]: propose and read from any node; followers forward to the
 //!   leader; reads are linearizable (read index).
 //! * [`grpc`]: the production transport (tonic), one channel per peer;
-//!   both services are in `proto/dmlogd` (the admin service is served by
-//!   the `node` crate).
+//!   the service is `proto/dmlogd/peer.proto` (the admin API, in the same
+//!   directory, is the `node` crate's).
 //! * [`membership`]: bootstrap, join, removal, leadership transfer.
 //! * [`node`]: opens the store and starts one Raft node.
 //! * [`memnet`]: an in-memory network with faults, for tests and simulation.
@@ -35,20 +35,16 @@ pub mod runtime;
 mod state_machine;
 pub mod types;
 
-/// Code generated from `proto/dmlogd/*.proto`.
+/// Code generated from `proto/dmlogd/peer.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod pb {
     /// `dmlogd.peer`: node-to-node traffic.
     pub mod peer {
         tonic::include_proto!("dmlogd.peer");
     }
-    /// `dmlogd.admin`: the admin API.
-    pub mod admin {
-        tonic::include_proto!("dmlogd.admin");
-    }
 }
 
 pub use log_store::{FlushMode, FlushStats, LogStore, OpenError};
-pub use replica::{ForwardError, LeaderLink, ReadRequest, Replica, ReplicaError};
+pub use replica::{Campaign, ForwardError, LeaderLink, ReadRequest, Replica, ReplicaError};
 pub use state_machine::{AppliedEffects, SnapshotBuilder, StateMachine, StateReader, Violations};
 pub use types::{Entry, LogId, Node, NodeId, Outcome, Outcomes, Proposal, Raft, TypeConfig};

@@ -21,7 +21,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tokio::time::Instant;
 
-use crate::grpc::Campaign;
+use crate::replica::Campaign;
 use crate::replica::{ForwardError, LeaderLink, Local, Replica};
 use crate::types::{NodeId, Proposal, Raft};
 

@@ -18,7 +18,7 @@ use rand08::rngs::SmallRng;
 use rand08::{Rng, SeedableRng};
 use wire::{Answer, Errno};
 
-use crate::grpc::Campaign;
+use crate::replica::Campaign;
 use crate::replica::{ForwardError, LeaderLink, ReadRequest, Replica, propose_local, read_local};
 use crate::state_machine::StateReader;
 use crate::types::{LogId, Node, NodeId, Outcomes, Proposal, Raft, TypeConfig, Vote};

@@ -19,7 +19,6 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tokio::time::Instant;
 use wire::{Answer, Errno, Uuid};
 
-use crate::grpc::Campaign;
 use crate::state_machine::StateReader;
 use crate::types::{LogId, NodeId, Outcomes, Proposal, Raft};
 
@@ -60,6 +59,18 @@ pub enum ReplicaError {
     Fatal(String),
 }
 
+/// A campaign order, for leadership transfer (openraft 0.9 has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Campaign {
+    /// Stand for election now.
+    Elect,
+    /// Do not start elections for this long (0: resume at once).
+    Hold {
+        /// Milliseconds.
+        millis: u64,
+    },
+}
+
 /// How a follower reaches the leader's replica.
 pub trait LeaderLink: Send + Sync + 'static {
     /// Proposes on `leader`'s Raft.
@@ -87,8 +98,8 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 pub struct Replica<L: LeaderLink> {
     /// This node.
     pub id: NodeId,
-    /// Its Raft.
-    pub raft: Raft,
+    /// Its Raft (sealed: callers use the methods below).
+    pub(crate) raft: Raft,
     /// Its applied state.
     pub state: StateReader,
     pub(crate) link: L,
@@ -128,6 +139,45 @@ impl<L: LeaderLink> Replica<L> {
             prevote: std::sync::atomic::AtomicBool::new(false),
             held_until: std::sync::Mutex::new(None),
         }
+    }
+
+    /// This node's Raft metrics: role, term, leader, log and applied
+    /// index, replication progress on a leader.
+    pub fn metrics(&self) -> tokio::sync::watch::Receiver<crate::types::Metrics> {
+        self.raft.metrics()
+    }
+
+    /// Whether this node leads now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state.is_leader()
+    }
+
+    /// The Raft configuration (heartbeat, election timeouts).
+    pub fn config(&self) -> &openraft::Config {
+        self.raft.config()
+    }
+
+    /// Initialises a new cluster of `members` (a no-op on a node that
+    /// already has a log).
+    pub async fn initialize(&self, members: std::collections::BTreeMap<NodeId, crate::types::Node>) -> Result<(), String> {
+        self.raft.initialize(members).await.map_err(|e| e.to_string())
+    }
+
+    /// Waits until this node knows a leader, at most `limit`; the leader.
+    pub async fn wait_for_leader(&self, limit: Duration) -> Option<NodeId> {
+        let m = self.raft.wait(Some(limit)).metrics(|m| m.current_leader.is_some(), "a leader").await.ok()?;
+        m.current_leader
+    }
+
+    /// Waits until this node has applied the log up to `index`, at most
+    /// `limit`; whether it has.
+    pub async fn wait_applied(&self, index: u64, limit: Duration) -> bool {
+        self.raft.wait(Some(limit)).applied_index_at_least(Some(index), "applied").await.is_ok()
+    }
+
+    /// Stops the Raft core.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
     }
 
     /// Gives the replica its log store (a clone), which pre-votes need.

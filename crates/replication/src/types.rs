@@ -41,6 +41,8 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 /// The Raft handle of this configuration.
 pub type Raft = openraft::Raft<TypeConfig>;
+/// A node's Raft metrics.
+pub type Metrics = openraft::RaftMetrics<NodeId, Node>;
 
 /// One log entry's payload: region-machine commands applied in order, as
 /// one unit. Batching many kernel requests into one entry is what makes

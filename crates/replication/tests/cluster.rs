@@ -75,8 +75,8 @@ async fn cluster(dir: &Path, net: &MemNet) -> Vec<Replica<MemLink>> {
         nodes.push(start(net, id, dir).await);
     }
     let members: BTreeMap<u64, BasicNode> = (1..=3).map(|i| (i, BasicNode::new(format!("mem:{i}")))).collect();
-    nodes[0].raft.initialize(members).await.unwrap();
-    nodes[0].raft.wait(Some(Duration::from_secs(10))).metrics(|m| m.current_leader.is_some(), "leader").await.unwrap();
+    nodes[0].initialize(members).await.unwrap();
+    nodes[0].wait_for_leader(Duration::from_secs(10)).await.unwrap();
     nodes
 }
 
@@ -89,7 +89,7 @@ async fn read(r: &Replica<MemLink>, node: u64, query: Query) -> Answer {
 async fn converge(nodes: &[&Replica<MemLink>]) {
     let target = nodes.iter().filter_map(|n| n.state.last_applied()).map(|l| l.index).max().unwrap_or(0);
     for n in nodes {
-        n.raft.wait(Some(Duration::from_secs(10))).applied_index_at_least(Some(target), "converge").await.unwrap();
+        assert!(n.wait_applied(target, Duration::from_secs(10)).await, "converge");
     }
     let snaps: Vec<Vec<u8>> = nodes.iter().map(|n| n.state.read(|m| m.snapshot())).collect();
     assert!(snaps.windows(2).all(|w| w[0] == w[1]), "replicas differ at the same applied index");
@@ -128,7 +128,7 @@ async fn an_acknowledged_flush_survives_the_leaders_death() {
     nodes[follower as usize - 1].propose(flush, deadline()).await.unwrap();
     // The leader dies.
     net.unregister(leader);
-    nodes[leader as usize - 1].raft.shutdown().await.unwrap();
+    nodes[leader as usize - 1].shutdown().await;
     let survivors: Vec<&Replica<MemLink>> = nodes.iter().filter(|n| n.id != leader).collect();
     // A survivor reads the mark: it was committed on a majority (I1).
     assert_eq!(read(survivors[0], survivors[0].id, Query::IsClean(Region(3))).await, Answer::Bool(false));
@@ -177,7 +177,7 @@ async fn a_full_restart_recovers_the_state_from_disk() {
         let flush = Proposal { commands: vec![kernel(3, KernelOp::Flush { marks: vec![Region(7)] })] };
         nodes[2].propose(flush, deadline()).await.unwrap();
         for n in &nodes {
-            n.raft.shutdown().await.unwrap();
+            n.shutdown().await;
         }
     }
     let net = MemNet::new();
@@ -185,7 +185,7 @@ async fn a_full_restart_recovers_the_state_from_disk() {
     for id in 1..=3 {
         nodes.push(start(&net, id, dir.path()).await);
     }
-    nodes[0].raft.wait(Some(Duration::from_secs(10))).metrics(|m| m.current_leader.is_some(), "leader").await.unwrap();
+    nodes[0].wait_for_leader(Duration::from_secs(10)).await.unwrap();
     assert_eq!(read(&nodes[1], 2, Query::IsClean(Region(7))).await, Answer::Bool(false));
     assert_eq!(read(&nodes[1], 2, Query::GetSyncCount).await, Answer::SyncCount(8));
 }

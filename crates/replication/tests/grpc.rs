@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use regions::{Command, NodeId as Rn, Query};
-use replication::grpc::Campaign;
+use replication::Campaign;
 use replication::membership::ChangeError;
 use replication::node::{GrpcNode, RaftSettings};
 use replication::pb::peer::Envelope;
@@ -68,8 +68,8 @@ impl Cluster {
         let until = deadline();
         loop {
             for n in self.nodes.values() {
-                if n.replica.leader() == Some(n.replica.raft.metrics().borrow().id)
-                    && n.replica.raft.metrics().borrow().state == openraft::ServerState::Leader
+                if n.replica.leader() == Some(n.replica.metrics().borrow().id)
+                    && n.replica.metrics().borrow().state == openraft::ServerState::Leader
                 {
                     return n.replica.id;
                 }
@@ -88,12 +88,7 @@ impl Cluster {
 
     async fn wait_applied(&self, id: u64, index: u64) {
         let n = &self.nodes[&id];
-        n.replica
-            .raft
-            .wait(Some(Duration::from_secs(30)))
-            .applied_index_at_least(Some(index), "catch up")
-            .await
-            .unwrap();
+        assert!(n.replica.wait_applied(index, Duration::from_secs(30)).await, "n{id} caught up to {index}");
     }
 }
 
@@ -144,7 +139,7 @@ async fn a_node_joins_from_a_streamed_snapshot_and_a_removed_id_is_never_reused(
         c.join(leader, 1000 + i).await;
     }
     let purged_at = Instant::now() + Duration::from_secs(30);
-    while c.nodes[&leader].replica.raft.metrics().borrow().purged.is_none() {
+    while c.nodes[&leader].replica.metrics().borrow().purged.is_none() {
         assert!(Instant::now() < purged_at, "the leader never purged its log");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -155,9 +150,9 @@ async fn a_node_joins_from_a_streamed_snapshot_and_a_removed_id_is_never_reused(
     c.nodes.insert(4, four);
     let members = c.nodes[&leader].replica.add_node(4, &addr, deadline()).await.unwrap();
     assert!(members.iter().any(|m| m.id == 4 && m.voter), "{members:?}");
-    let applied = c.nodes[&leader].replica.raft.metrics().borrow().last_applied.unwrap().index;
+    let applied = c.nodes[&leader].replica.metrics().borrow().last_applied.unwrap().index;
     c.wait_applied(4, applied).await;
-    let snap = c.nodes[&4].replica.raft.metrics().borrow().snapshot;
+    let snap = c.nodes[&4].replica.metrics().borrow().snapshot;
     assert!(snap.is_some(), "node 4 should have installed a snapshot");
     let at_leader = c.nodes[&leader].replica.state.read(|m| m.members().clone());
     let at_four = c.nodes[&4].replica.state.read(|m| m.members().clone());

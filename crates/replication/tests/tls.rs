@@ -10,7 +10,8 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use regions::{Command, NodeId as Rn};
 use replication::Proposal;
-use replication::grpc::{Campaign, PeerTls};
+use replication::Campaign;
+use replication::grpc::PeerTls;
 use replication::node::{DEFAULT_CLUSTER, GrpcNode, RaftSettings};
 use replication::pb::peer::Envelope;
 use replication::pb::peer::peer_client::PeerClient;
@@ -61,7 +62,7 @@ async fn leader(nodes: &BTreeMap<u64, GrpcNode>) -> u64 {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         for n in nodes.values() {
-            if n.replica.raft.metrics().borrow().state == openraft::ServerState::Leader {
+            if n.replica.metrics().borrow().state == openraft::ServerState::Leader {
                 return n.replica.id;
             }
         }

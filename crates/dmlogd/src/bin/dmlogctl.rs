@@ -4,7 +4,7 @@
 use clap::Parser;
 use dmlogd::cli::{Ctl as Args, CtlCmd as Cmd, LeaderCmd, MembersCmd};
 use dmlogd::ctl;
-use replication::pb::admin::{
+use node::admin::pb::{
     AddNodeRequest, LogRequest, LogsRequest, RemoveNodeRequest, ResyncRequest, StatusRequest, TransferLeaderRequest,
 };
 
