@@ -362,7 +362,7 @@ impl MemKernel for SimKernel {
         if self.trap.swap(false, Ordering::SeqCst) {
             // The whole node stops right here, with a reply ready to send.
             self.frozen.store(true, Ordering::SeqCst);
-            self.net.isolate(self.id);
+            self.net.isolate(Rn(self.id));
             note(&format!("n{} FROZEN with a reply ready to send", self.id));
         }
         self.frozen.load(Ordering::SeqCst)
@@ -403,7 +403,7 @@ impl Fence for SimFence {
         self.down.store(true, Ordering::SeqCst);
         let dead = std::mem::replace(&mut *lock(&self.kernel), Kernel::new(KernelConfig::default(), 0, 0));
         dead.crash();
-        self.net.unregister(self.id);
+        self.net.unregister(Rn(self.id));
         FenceOutcome::Resetting
     }
 
@@ -556,7 +556,7 @@ impl RaftCluster {
         for id in 1..=n {
             c.boot(id, 1).await;
         }
-        let members: BTreeMap<u64, BasicNode> = (1..=n).map(|i| (i, BasicNode::new(format!("mem:{i}")))).collect();
+        let members: BTreeMap<Rn, BasicNode> = (1..=n).map(|i| (Rn(i), BasicNode::new(format!("mem:{i}")))).collect();
         if let Some(first) = c.nodes.values().next() {
             let _ = first.replica.initialize(members).await;
         }
@@ -659,12 +659,12 @@ impl RaftCluster {
             .with_effects(tx)
             .with_checks(self.violations.clone());
         let state = sm.reader();
-        let raft = Raft::new(id, raft_config(), self.net.factory(id), log.clone(), sm)
+        let raft = Raft::new(Rn(id), raft_config(), self.net.factory(Rn(id)), log.clone(), sm)
             .await
             .unwrap_or_else(|e| panic!("raft {id}: {e}"));
-        self.net.register(id, raft.clone(), state.clone());
-        let replica = Arc::new(Replica::new(id, raft, state, self.net.link(id)).with_log(log));
-        self.net.register_replica(id, &replica);
+        self.net.register(Rn(id), raft.clone(), state.clone());
+        let replica = Arc::new(Replica::new(Rn(id), raft, state, self.net.link(Rn(id))).with_log(log));
+        self.net.register_replica(Rn(id), &replica);
         let sim_kernel = SimKernel {
             id,
             kernel: kernel.clone(),
@@ -743,7 +743,7 @@ impl RaftCluster {
         if let Some(d) = n.daemon.take() {
             d.abort();
         }
-        self.net.unregister(id);
+        self.net.unregister(Rn(id));
         let _ = n.replica.shutdown().await;
         *lock(&self.watch.last_death_ms) = Some(ms_since(self.start));
     }
@@ -850,7 +850,7 @@ impl RaftCluster {
         if let Some(d) = n.daemon.take() {
             d.abort();
         }
-        self.net.unregister(id);
+        self.net.unregister(Rn(id));
         let _ = n.replica.shutdown().await;
         Some(n)
     }
@@ -940,7 +940,7 @@ impl RaftCluster {
     pub fn freeze(&self, id: u64) {
         if let Some(n) = self.nodes.get(&id) {
             n.frozen.store(true, Ordering::SeqCst);
-            self.net.isolate(id);
+            self.net.isolate(Rn(id));
         }
     }
 

@@ -158,7 +158,7 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
             }
             None if rng.random_range(0..100) < 3 => {
                 let victim = rng.random_range(1..=3);
-                c.net.isolate(victim);
+                c.net.isolate(regions::NodeId(victim));
                 summary.partitions += 1;
                 cut_until = Some((victim, c.now_ms() + rng.random_range(100..5000)));
                 c.note(&format!("n{victim} CUT OFF until {:?}", cut_until));
@@ -173,7 +173,7 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     // resync what it was writing.
     if rng.random_bool(0.3) {
         let victim = rng.random_range(1..=3u64);
-        c.net.isolate(victim);
+        c.net.isolate(regions::NodeId(victim));
         c.note(&format!("n{victim} CUT OFF past dead_after"));
         summary.partitions += 1;
         let until = c.now_ms() + timing.dead_after_ms + rng.random_range(500..1500);

@@ -282,7 +282,7 @@ async fn writer_crash(seed: u64) -> Result<String, String> {
 async fn partitioned_minority(seed: u64) -> Result<String, String> {
     let (mut rng, timing, c, victim) = opening(seed, false).await?;
     let at = c.now_ms();
-    c.net.isolate(victim);
+    c.net.isolate(regions::NodeId(victim));
     // Everyone keeps writing, the victim to regions its kernel has marked,
     // until a while after its eviction (a leader cut off is evicted a
     // lease after the new leader took over).
@@ -305,7 +305,7 @@ async fn partitioned_minority(seed: u64) -> Result<String, String> {
 async fn rejoin(seed: u64) -> Result<String, String> {
     let (mut rng, timing, c, victim) = opening(seed, true).await?;
     let at = c.now_ms();
-    c.net.isolate(victim);
+    c.net.isolate(regions::NodeId(victim));
     // Cut off until just after its eviction, writing all along.
     let evicted_at = until_evicted(&c, &mut rng, victim, at, &timing).await?;
     let fenced_at = first(&c, victim, at, fenced).ok_or(format!("n{victim} never fenced"))?;
@@ -392,7 +392,7 @@ async fn leader_change(seed: u64) -> Result<String, String> {
     let follower = (1..=3u64).find(|&n| n != leader).ok_or("no follower")?;
     // Cut off for most of its lease: it must not fence, nor be evicted.
     let cut = timing.fence_after_ms - 2 * timing.renew_every_ms - rng.random_range(0..600);
-    c.net.isolate(follower);
+    c.net.isolate(regions::NodeId(follower));
     churn(&c, &mut rng, cut / 10..cut / 10 + 1, REGIONS).await;
     c.net.heal();
     // The leader dies right after the follower's first renewal since (on
@@ -492,7 +492,7 @@ async fn fence_fails(seed: u64) -> Result<String, String> {
     let (mut rng, timing, mut c, victim) = opening(seed, true).await?;
     c.fail_fences_of(victim);
     let at = c.now_ms();
-    c.net.isolate(victim);
+    c.net.isolate(regions::NodeId(victim));
     let evicted_at = until_evicted(&c, &mut rng, victim, at, &timing).await?;
     let fenced_at = first(&c, victim, at, fenced).ok_or(format!("n{victim} never fenced"))?;
     c.net.heal();
@@ -581,7 +581,7 @@ async fn daemon_restart(seed: u64) -> Result<String, String> {
     // suspending) and rejoins: with what its journal kept from before the
     // restart.
     let cut = c.now_ms();
-    c.net.isolate(victim);
+    c.net.isolate(regions::NodeId(victim));
     let evicted_at = until_evicted(&c, &mut rng, victim, cut, &timing).await?;
     c.net.heal();
     let mut back = None;

@@ -101,17 +101,17 @@ async fn main() -> Result<(), Error> {
     let mut members = BTreeMap::new();
     for id in 1..=3u64 {
         let l = TcpListener::bind("127.0.0.1:0").await?;
-        members.insert(id, l.local_addr()?.to_string());
+        members.insert(Rn(id), l.local_addr()?.to_string());
         listeners.push((id, l));
     }
     let mut nodes = BTreeMap::new();
     for (id, l) in listeners {
         let path = dir.path().join(format!("node{id}.redb"));
-        nodes.insert(id, GrpcNode::start(id, &path, l, RaftSettings::default(), Some(&members)).await?);
+        nodes.insert(id, GrpcNode::start(Rn(id), &path, l, RaftSettings::default(), Some(&members)).await?);
     }
     let leader = loop {
         if let Some(l) = nodes[&1].replica.leader() {
-            break l;
+            break l.0;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kernel_sim::{Config as SimConfig, Kernel, Legs, MirrorId, SharedLegs, Table};
+use node::admin::pb::{LogReply, LogRequest, StatusReply, StatusRequest};
 use node::liveness::Timing;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use node::admin::pb::{LogReply, LogRequest, StatusReply, StatusRequest};
 use tokio::time::Instant;
 use wire::{Frame, Uuid};
 

@@ -111,7 +111,9 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     };
     let settings = RaftSettings { election_min_ms: settings.election_max_ms / 2, ..settings };
     let path = config.data_dir.join("raft.redb");
-    let grpc = GrpcNode::start(config.id, &path, listener, settings, Some(&config.members))
+    let members: std::collections::BTreeMap<regions::NodeId, String> =
+        config.members.iter().map(|(id, addr)| (regions::NodeId(*id), addr.clone())).collect();
+    let grpc = GrpcNode::start(regions::NodeId(config.id), &path, listener, settings, Some(&members))
         .await
         .map_err(|e| e.to_string())?;
     let (replica, applied, grpc) = grpc.split();

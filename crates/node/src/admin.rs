@@ -86,7 +86,7 @@ impl AdminService {
     }
 
     fn reply(&self) -> ChangeReply {
-        let leader = self.replica.leader().unwrap_or(0);
+        let leader = self.replica.leader().map_or(0, |l| l.0);
         ChangeReply { leader, members: members(self.replica.members()) }
     }
 }
@@ -198,7 +198,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn members(list: Vec<MemberInfo>) -> Vec<Member> {
-    list.into_iter().map(|m| Member { id: m.id, addr: m.addr, voter: m.voter }).collect()
+    list.into_iter().map(|m| Member { id: m.id.0, addr: m.addr, voter: m.voter }).collect()
 }
 
 fn role(s: ServerState) -> &'static str {
@@ -218,9 +218,9 @@ impl Admin for AdminService {
             let m = self.replica.metrics();
             let m = m.borrow();
             StatusReply {
-                id: m.id,
+                id: m.id.0,
                 role: role(m.state).to_owned(),
-                leader: m.current_leader.unwrap_or(0),
+                leader: m.current_leader.map_or(0, |l| l.0),
                 term: m.current_term,
                 last_log_index: m.last_log_index.unwrap_or(0),
                 last_applied: m.last_applied.map_or(0, |l| l.index),
@@ -230,7 +230,7 @@ impl Admin for AdminService {
                     .replication
                     .iter()
                     .flat_map(|r| r.iter())
-                    .map(|(id, matched)| Progress { id: *id, matched: matched.map_or(0, |l| l.index) })
+                    .map(|(id, matched)| Progress { id: id.0, matched: matched.map_or(0, |l| l.index) })
                     .collect(),
                 fenced: self.gate.is_closed(),
                 violation: String::new(),
@@ -289,21 +289,21 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument(format!("address {:?} is not host:port", r.addr)));
         }
         let deadline = Instant::now() + CHANGE_DEADLINE;
-        self.replica.add_node(r.id, &r.addr, deadline).await.map_err(|e| self.refuse(e))?;
+        self.replica.add_node(regions::NodeId(r.id), &r.addr, deadline).await.map_err(|e| self.refuse(e))?;
         Ok(Response::new(self.reply()))
     }
 
     async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<ChangeReply>, Status> {
         let r = request.into_inner();
         let deadline = Instant::now() + CHANGE_DEADLINE;
-        self.replica.remove_node(r.id, deadline).await.map_err(|e| self.refuse(e))?;
+        self.replica.remove_node(regions::NodeId(r.id), deadline).await.map_err(|e| self.refuse(e))?;
         Ok(Response::new(self.reply()))
     }
 
     async fn transfer_leader(&self, request: Request<TransferLeaderRequest>) -> Result<Response<ChangeReply>, Status> {
         let r = request.into_inner();
         let deadline = Instant::now() + CHANGE_DEADLINE;
-        self.replica.transfer_leader(r.to, deadline).await.map_err(|e| self.refuse(e))?;
+        self.replica.transfer_leader(regions::NodeId(r.to), deadline).await.map_err(|e| self.refuse(e))?;
         Ok(Response::new(self.reply()))
     }
 

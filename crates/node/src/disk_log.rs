@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use regions::{Bitmap, Command, DiskImage, NodeId};
+use regions::{Bitmap, Command, DiskImage};
 use replication::{LeaderLink, Proposal, Replica, ReplicaError};
 use tokio::time::Instant;
 use wire::Uuid;
@@ -165,7 +165,7 @@ impl<L: LeaderLink> DiskWriter<L> {
 
     /// The logs this node must write now.
     fn due(&self) -> Vec<Due> {
-        let me = NodeId(self.replica.id);
+        let me = self.replica.id;
         self.replica.state.read(|m| {
             m.logs()
                 .values()
@@ -223,7 +223,7 @@ impl<L: LeaderLink> DiskWriter<L> {
                 };
                 let report = Command::DiskLogWritten {
                     uuid: due.uuid.clone(),
-                    node: NodeId(self.replica.id),
+                    node: self.replica.id,
                     version: due.version,
                     failed,
                 };

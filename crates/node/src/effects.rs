@@ -60,7 +60,7 @@ impl<L: LeaderLink> Effects<L> {
             Box::pin(async move { if kick { t.kick(&uuid).await } else { t.wake(&uuid).await } })
         });
         Arc::new(Effects {
-            me: NodeId(replica.id),
+            me: replica.id,
             replica,
             metrics,
             prompt,

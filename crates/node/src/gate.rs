@@ -11,7 +11,7 @@
 //! call, with no wait in between ([`crate::host`]); the admin API, the
 //! metrics and the `clustered-disk` writer read it too.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::live::Lease;
@@ -48,6 +48,9 @@ impl Standing {
 
 struct Inner {
     closed: AtomicBool,
+    /// Times the gate was closed: an answer computed across a close is
+    /// not sent (see [`Gate::epoch`]).
+    epoch: AtomicU64,
     lease: Lease,
     standing: Mutex<Standing>,
 }
@@ -77,6 +80,7 @@ impl Gate {
     pub fn new() -> Gate {
         Gate(Arc::new(Inner {
             closed: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
             lease: Lease::new(),
             standing: Mutex::new(Standing::Answering),
         }))
@@ -92,6 +96,15 @@ impl Gate {
         !self.0.closed.load(Ordering::SeqCst) && (self.0.lease.holds() || crate::breaks::off("no-lease-gate"))
     }
 
+    /// How many times the gate was closed. A request whose answer was
+    /// computed while the node fenced and rejoined (the epoch moved) is not
+    /// answered: the answer may rest on the state before the rejoin (a
+    /// refusal because the node was not a member then, an assignment the
+    /// eviction released), and the kernel re-sends the request anyway.
+    pub fn epoch(&self) -> u64 {
+        self.0.epoch.load(Ordering::SeqCst)
+    }
+
     /// Whether the node is fenced, whatever the lease says.
     pub fn is_closed(&self) -> bool {
         self.0.closed.load(Ordering::SeqCst)
@@ -101,6 +114,7 @@ impl Gate {
     /// plain fence by a later close.
     pub fn close(&self, why: Standing) {
         self.0.closed.store(true, Ordering::SeqCst);
+        self.0.epoch.fetch_add(1, Ordering::SeqCst);
         let mut s = lock(&self.0.standing);
         if !matches!(*s, Standing::FenceFailed(_)) || matches!(why, Standing::FenceFailed(_)) {
             *s = why;
@@ -133,9 +147,11 @@ mod tests {
     fn a_failed_fence_stays_closed_until_an_operator_acts() {
         let g = Gate::new();
         assert!(g.open());
+        let before = g.epoch();
         g.close(Standing::Fenced);
         assert!(!g.open());
         assert!(g.reopen(), "a plain fence reopens at the rejoin");
+        assert_ne!(g.epoch(), before, "a fence and rejoin moved the epoch");
         g.close(Standing::FenceFailed("no sysrq".into()));
         g.close(Standing::Fenced);
         assert_eq!(g.standing(), Standing::FenceFailed("no sysrq".into()), "not downgraded");

@@ -182,14 +182,13 @@ impl<T: Transport, L: LeaderLink> Host<T, L> {
         let Host { replica, transport, mut applied, own, fence, config, gate, metrics } = self;
         let scope = CancellationToken::new();
         let _stop_all = scope.clone().drop_guard();
-        let me = NodeId(replica.id);
+        let me = replica.id;
         tokio::pin!(shutdown);
 
         // 1. Join, with what the kernel kept if the daemon restarted.
-        let elections = config
-            .live
-            .prevote
-            .then(|| spawn_in(&scope, crate::live::prevote_elections(replica.clone(), config.live.seed ^ replica.id)));
+        let elections = config.live.prevote.then(|| {
+            spawn_in(&scope, crate::live::prevote_elections(replica.clone(), config.live.seed ^ replica.id.0))
+        });
         let (first, what) = if own.marks().is_empty() {
             (vec![Command::NodeJoined { node: me, incarnation: config.incarnation }], "join")
         } else {
@@ -206,7 +205,7 @@ impl<T: Transport, L: LeaderLink> Host<T, L> {
         if let Some(e) = elections {
             e.abort();
         }
-        tracing::info!(id = replica.id, "joined");
+        tracing::info!(id = replica.id.0, "joined");
 
         // 2. The parts that run from now on.
         let effects = Effects::new(replica.clone(), transport.clone(), metrics.clone());
@@ -366,7 +365,7 @@ async fn liveness<L: LeaderLink>(
             // A reset, or a failed fence: nothing more from this node.
             _ => return std::future::pending().await,
         };
-        let commands = rejoin_commands(&router.own_marks(), NodeId(replica.id), config.incarnation);
+        let commands = rejoin_commands(&router.own_marks(), replica.id, config.incarnation);
         commit_until_accepted(&replica, commands, "rejoin").await;
         // The rejoin committed through a quorum just now: a lease starts,
         // as at a join (the next task keeps it).
@@ -489,7 +488,7 @@ async fn handoff<L: LeaderLink>(replica: &Replica<L>) {
         return;
     };
     match replica.transfer_leader(to, Instant::now() + Duration::from_secs(10)).await {
-        Ok(leader) => tracing::info!(leader, "leadership handed over"),
+        Ok(leader) => tracing::info!(leader = leader.0, "leadership handed over"),
         Err(e) => tracing::warn!(error = %e, "could not hand leadership over; the others will elect"),
     }
 }

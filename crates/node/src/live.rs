@@ -103,7 +103,7 @@ pub struct LiveConfig {
 
 /// The liveness task of one node.
 pub struct LiveTask<L: LeaderLink> {
-    id: u64,
+    id: NodeId,
     incarnation: u64,
     replica: Arc<Replica<L>>,
     table: Arc<Mutex<LeaseTable>>,
@@ -180,8 +180,8 @@ impl<L: LeaderLink> LiveTask<L> {
             }
             self.leader_duty(now, &evicting, &hooks);
             if self.config.prevote {
-                let due = self.replica.leader_contact_age() >= wait
-                    && !self.replica.metrics().borrow().state.is_leader();
+                let due =
+                    self.replica.leader_contact_age() >= wait && !self.replica.metrics().borrow().state.is_leader();
                 if self.replica.campaign_if_leaderless(wait).await {
                     hooks.trace(format!("n{} stood for election", self.id));
                 }
@@ -195,7 +195,7 @@ impl<L: LeaderLink> LiveTask<L> {
     /// Proposes a renewal sent at `now`; its commit extends the lease.
     fn renew(&self, now: u64, fence: &Arc<Mutex<SelfFence>>, hooks: &Arc<dyn LiveHooks>) {
         let (replica, fence, hooks) = (self.replica.clone(), fence.clone(), hooks.clone());
-        let renew = Command::Renew { node: NodeId(self.id), incarnation: self.incarnation };
+        let renew = Command::Renew { node: self.id, incarnation: self.incarnation };
         let sent = Instant::now();
         let deadline = sent + Duration::from_millis(2 * self.config.timing.renew_every_ms);
         let (lease, until) = (self.lease.clone(), sent + self.lease_length());
@@ -229,7 +229,7 @@ impl<L: LeaderLink> LiveTask<L> {
             let members: Vec<(NodeId, u64)> =
                 self.replica.state.read(|m| m.members().iter().map(|(n, mm)| (*n, mm.joined)).collect());
             table.set_members(members, now);
-            table.expired(NodeId(self.id), now, &self.config.timing)
+            table.expired(self.id, now, &self.config.timing)
         };
         // Each eviction names the membership its timer ran for.
         for (n, joined) in expired {

@@ -200,8 +200,8 @@ impl Metrics {
     }
 
     /// Counts a leader change when `leader` differs from the last one seen.
-    pub fn saw_leader(&self, leader: Option<u64>) {
-        let l = leader.unwrap_or(0);
+    pub fn saw_leader(&self, leader: Option<regions::NodeId>) {
+        let l = leader.map_or(0, |l| l.0);
         if l != 0 && self.last_leader.swap(l, Ordering::SeqCst) != l {
             self.leader_changes.inc();
         }

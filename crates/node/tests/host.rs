@@ -23,6 +23,9 @@ use wire::Uuid;
 
 type Shared<T> = Arc<Mutex<T>>;
 
+/// The one node.
+const N1: regions::NodeId = regions::NodeId(1);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -125,11 +128,13 @@ async fn daemon_with(
         election_timeout_max: 600,
         ..Default::default()
     };
-    let raft = Raft::new(1, Arc::new(config.validate().unwrap()), disk.net.factory(1), log.clone(), sm).await.unwrap();
-    disk.net.register(1, raft.clone(), state.clone());
-    let members: BTreeMap<u64, openraft::BasicNode> = BTreeMap::from([(1, openraft::BasicNode::new("mem:1"))]);
+    let raft =
+        Raft::new(N1, Arc::new(config.validate().unwrap()), disk.net.factory(N1), log.clone(), sm).await.unwrap();
+    disk.net.register(N1, raft.clone(), state.clone());
+    let members: BTreeMap<regions::NodeId, openraft::BasicNode> =
+        BTreeMap::from([(N1, openraft::BasicNode::new("mem:1"))]);
     let _ = raft.initialize(members).await;
-    let replica = Arc::new(Replica::new(1, raft, state, disk.net.link(1)).with_log(log));
+    let replica = Arc::new(Replica::new(N1, raft, state, disk.net.link(N1)).with_log(log));
     let replies: Shared<Vec<Vec<u8>>> = Arc::default();
     let (transport, end) = MemTransport::new(K { kernel: kernel.clone(), raw: replies.clone() });
     let own = OwnMarksStore::open(Box::new(disk.journal.clone()), 1).unwrap();
@@ -335,7 +340,7 @@ async fn a_daemon_restarted_under_its_kernel_rejoins_with_the_tables_and_marks_i
     }
     d.task.abort();
     let _ = d.replica.shutdown().await;
-    disk.net.unregister(1);
+    disk.net.unregister(N1);
     let journaled = OwnMarksStore::read(&mut disk.journal.clone(), 1).unwrap();
     let luid = lock(&kernel).mirror(m).unwrap().luid;
     assert!(journaled.ctr_args(&uuid, luid).is_some_and(|a| a.contains("clustered-core")), "{journaled:?}");
@@ -483,10 +488,11 @@ async fn a_kernel_in_another_socket_is_served_over_the_unix_transport() {
         election_timeout_max: 600,
         ..Default::default()
     };
-    let raft = Raft::new(1, Arc::new(config.validate().unwrap()), disk.net.factory(1), log.clone(), sm).await.unwrap();
-    disk.net.register(1, raft.clone(), state.clone());
-    let _ = raft.initialize(BTreeMap::from([(1, openraft::BasicNode::new("mem:1"))])).await;
-    let replica = Arc::new(Replica::new(1, raft, state, disk.net.link(1)).with_log(log));
+    let raft =
+        Raft::new(N1, Arc::new(config.validate().unwrap()), disk.net.factory(N1), log.clone(), sm).await.unwrap();
+    disk.net.register(N1, raft.clone(), state.clone());
+    let _ = raft.initialize(BTreeMap::from([(N1, openraft::BasicNode::new("mem:1"))])).await;
+    let replica = Arc::new(Replica::new(N1, raft, state, disk.net.link(N1)).with_log(log));
     let dir = tempfile::TempDir::new().unwrap();
     let daemon_sock = dir.path().join("dmlogd.sock");
     let transport = Arc::new(UnixTransport::bind(&daemon_sock).unwrap());

@@ -11,9 +11,16 @@ use wire::{Answer, Errno, Luid, Region, Uuid};
 
 use crate::ctr::CtrError;
 
-/// A cluster node's id. Ids are never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A cluster node's id, in the region machine and in Raft alike. Ids are
+/// never reused. It travels as its number (postcard, gRPC).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NodeId(pub u64);
+
+impl From<u64> for NodeId {
+    fn from(n: u64) -> NodeId {
+        NodeId(n)
+    }
+}
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -181,7 +181,7 @@ fn status_to_rpc<E: std::error::Error>(s: &Status) -> RPCError<NodeId, Node, E> 
 impl GrpcLink {
     fn envelope<T: Serialize>(&self, to: NodeId, v: &T) -> Result<Envelope, TransportError> {
         let payload = encode(v).map_err(|e| TransportError(format!("encode: {e}")))?;
-        Ok(Envelope { from: self.from, to, payload, cluster: self.cluster.to_string() })
+        Ok(Envelope { from: self.from.0, to: to.0, payload, cluster: self.cluster.to_string() })
     }
 
     fn client(&self) -> Result<PeerClient<Channel>, TransportError> {
@@ -306,7 +306,7 @@ impl GrpcLeaderLink {
         let client = self.net.client(&addr).map_err(|_| ForwardError::Unreachable(to))?;
         let payload = encode(req).map_err(|e| ForwardError::Fatal(e.to_string()))?;
         let mut request =
-            Request::new(Envelope { from: self.net.id, to, payload, cluster: self.net.cluster.to_string() });
+            Request::new(Envelope { from: self.net.id.0, to: to.0, payload, cluster: self.net.cluster.to_string() });
         request.set_timeout(FORWARD_DEADLINE);
         let reply = match tokio::time::timeout(FORWARD_DEADLINE, call(client, request)).await {
             Ok(Ok(r)) => r.into_inner(),
@@ -365,7 +365,7 @@ impl PeerService {
                 self.replica.id, self.cluster, env.from, env.cluster
             )));
         }
-        if env.to != self.replica.id {
+        if NodeId(env.to) != self.replica.id {
             return Err(Status::failed_precondition(format!(
                 "this is node {}, not node {} (stale address?)",
                 self.replica.id, env.to
@@ -376,7 +376,7 @@ impl PeerService {
 
     fn seal<T: Serialize>(&self, to: NodeId, v: &T) -> Result<Response<Envelope>, Status> {
         let payload = encode(v).map_err(|e| Status::internal(format!("encode: {e}")))?;
-        Ok(Response::new(Envelope { from: self.replica.id, to, payload, cluster: self.cluster.clone() }))
+        Ok(Response::new(Envelope { from: self.replica.id.0, to: to.0, payload, cluster: self.cluster.clone() }))
     }
 
     fn raft(&self) -> &Raft {
@@ -390,14 +390,14 @@ impl Peer for PeerService {
         let env = request.into_inner();
         let req: VoteRequest<NodeId> = self.open(&env)?;
         let out = self.raft().vote(req).await;
-        self.seal(env.from, &out)
+        self.seal(NodeId(env.from), &out)
     }
 
     async fn append_entries(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let env = request.into_inner();
         let req: AppendEntriesRequest<TypeConfig> = self.open(&env)?;
         let out = self.raft().append_entries(req).await;
-        self.seal(env.from, &out)
+        self.seal(NodeId(env.from), &out)
     }
 
     async fn install_snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<Envelope>, Status> {
@@ -422,34 +422,34 @@ impl Peer for PeerService {
         }
         let snapshot = Snapshot { meta: head.meta, snapshot: Box::new(data) };
         let out = self.raft().install_full_snapshot(head.vote, snapshot).await;
-        self.seal(env.from, &out)
+        self.seal(NodeId(env.from), &out)
     }
 
     async fn propose(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let env = request.into_inner();
         let p: Proposal = self.open(&env)?;
         let out = self.replica.propose_here(p).await.map_err(ForwardError::from);
-        self.seal(env.from, &out)
+        self.seal(NodeId(env.from), &out)
     }
 
     async fn read(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let env = request.into_inner();
         let r: ReadRequest = self.open(&env)?;
         let out = read_local(self.raft(), &self.replica.state, &r).await.map_err(ForwardError::from);
-        self.seal(env.from, &out)
+        self.seal(NodeId(env.from), &out)
     }
 
     async fn campaign(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let env = request.into_inner();
         let order: Campaign = self.open(&env)?;
         let out = self.replica.obey(order).await;
-        self.seal(env.from, &out)
+        self.seal(NodeId(env.from), &out)
     }
 
     async fn pre_vote(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let env = request.into_inner();
         let last_log: Option<LogId> = self.open(&env)?;
         let out: Result<bool, ForwardError> = Ok(self.replica.answer_pre_vote(last_log).await);
-        self.seal(env.from, &out)
+        self.seal(NodeId(env.from), &out)
     }
 }

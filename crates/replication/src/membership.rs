@@ -150,10 +150,16 @@ impl<L: LeaderLink> Replica<L> {
 
     /// Adds node `id` at `addr`: as a learner first, returning once it has
     /// caught up, then as a voter.
-    pub async fn add_node(&self, id: NodeId, addr: &str, deadline: Instant) -> Result<Vec<MemberInfo>, ChangeError> {
+    pub async fn add_node(
+        &self,
+        id: impl Into<NodeId>,
+        addr: &str,
+        deadline: Instant,
+    ) -> Result<Vec<MemberInfo>, ChangeError> {
+        let id = id.into();
         let _one = self.changing.lock().await;
         self.require_leader()?;
-        if self.state.read(|m| m.is_retired(regions::NodeId(id))) {
+        if self.state.read(|m| m.is_retired(id)) {
             return Err(ChangeError::Retired(id));
         }
         if self.members().iter().any(|m| m.id == id) {
@@ -176,7 +182,8 @@ impl<L: LeaderLink> Replica<L> {
     /// machine evicts it first (its marks become resync work for the
     /// survivors); then Raft forgets it. Removing the leader itself is
     /// allowed: it steps down once the change commits.
-    pub async fn remove_node(&self, id: NodeId, deadline: Instant) -> Result<Vec<MemberInfo>, ChangeError> {
+    pub async fn remove_node(&self, id: impl Into<NodeId>, deadline: Instant) -> Result<Vec<MemberInfo>, ChangeError> {
+        let id = id.into();
         let _one = self.changing.lock().await;
         self.require_leader()?;
         let members = self.members();
@@ -186,7 +193,7 @@ impl<L: LeaderLink> Replica<L> {
         if member.voter && members.iter().filter(|m| m.voter).count() == 1 {
             return Err(ChangeError::LastVoter(id));
         }
-        let retire = Proposal { commands: vec![regions::Command::NodeRetired { node: regions::NodeId(id) }] };
+        let retire = Proposal { commands: vec![regions::Command::NodeRetired { node: id }] };
         let timeout = |_| ChangeError::Timeout;
         match tokio::time::timeout_at(deadline, self.propose_here(retire)).await.map_err(timeout)? {
             Ok(_) => {}
@@ -206,7 +213,8 @@ impl<L: LeaderLink> Replica<L> {
     }
 
     /// Hands leadership to voter `to` and returns the leader afterwards.
-    pub async fn transfer_leader(&self, to: NodeId, deadline: Instant) -> Result<NodeId, ChangeError> {
+    pub async fn transfer_leader(&self, to: impl Into<NodeId>, deadline: Instant) -> Result<NodeId, ChangeError> {
+        let to = to.into();
         let _one = self.changing.lock().await;
         self.require_leader()?;
         if to == self.id {

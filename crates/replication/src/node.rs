@@ -107,12 +107,13 @@ impl GrpcNode {
     /// `listener`. With `initial` members, a pristine store is bootstrapped
     /// with them (see [`bootstrap`]).
     pub async fn start(
-        id: NodeId,
+        id: impl Into<NodeId>,
         path: &Path,
         listener: TcpListener,
         settings: RaftSettings,
         initial: Option<&BTreeMap<NodeId, String>>,
     ) -> Result<GrpcNode, StartError> {
+        let id = id.into();
         let (log, db) = LogStore::open(path)?;
         let (tx, effects) = mpsc::unbounded_channel();
         let sm = StateMachine::open(db).map_err(StartError::Raft)?.with_effects(tx);

@@ -159,7 +159,10 @@ impl<L: LeaderLink> Replica<L> {
 
     /// Initialises a new cluster of `members` (a no-op on a node that
     /// already has a log).
-    pub async fn initialize(&self, members: std::collections::BTreeMap<NodeId, crate::types::Node>) -> Result<(), String> {
+    pub async fn initialize(
+        &self,
+        members: std::collections::BTreeMap<NodeId, crate::types::Node>,
+    ) -> Result<(), String> {
         self.raft.initialize(members).await.map_err(|e| e.to_string())
     }
 

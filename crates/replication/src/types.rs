@@ -10,8 +10,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use wire::{Answer, Errno};
 
-/// A node's Raft id (the same number as [`regions::NodeId`]).
-pub type NodeId = u64;
+/// A node's id, the region machine's own ([`regions::NodeId`]).
+pub use regions::NodeId;
 
 /// What a Raft member is known by: its address for node-to-node traffic.
 pub type Node = openraft::BasicNode;

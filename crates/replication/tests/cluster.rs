@@ -41,6 +41,7 @@ async fn start(net: &MemNet, id: u64, dir: &Path) -> Replica<MemLink> {
     };
     let sm = StateMachine::open(db).unwrap();
     let state = sm.reader();
+    let id = Rn(id);
     let raft = Raft::new(id, config(), net.factory(id), log, sm).await.unwrap();
     net.register(id, raft.clone(), state.clone());
     Replica::new(id, raft, state, net.link(id))
@@ -74,7 +75,7 @@ async fn cluster(dir: &Path, net: &MemNet) -> Vec<Replica<MemLink>> {
     for id in 1..=3 {
         nodes.push(start(net, id, dir).await);
     }
-    let members: BTreeMap<u64, BasicNode> = (1..=3).map(|i| (i, BasicNode::new(format!("mem:{i}")))).collect();
+    let members: BTreeMap<Rn, BasicNode> = (1..=3).map(|i| (Rn(i), BasicNode::new(format!("mem:{i}")))).collect();
     nodes[0].initialize(members).await.unwrap();
     nodes[0].wait_for_leader(Duration::from_secs(10)).await.unwrap();
     nodes
@@ -123,19 +124,19 @@ async fn an_acknowledged_flush_survives_the_leaders_death() {
         nodes[0].propose(bring_up(i), deadline()).await.unwrap();
     }
     let leader = nodes[0].leader().unwrap();
-    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let follower = (1..=3).find(|i| Rn(*i) != leader).unwrap();
     let flush = Proposal { commands: vec![kernel(follower, KernelOp::Flush { marks: vec![Region(3)] })] };
     nodes[follower as usize - 1].propose(flush, deadline()).await.unwrap();
     // The leader dies.
     net.unregister(leader);
-    nodes[leader as usize - 1].shutdown().await;
+    nodes[leader.0 as usize - 1].shutdown().await;
     let survivors: Vec<&Replica<MemLink>> = nodes.iter().filter(|n| n.id != leader).collect();
     // A survivor reads the mark: it was committed on a majority (I1).
-    assert_eq!(read(survivors[0], survivors[0].id, Query::IsClean(Region(3))).await, Answer::Bool(false));
+    assert_eq!(read(survivors[0], survivors[0].id.0, Query::IsClean(Region(3))).await, Answer::Bool(false));
     // And the cluster goes on taking proposals.
     let clear = Proposal { commands: vec![kernel(follower, KernelOp::Clear(vec![Region(3)]))] };
     survivors[1].propose(clear, deadline()).await.unwrap();
-    assert_eq!(read(survivors[1], survivors[1].id, Query::IsClean(Region(3))).await, Answer::Bool(true));
+    assert_eq!(read(survivors[1], survivors[1].id.0, Query::IsClean(Region(3))).await, Answer::Bool(true));
     assert_ne!(survivors[0].leader(), Some(leader));
     converge(&survivors).await;
 }
@@ -148,7 +149,7 @@ async fn a_partitioned_minority_cannot_commit_or_read() {
     nodes[0].propose(bring_up(1), deadline()).await.unwrap();
     let leader = nodes[0].leader().unwrap();
     net.isolate(leader);
-    let cut_off = &nodes[leader as usize - 1];
+    let cut_off = &nodes[leader.0 as usize - 1];
     let short = Instant::now() + Duration::from_secs(2);
     let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(9), incarnation: 1 }] };
     assert_eq!(cut_off.propose(p, short).await, Err(ReplicaError::Timeout), "no quorum: the request waits");

@@ -52,7 +52,7 @@ impl Cluster {
         let mut members = BTreeMap::new();
         for id in 1..=n {
             let (l, a) = listen().await;
-            members.insert(id, a);
+            members.insert(Rn(id), a);
             listeners.push((id, l));
         }
         let mut nodes = BTreeMap::new();
@@ -71,7 +71,7 @@ impl Cluster {
                 if n.replica.leader() == Some(n.replica.metrics().borrow().id)
                     && n.replica.metrics().borrow().state == openraft::ServerState::Leader
                 {
-                    return n.replica.id;
+                    return n.replica.id.0;
                 }
             }
             assert!(Instant::now() < until, "no leader");
@@ -115,7 +115,7 @@ async fn leadership_moves_to_the_chosen_voter() {
     for target in c.nodes.keys().copied().filter(|id| *id != leader).collect::<Vec<_>>().into_iter().rev() {
         let old = c.leader().await;
         let new = c.nodes[&old].replica.transfer_leader(target, deadline()).await.unwrap();
-        assert_eq!(new, target);
+        assert_eq!(new, Rn(target));
         assert_eq!(c.leader().await, target);
         // The cluster still commits, from the old leader too.
         c.join(old, 100 + target).await;
@@ -124,9 +124,9 @@ async fn leadership_moves_to_the_chosen_voter() {
     let now = c.leader().await;
     let other = c.nodes.keys().copied().find(|id| *id != now).unwrap();
     let e = c.nodes[&other].replica.transfer_leader(now, deadline()).await.unwrap_err();
-    assert_eq!(e, ChangeError::NotLeader(Some(now)));
+    assert_eq!(e, ChangeError::NotLeader(Some(Rn(now))));
     let e = c.nodes[&now].replica.transfer_leader(42, deadline()).await.unwrap_err();
-    assert_eq!(e, ChangeError::NotAVoter(42));
+    assert_eq!(e, ChangeError::NotAVoter(Rn(42)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +149,7 @@ async fn a_node_joins_from_a_streamed_snapshot_and_a_removed_id_is_never_reused(
     let four = GrpcNode::start(4, &path, l, settings(), None).await.unwrap();
     c.nodes.insert(4, four);
     let members = c.nodes[&leader].replica.add_node(4, &addr, deadline()).await.unwrap();
-    assert!(members.iter().any(|m| m.id == 4 && m.voter), "{members:?}");
+    assert!(members.iter().any(|m| m.id == Rn(4) && m.voter), "{members:?}");
     let applied = c.nodes[&leader].replica.metrics().borrow().last_applied.unwrap().index;
     c.wait_applied(4, applied).await;
     let snap = c.nodes[&4].replica.metrics().borrow().snapshot;
@@ -159,17 +159,17 @@ async fn a_node_joins_from_a_streamed_snapshot_and_a_removed_id_is_never_reused(
     assert_eq!(at_leader, at_four);
     // Adding it again is refused.
     let e = c.nodes[&leader].replica.add_node(4, &addr, deadline()).await.unwrap_err();
-    assert_eq!(e, ChangeError::AlreadyMember(4));
+    assert_eq!(e, ChangeError::AlreadyMember(Rn(4)));
 
     // Remove a follower: gone from Raft, id retired for good.
     let gone = c.nodes.keys().copied().find(|id| *id != leader && *id != 4).unwrap();
     let members = c.nodes[&leader].replica.remove_node(gone, deadline()).await.unwrap();
-    assert!(members.iter().all(|m| m.id != gone), "{members:?}");
+    assert!(members.iter().all(|m| m.id != Rn(gone)), "{members:?}");
     if let Some(n) = c.nodes.remove(&gone) {
         n.shutdown().await;
     }
     let e = c.nodes[&leader].replica.add_node(gone, "127.0.0.1:1", deadline()).await.unwrap_err();
-    assert_eq!(e, ChangeError::Retired(gone));
+    assert_eq!(e, ChangeError::Retired(Rn(gone)));
     let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(gone), incarnation: 9 }] };
     let out = c.nodes[&leader].replica.propose(p, deadline()).await.unwrap();
     assert!(out.0[0].answer.is_err(), "a retired id registered a kernel: {:?}", out.0[0]);

@@ -29,7 +29,7 @@ fn the_redb_store_passes_the_openraft_storage_suite() {
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
-    LogId::new(CommittedLeaderId::new(term, 1), index)
+    LogId::new(CommittedLeaderId::new(term, 1.into()), index)
 }
 
 fn entry(term: u64, index: u64, commands: Vec<regions::Command>) -> Entry {
@@ -49,7 +49,7 @@ async fn log_vote_and_snapshot_survive_a_reopen() {
     {
         let (mut log, db) = LogStore::open(&path).unwrap();
         let mut sm = StateMachine::open(db).unwrap();
-        log.save_vote(&Vote::new(3, 1)).await.unwrap();
+        log.save_vote(&Vote::new(3, 1.into())).await.unwrap();
         append(&mut log, (1..=10).map(|i| entry(1, i, vec![join.clone()])).collect()).await;
         log.truncate(log_id(1, 9)).await.unwrap();
         log.purge(log_id(1, 2)).await.unwrap();
@@ -64,7 +64,7 @@ async fn log_vote_and_snapshot_survive_a_reopen() {
     }
     let (mut log, db) = LogStore::open(&path).unwrap();
     let mut sm = StateMachine::open(db).unwrap();
-    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1.into())));
     assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 8)));
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use regions::{Command, NodeId as Rn};
-use replication::Proposal;
 use replication::Campaign;
+use replication::Proposal;
 use replication::grpc::PeerTls;
 use replication::node::{DEFAULT_CLUSTER, GrpcNode, RaftSettings};
 use replication::pb::peer::Envelope;
@@ -63,7 +63,7 @@ async fn leader(nodes: &BTreeMap<u64, GrpcNode>) -> u64 {
     loop {
         for n in nodes.values() {
             if n.replica.metrics().borrow().state == openraft::ServerState::Leader {
-                return n.replica.id;
+                return n.replica.id.0;
             }
         }
         assert!(Instant::now() < until, "no leader over TLS");
@@ -79,7 +79,7 @@ async fn nodes_with_the_clusters_certificates_replicate_and_strangers_are_refuse
     let mut members = BTreeMap::new();
     for id in 1..=3u64 {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.insert(id, l.local_addr().unwrap().to_string());
+        members.insert(Rn(id), l.local_addr().unwrap().to_string());
         listeners.push((id, l));
     }
     let mut nodes = BTreeMap::new();
@@ -96,7 +96,7 @@ async fn nodes_with_the_clusters_certificates_replicate_and_strangers_are_refuse
     let out = nodes[&follower].replica.propose(p, Instant::now() + Duration::from_secs(30)).await.unwrap();
     assert!(out.0[0].answer.is_ok(), "{:?}", out.0[0]);
 
-    let addr = &members[&1];
+    let addr = &members[&Rn(1)];
     let payload = replication::types::encode(&Campaign::Elect).unwrap();
     let envelope = || Envelope { from: 9, to: 1, payload: payload.clone(), cluster: DEFAULT_CLUSTER.into() };
     // Plain HTTP/2 to a TLS node: no answer.
@@ -130,7 +130,7 @@ async fn an_unusable_certificate_stops_the_start_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bad = PeerTls { ca: b"not a pem".to_vec(), cert: b"nor this".to_vec(), key: b"nor this".to_vec() };
-    let members = BTreeMap::from([(1, l.local_addr().unwrap().to_string())]);
+    let members = BTreeMap::from([(Rn(1), l.local_addr().unwrap().to_string())]);
     let e = GrpcNode::start(1, &dir.path().join("1.redb"), l, settings(bad), Some(&members)).await.err().unwrap();
     assert!(e.to_string().starts_with("tls: "), "{e}");
 }
