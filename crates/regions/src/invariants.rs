@@ -259,10 +259,11 @@ pub fn i06_remote_recovering_answer(
     is_recovering: bool,
 ) -> Result<(), Violation> {
     let unsettled_here = log.unsettled.contains(&region) && log.writes_behind_stale_hint(instance.node);
-    let recoverable = log.recovery_running()
-        && !log.recovery_failed.contains(&region)
-        && !unsettled_here
-        && !log.passed(region, instance);
+    // Some resumed instance may copy it (one not kept off it by another
+    // instance's pass).
+    let copier = log.instances.iter().any(|(i, s)| s.phase == Phase::Resumed && !log.reserved_for_others(region, *i));
+    let recoverable =
+        copier && !log.recovery_failed.contains(&region) && !unsettled_here && !log.passed(region, instance);
     if !log.in_sync(region) && recoverable && !is_recovering {
         return fail("I6", log, Some(region), "write allowed to an out-of-sync region under recovery");
     }

@@ -11,9 +11,17 @@ use super::{Log, Phase};
 use crate::command::{Instance, NodeId};
 
 impl Log {
-    /// Whether any instance can recover regions (resumed, not suspending).
-    pub(crate) fn recovery_running(&self) -> bool {
-        self.instances.values().any(|s| s.phase == Phase::Resumed)
+    /// Whether some resumed instance may copy `r`: recovery of `r` runs.
+    /// A region that writes were let through to is copied only by the
+    /// kernels that let them through ([`Log::halted_passes`]); while none
+    /// of those is resumed, recovery of that region is halted even if
+    /// other kernels run theirs. Holding a write there would wait for a
+    /// copy nobody can make: two suspending kernels, each writing the
+    /// region only the other may copy, each waiting for its write to
+    /// drain, hung their suspends for good (the 10,000-seed run through
+    /// the host pipeline, seed 5220).
+    pub(crate) fn recovery_running_for(&self, r: Region) -> bool {
+        self.instances.iter().any(|(i, s)| s.phase == Phase::Resumed && !self.reserved_for_others(r, *i))
     }
 
     /// GET_RESYNC_WORK for `i`: the region it already holds (a kernel
@@ -103,7 +111,7 @@ impl Log {
     /// suspend that resets their hint (see [`Log::unsettled`]).
     pub fn is_remote_recovering(&self, r: Region, node: NodeId) -> bool {
         let unsettled_here = self.unsettled.contains(&r) && self.writes_behind_stale_hint(node);
-        !self.sync.get(r.0) && !self.recovery_failed.contains(&r) && !unsettled_here && self.recovery_running()
+        !self.sync.get(r.0) && !self.recovery_failed.contains(&r) && !unsettled_here && self.recovery_running_for(r)
     }
 
     /// IS_REMOTE_RECOVERING from instance `i`: as
