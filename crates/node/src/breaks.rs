@@ -15,6 +15,8 @@
 //! | `no-transport-watch` | fencing and stopping when the kernel transport dies |
 //! | `no-failed-fence-hold` | staying fenced after a failed fence action |
 //! | `no-journal` | the local journal of what the kernel holds |
+//! | `plant-late-clear` | (a planted bug) a deferred CLEAR is committed after a later MARK of its region instead of being cancelled |
+//! | `plant-unheld-cancel` | (a planted bug) a MARK of a region whose CLEAR is deferred is acknowledged at once even when its mark was never committed |
 
 /// Whether the mechanism `name` is switched off.
 #[cfg(feature = "fault-injection")]

@@ -426,7 +426,7 @@ impl<L: LeaderLink> LiveHooks for Hooks<L> {
 fn rejoin_commands(own: &OwnMarks, me: NodeId, incarnation: u64) -> Vec<Command> {
     let mut commands = own.rejoin(me, incarnation);
     if crate::breaks::off("no-remark") {
-        commands.retain(|c| !matches!(c, Command::Kernel { op: KernelOp::Flush { .. }, .. }));
+        commands.retain(|c| !matches!(c, Command::Kernel { op: KernelOp::Remark(_), .. }));
     }
     if crate::breaks::off("no-stale-hints") {
         commands.retain(|c| !matches!(c, Command::StaleHints { .. }));
@@ -440,7 +440,7 @@ async fn commit_until_accepted<L: LeaderLink>(replica: &Replica<L>, commands: Ve
     let marks: usize = commands
         .iter()
         .map(|c| match c {
-            Command::Kernel { op: KernelOp::Flush { marks }, .. } => marks.len(),
+            Command::Kernel { op: KernelOp::Remark(marks), .. } => marks.len(),
             _ => 0,
         })
         .sum();

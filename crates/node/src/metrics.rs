@@ -60,6 +60,10 @@ pub struct Metrics {
     pub batch_commands: Histogram,
     /// Malformed kernel datagrams (answered EINVAL or dropped).
     pub malformed: Counter,
+    /// Kernel requests answered from this node alone, without a Raft
+    /// round (a held region's MARK or IN_SYNC, a deferred CLEAR, an empty
+    /// FLUSH).
+    pub local: Counter,
     /// Leader changes seen by this node.
     pub leader_changes: Counter,
     /// Evictions this node proposed as leader and saw committed.
@@ -104,6 +108,7 @@ impl Metrics {
             commit_seconds: latency_histogram(),
             batch_commands: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 10)),
             malformed: Counter::default(),
+            local: Counter::default(),
             leader_changes: Counter::default(),
             evictions: Counter::default(),
             fences: Counter::default(),
@@ -127,6 +132,11 @@ impl Metrics {
         r.register("commit_seconds", "One batch of commands proposed to applied", m.commit_seconds.clone());
         r.register("batch_commands", "Commands per committed batch", m.batch_commands.clone());
         r.register("malformed_datagrams", "Kernel datagrams that did not decode", m.malformed.clone());
+        r.register(
+            "local_answers",
+            "Kernel requests answered without a Raft round (held marks, deferred clears, empty flushes)",
+            m.local.clone(),
+        );
         r.register("leader_changes", "Leader changes seen by this node", m.leader_changes.clone());
         r.register("evictions", "Nodes evicted by this node as leader", m.evictions.clone());
         r.register("fences", "Times this node fenced itself", m.fences.clone());

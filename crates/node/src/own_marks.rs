@@ -110,9 +110,11 @@ impl OwnMarks {
     /// The commands that bring node `node` (kernel boot `incarnation`)
     /// back after an eviction, to be proposed as one entry before it
     /// answers its kernel again: rejoin, then for every table its
-    /// constructor, its resume if the kernel has it resumed, and a FLUSH
-    /// carrying every region it may hold dirty; last, if a table is
-    /// resumed, the notice that its kernel's cached hints may be stale.
+    /// constructor, its resume if the kernel has it resumed, and the exact
+    /// set of regions it may hold dirty ([`KernelOp::Remark`]: those are
+    /// marked, and marks of CLEARs acknowledged but never committed are
+    /// dropped); last, if a table is resumed, the notice that its kernel's
+    /// cached hints may be stale.
     pub fn rejoin(&self, node: NodeId, incarnation: u64) -> Vec<Command> {
         let mut out = vec![Command::NodeJoined { node, incarnation }];
         let any_resumed = self.tables.values().any(|t| t.resumed);
@@ -123,9 +125,7 @@ impl OwnMarks {
             if t.resumed {
                 out.push(op(KernelOp::Resume { disk: None }));
             }
-            if !t.dirty.is_empty() {
-                out.push(op(KernelOp::Flush { marks: t.dirty.iter().copied().collect() }));
-            }
+            out.push(op(KernelOp::Remark(t.dirty.iter().copied().collect())));
         }
         if any_resumed {
             out.push(Command::StaleHints { node });
@@ -431,7 +431,7 @@ mod tests {
         let flushes: Vec<Command> = own
             .rejoin(NodeId(1), 1)
             .into_iter()
-            .filter(|c| matches!(c, Command::Kernel { op: KernelOp::Flush { .. }, .. }))
+            .filter(|c| matches!(c, Command::Kernel { op: KernelOp::Remark(rs), .. } if !rs.is_empty()))
             .collect();
         assert_eq!(flushes.len(), 1, "{flushes:?}");
         // Not for a table it never acknowledged a constructor of.

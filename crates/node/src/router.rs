@@ -30,16 +30,16 @@
 //!   answer leaves ([`crate::own_marks`]): a restarted daemon and a rejoin
 //!   know what the kernel may write.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use regions::{Command, KernelOp, NodeId};
+use regions::{Command, Instance, KernelOp, NodeId};
 use replication::{LeaderLink, Outcome, Proposal, ReadRequest, Replica, ReplicaError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wire::{Errno, Luid, Message, Uuid};
+use wire::{Errno, Luid, Message, Region, Uuid};
 
 use crate::effects::Effects;
 use crate::gate::Gate;
@@ -165,14 +165,67 @@ impl<L: LeaderLink> Router<L> {
         lock(&self.lanes).remove(&(uuid.clone(), luid));
     }
 
-    /// One request, to its answer. `None` when Raft stopped.
-    async fn answer(&self, msg: &Message) -> Option<Result<wire::Answer, Errno>> {
-        match pipeline::route(self.node, msg) {
-            Routed::Command(Command::Kernel { uuid, instance, op: KernelOp::Flush { marks } })
-                if marks.is_empty() && self.replica.state.read(|m| m.empty_flush_is_noop(&uuid, instance)) =>
-            {
+    /// Sends `c` to the proposer; its outcome comes on the receiver.
+    fn propose(&self, c: Command) -> Option<oneshot::Receiver<Outcome>> {
+        let (tx, rx) = oneshot::channel();
+        self.proposer.send((c, tx)).ok()?;
+        Some(rx)
+    }
+
+    /// Commits the CLEARs the lane acknowledged and has not proposed yet
+    /// (when their delay ran out and nothing carried them along).
+    async fn commit_clears(&self, uuid: &Uuid, luid: Luid, held: &mut Held) {
+        let clears = held.take_clears();
+        if clears.is_empty() {
+            return;
+        }
+        let instance = Instance { node: self.node, luid };
+        let c = Command::Kernel { uuid: uuid.clone(), instance, op: KernelOp::Clear(clears.clone()) };
+        let Some(rx) = self.propose(c) else { return };
+        if let Ok(outcome) = rx.await {
+            held.cleared(&clears, &outcome);
+        }
+    }
+
+    /// A request answered from this node alone, without a Raft round,
+    /// where that is as good as the replicated answer (see [`Held`]):
+    /// `None` when it must take the replicated path.
+    async fn local(&self, held: &mut Held, msg: &Message) -> Option<Result<wire::Answer, Errno>> {
+        use wire::Request as Q;
+        let instance = Instance { node: self.node, luid: msg.luid() };
+        // A member's known instance of a `clustered-core` log, and regions
+        // in range (else the replicated path gives the errno).
+        let in_range = |rs: &[Region]| {
+            self.replica.state.read(|m| {
+                m.empty_flush_is_noop(&msg.uuid, instance)
+                    && m.log(&msg.uuid).is_some_and(|l| rs.iter().all(|r| r.0 < l.region_count()))
+            })
+        };
+        match &msg.request {
+            Q::Flush { marks } if marks.is_empty() && in_range(&[]) => Some(Ok(wire::Answer::Done)),
+            Q::MarkRegion(rs) | Q::Flush { marks: rs } if held.holds(rs) && in_range(rs) => {
+                held.cancel(rs);
                 Some(Ok(wire::Answer::Done))
             }
+            Q::ClearRegion(rs) if in_range(rs) => {
+                held.defer(rs);
+                Some(Ok(wire::Answer::Done))
+            }
+            Q::InSync(r) if held.holds(&[*r]) && in_range(&[*r]) => {
+                let applied = self.replica.state.last_applied().map_or(0, |l| l.index);
+                if applied < held.seen && !self.replica.wait_applied(held.seen, LOCAL_WAIT).await {
+                    return None;
+                }
+                let query = regions::Query::InSync(*r);
+                Some(self.replica.state.read(|m| m.read(&msg.uuid, instance, &query).map_err(|e| e.errno())))
+            }
+            _ => None,
+        }
+    }
+
+    /// One request, to its answer through Raft. `None` when Raft stopped.
+    async fn answer(&self, msg: &Message, held: &mut Held) -> Option<Result<wire::Answer, Errno>> {
+        match pipeline::route(self.node, msg) {
             Routed::Command(mut c) => {
                 if let Command::Kernel { uuid, instance, op: KernelOp::Resume { disk } } = &mut c
                     && let Some((token, regions)) = self.disk_table(uuid, instance.luid)
@@ -184,16 +237,58 @@ impl<L: LeaderLink> Router<L> {
                     }
                     *disk = Some(image);
                 }
+                // A mark cancels its own region's deferred CLEAR, and the
+                // other deferred CLEARs go first, in the same order the
+                // kernel sent them (a CLEAR committed after a later MARK of
+                // its region would drop a mark the kernel writes under).
+                let marks = marks_of(&c);
+                let cleared = match &c {
+                    Command::Kernel { op: KernelOp::Clear(rs), .. } => Some(rs.clone()),
+                    _ => None,
+                };
+                let Command::Kernel { uuid, instance, .. } = &c else { return None };
+                let (uuid, instance) = (uuid.clone(), *instance);
+                let late = crate::breaks::off("plant-late-clear");
+                if !late {
+                    held.cancel(&marks);
+                }
+                let clears = held.take_clears();
+                let clear = (!clears.is_empty()).then(|| Command::Kernel {
+                    uuid,
+                    instance,
+                    op: KernelOp::Clear(clears.clone()),
+                });
+                let mut carried = None;
+                if let (false, Some(cc)) = (late, clear.clone()) {
+                    carried = Some(self.propose(cc)?);
+                }
                 #[cfg(feature = "canary-drop-marks")]
                 let c = canary::drop_marks(c);
-                let (tx, rx) = oneshot::channel();
-                self.proposer.send((c, tx)).ok()?;
+                let is_dtr = matches!(c, Command::Kernel { op: KernelOp::Dtr, .. });
+                let rx = self.propose(c)?;
+                if let (true, Some(cc)) = (late, clear) {
+                    carried = Some(self.propose(cc)?);
+                }
                 let outcome = rx.await.ok()?;
+                if let Some(carried) = carried
+                    && let Ok(o) = carried.await
+                {
+                    held.cleared(&clears, &o);
+                }
                 if let Some(why) = &outcome.refusal {
                     tracing::info!(request = ?msg.request, %why, "refused");
                 }
                 if outcome.answer.is_err() {
                     return Some(outcome.answer);
+                }
+                held.committed(&marks, &outcome);
+                // A CLEAR that took this path (the table not known here yet)
+                // unmarked its regions all the same.
+                if let Some(cleared) = &cleared {
+                    held.cleared(cleared, &outcome);
+                }
+                if is_dtr {
+                    *held = Held { epoch: held.epoch, ..Held::default() };
                 }
                 if let Err(errno) = self.effects.before_reply(&msg.uuid, &outcome.effects).await {
                     tracing::error!(request = ?msg.request, ?errno, "an effect before the reply failed");
@@ -218,11 +313,146 @@ impl<L: LeaderLink> Router<L> {
     }
 }
 
-/// A table's lane: its requests one at a time, in order.
+/// The regions a MARK or a FLUSH command marks.
+fn marks_of(c: &Command) -> Vec<Region> {
+    match c {
+        Command::Kernel { op: KernelOp::Mark(rs) | KernelOp::Flush { marks: rs }, .. } => rs.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// How long a local IN_SYNC answer waits for this node's replica to apply
+/// its own table's last command before it asks the leader instead.
+const LOCAL_WAIT: Duration = Duration::from_millis(500);
+
+/// How long an acknowledged CLEAR may wait before it is committed, unless a
+/// later command of its table carries it along sooner.
+pub const CLEAR_DELAY: Duration = Duration::from_secs(1);
+
+/// What a table's lane knows of its own marks, which lets it answer the
+/// requests of a steady writer without a Raft round:
+///
+/// * A CLEAR is acknowledged at once and committed later (after
+///   [`CLEAR_DELAY`], or with the table's next command, before it): a
+///   region whose CLEAR is late only stays marked a little longer, which
+///   is what a lost CLEAR costs anyway (spec §3.4). The journal has the
+///   CLEAR, so a daemon restart does not lose it ([`KernelOp::Remark`]).
+/// * A region this table marked in a committed entry, and whose CLEAR has
+///   not been committed since, is *held*: a MARK of it (and a FLUSH
+///   carrying only such marks) is acknowledged at once, cancelling the
+///   deferred CLEAR. Its mark is durable in the replicated state already
+///   (I1), which is all the FLUSH's answer must guarantee.
+/// * IN_SYNC of a held region is answered from this node's replica, once
+///   it has applied this table's last committed command: no other node can
+///   copy a region this table marks (only the marker may), so it cannot
+///   become in sync behind this node's back; what can change behind it is
+///   a region going out of sync (an eviction, which keeps answering 1 for
+///   it until the survivors resumed, or another node's failed write, whose
+///   data its kernel holds back until the mirror is reconfigured).
+///
+/// All of it is forgotten when the gate closes (the node fenced: after an
+/// eviction its marks are gone from the replicated state, and the rejoin
+/// states them again from the journal), and it applies to
+/// `clustered-core` logs only (a disk log's FLUSH persists the device).
+#[derive(Debug, Default)]
+struct Held {
+    /// The gate epoch this knowledge belongs to.
+    epoch: u64,
+    /// Regions durably marked by this table.
+    marked: BTreeSet<Region>,
+    /// CLEARs acknowledged and not proposed yet.
+    clears: BTreeSet<Region>,
+    /// When the oldest of `clears` is due.
+    due: Option<Instant>,
+    /// The highest log index of this table's committed commands.
+    seen: u64,
+}
+
+impl Held {
+    fn holds(&self, rs: &[Region]) -> bool {
+        !rs.is_empty()
+            && rs.iter().all(|r| {
+                self.marked.contains(r) || (crate::breaks::off("plant-unheld-cancel") && self.clears.contains(r))
+            })
+    }
+
+    fn cancel(&mut self, rs: &[Region]) {
+        for r in rs {
+            self.clears.remove(r);
+        }
+        if self.clears.is_empty() {
+            self.due = None;
+        }
+    }
+
+    fn defer(&mut self, rs: &[Region]) {
+        self.clears.extend(rs.iter().copied());
+        self.due.get_or_insert_with(|| Instant::now() + CLEAR_DELAY);
+    }
+
+    fn take_clears(&mut self) -> Vec<Region> {
+        self.due = None;
+        std::mem::take(&mut self.clears).into_iter().collect()
+    }
+
+    /// A CLEAR of `rs` committed with `outcome`.
+    fn cleared(&mut self, rs: &[Region], outcome: &Outcome) {
+        self.seen = self.seen.max(outcome.index);
+        if outcome.answer.is_ok() {
+            for r in rs {
+                self.marked.remove(r);
+            }
+        }
+    }
+
+    /// A command marking `rs` committed with `outcome`.
+    fn committed(&mut self, rs: &[Region], outcome: &Outcome) {
+        self.seen = self.seen.max(outcome.index);
+        if outcome.answer.is_ok() {
+            self.marked.extend(rs.iter().copied());
+        }
+    }
+}
+
+/// A table's lane: its requests one at a time, in order, and its deferred
+/// CLEARs committed when they are due.
 async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(job) = rx.recv().await {
+    let mut held = Held { epoch: router.gate.epoch(), ..Held::default() };
+    let mut table: Option<(Uuid, Luid)> = None;
+    loop {
+        let job = match (held.due, &table) {
+            (Some(due), Some((uuid, luid))) => {
+                tokio::select! {
+                    j = rx.recv() => j,
+                    () = tokio::time::sleep_until(due) => {
+                        if router.gate.epoch() == held.epoch {
+                            router.commit_clears(uuid, *luid, &mut held).await;
+                        } else {
+                            held = Held { epoch: router.gate.epoch(), ..Held::default() };
+                        }
+                        continue;
+                    }
+                }
+            }
+            _ => rx.recv().await,
+        };
+        let Some(job) = job else { break };
+        table.get_or_insert_with(|| (job.msg.uuid.clone(), job.msg.luid()));
         let epoch = router.gate.epoch();
-        let Some(result) = router.answer(&job.msg).await else { continue };
+        if epoch != held.epoch {
+            // The node fenced: what it knew of its marks may be gone.
+            held = Held { epoch, ..Held::default() };
+        }
+        let result = match router.local(&mut held, &job.msg).await {
+            Some(r) => {
+                router.metrics.local.inc();
+                r
+            }
+            None => match router.answer(&job.msg, &mut held).await {
+                Some(r) => r,
+                None => continue,
+            },
+        };
         // Nothing is acknowledged through a closed gate (the host checks
         // it again when it sends), nor an answer computed while the node
         // fenced and rejoined: it may rest on the state before the rejoin

@@ -216,7 +216,7 @@ async fn a_kernel_resyncs_writes_and_reports_in_sync_through_the_host() {
     // The journal knows the table for a rejoin, with nothing dirty.
     let own = OwnMarksStore::read(&mut disk.journal.clone(), 1).unwrap();
     let rejoin = own.rejoin(regions::NodeId(1), 1);
-    assert_eq!(rejoin.len(), 4, "join, CTR, RESUME, stale hints: {rejoin:?}");
+    assert_eq!(rejoin.len(), 5, "join, CTR, RESUME, the exact marks (none), stale hints: {rejoin:?}");
 }
 
 /// With the lease run out (and no liveness task to fence or renew), no

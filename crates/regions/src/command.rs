@@ -177,6 +177,12 @@ pub enum KernelOp {
         /// In sync (recovered) or not (failure).
         in_sync: bool,
     },
+    /// Not a kernel request: the node's own statement, in a rejoin, of
+    /// exactly the regions this instance's kernel may hold dirty (from
+    /// the node's journal). They are marked; any other mark of the
+    /// instance is cleared (its kernel had sent that CLEAR, acknowledged
+    /// before it was committed, and a daemon restart or a fence lost it).
+    Remark(Vec<Region>),
     /// IS_REMOTE_RECOVERING as the kernel's write path asks it: answered as
     /// [`Query::IsRemoteRecovering`], and a state change when the answer
     /// lets an unmarked write go to the default leg only (see

@@ -449,6 +449,19 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
             }
             Applied { outcome: Ok(Answer::Done), effects }
         }
+        KernelOp::Remark(marks) => {
+            if let Err(e) = log.check_regions(marks) {
+                return Applied::refuse(e);
+            }
+            let stale: Vec<_> = log.marked_by(i).into_iter().filter(|r| !marks.contains(r)).collect();
+            log.clear(i, &stale);
+            log.mark(i, marks);
+            let mut effects = Vec::new();
+            if log.is_disk() {
+                effects.push(Effect::PersistDiskLog { uuid: log.uuid.clone(), version: log.clean_version });
+            }
+            Applied { outcome: Ok(Answer::Done), effects }
+        }
         KernelOp::GetResyncWork => Applied::answer(Answer::ResyncWork(log.resync_work(i))),
         KernelOp::IsRemoteRecovering(r) => {
             if let Err(e) = log.check_region(*r) {

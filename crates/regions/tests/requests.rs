@@ -996,3 +996,24 @@ fn a_write_to_a_region_only_suspending_kernels_may_copy_is_not_held() {
     // A region c may copy is still held from them.
     assert!(write(&mut h, a, 3));
 }
+
+/// A rejoin states exactly what its kernel may hold dirty: those regions
+/// are marked, and marks whose CLEAR was acknowledged but lost before it
+/// was committed are dropped.
+#[test]
+fn remark_sets_an_instances_marks_to_exactly_the_given_regions() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE_NOSYNC);
+    h.up(b, CORE_NOSYNC);
+    h.ok(a, KernelOp::Mark(regions(&[1, 2])));
+    h.ok(b, KernelOp::Mark(regions(&[2])));
+    h.ok(a, KernelOp::Remark(regions(&[2, 5])));
+    let marked = |h: &H, r: u64| h.m.log(&h.uuid).unwrap().marks().get(&Region(r)).cloned().unwrap_or_default();
+    assert!(marked(&h, 1).is_empty(), "a's stale mark on 1 is gone");
+    assert!(h.m.log(&h.uuid).unwrap().is_clean(Region(1)), "and region 1 is clean again");
+    assert_eq!(marked(&h, 2).len(), 2, "b's mark on 2 stays");
+    assert!(marked(&h, 5).contains(&a));
+    h.ok(a, KernelOp::Remark(Vec::new()));
+    assert!(!marked(&h, 5).contains(&a) && !marked(&h, 2).contains(&a));
+}

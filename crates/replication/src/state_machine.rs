@@ -227,7 +227,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(proposal) => {
                     let mut results = Vec::with_capacity(proposal.commands.len());
                     for c in &proposal.commands {
-                        results.push(Outcome::from(st.machine.apply(c)));
+                        results.push(Outcome { index: entry.log_id.index, ..Outcome::from(st.machine.apply(c)) });
                         if self.checks.is_none() && !cfg!(debug_assertions) {
                             continue;
                         }

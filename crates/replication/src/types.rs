@@ -68,12 +68,15 @@ pub struct Outcome {
     pub refusal: Option<String>,
     /// Work for the nodes (see [`regions::Effect`]).
     pub effects: Vec<regions::Effect>,
+    /// The log index of the entry that applied it: a replica that has
+    /// applied this far holds its effect (for reads from local state).
+    pub index: u64,
 }
 
 impl From<regions::Applied> for Outcome {
     fn from(a: regions::Applied) -> Outcome {
         let refusal = a.outcome.as_ref().err().map(|r| r.to_string());
-        Outcome { answer: a.outcome.map_err(|r| r.errno()), refusal, effects: a.effects }
+        Outcome { answer: a.outcome.map_err(|r| r.errno()), refusal, effects: a.effects, index: 0 }
     }
 }
 
