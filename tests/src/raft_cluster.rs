@@ -708,11 +708,15 @@ impl RaftCluster {
         };
         let host = Host::new(replica.clone(), Arc::new(transport), applied, own, fence, config, Arc::default());
         let gate = host.gate();
-        let (events, start) = (self.events.clone(), self.start);
+        let (events, start, net, process) = (self.events.clone(), self.start, self.net.clone(), replica.clone());
         let task = tokio::spawn(async move {
             let exit = host.run(std::future::pending()).await;
             if let Exit::TransportFailed(_) = &exit {
                 lock(&events).push(LiveEvent::TransportFailed { node: id, at_ms: ms_since(start) });
+                // The daemon's process exits, and its Raft with it (as in
+                // `dmlogd`, which returns from main after `Host::run`).
+                net.unregister(Rn(id));
+                process.shutdown().await;
             }
             exit
         });

@@ -396,7 +396,7 @@ impl Peer for PeerService {
     async fn append_entries(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
         let env = request.into_inner();
         let req: AppendEntriesRequest<TypeConfig> = self.open(&env)?;
-        let out = self.raft().append_entries(req).await;
+        let out = self.replica.accept_append_entries(req).await;
         self.seal(NodeId(env.from), &out)
     }
 

@@ -273,7 +273,17 @@ impl RaftNetwork<TypeConfig> for MemLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        self.deliver(rpc, |raft, rpc| async move { raft.append_entries(rpc).await }).await.map_err(|e| e.rpc(self.to))
+        let out = self
+            .deliver(rpc, |raft, rpc| async move { raft.append_entries(rpc).await })
+            .await
+            .map_err(|e| e.rpc(self.to));
+        // What the gRPC server does through `Replica::accept_append_entries`.
+        if out.as_ref().is_ok_and(crate::replica::leader_accepted)
+            && let Some(replica) = self.net.replica(self.to)
+        {
+            replica.touch_leader_contact();
+        }
+        out
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, _option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {

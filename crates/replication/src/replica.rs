@@ -108,8 +108,9 @@ pub struct Replica<L: LeaderLink> {
     pub(crate) gate: tokio::sync::RwLock<()>,
     /// One membership change or transfer at a time.
     pub(crate) changing: tokio::sync::Mutex<()>,
-    /// When a proposal of this node last committed: the last proof that a
-    /// leader with a quorum was there (renewals keep it fresh).
+    /// When this node last had proof of a leader: a proposal of its own
+    /// committed (renewals keep it fresh), or the leader's AppendEntries
+    /// was accepted ([`Replica::accept_append_entries`]).
     leader_contact: std::sync::Mutex<Instant>,
     /// The node's log, for its last log id (pre-vote).
     log: std::sync::Mutex<Option<crate::LogStore>>,
@@ -197,8 +198,25 @@ impl<L: LeaderLink> Replica<L> {
         }
     }
 
-    fn touch_leader_contact(&self) {
+    pub(crate) fn touch_leader_contact(&self) {
         *self.leader_contact.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Hands a leader's AppendEntries (heartbeats included) to Raft. An
+    /// accepted one is contact with a leader: like a commit of its own, it
+    /// keeps this node from campaigning and from granting pre-votes. An
+    /// idle node or one whose proposals wait behind a leadership transfer
+    /// would otherwise count the new leader as absent and depose it the
+    /// moment it won (the bounce seen on the real kernel after a crash).
+    pub async fn accept_append_entries(
+        &self,
+        req: openraft::raft::AppendEntriesRequest<crate::TypeConfig>,
+    ) -> Result<openraft::raft::AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        let out = self.raft.append_entries(req).await;
+        if out.as_ref().is_ok_and(leader_accepted) {
+            self.touch_leader_contact();
+        }
+        out
     }
 
     /// How long since a proposal of this node last committed.
@@ -346,10 +364,23 @@ impl<L: LeaderLink> Replica<L> {
                     Err(Local::Forward(leader)) => leader,
                 };
                 if let Some(leader) = leader.filter(|l| *l != self.id) {
-                    match forward(leader).await {
-                        Ok(v) => return Ok(Some(v)),
-                        Err(ForwardError::Fatal(e)) => return Err(ReplicaError::Fatal(e)),
-                        Err(_) => {}
+                    // A forward to a leader that crashed or was cut off can
+                    // hang until the deadline; once this node follows
+                    // another leader (or none), it is abandoned and asked
+                    // anew. Safe as a timeout is: a command is idempotent,
+                    // and if the abandoned copy commits at all, it commits
+                    // before anything the next leader appends.
+                    let mut metrics = self.raft.metrics();
+                    let moved = async move {
+                        let _ = metrics.wait_for(|m| m.current_leader != Some(leader)).await;
+                    };
+                    tokio::select! {
+                        out = forward(leader) => match out {
+                            Ok(v) => return Ok(Some(v)),
+                            Err(ForwardError::Fatal(e)) => return Err(ReplicaError::Fatal(e)),
+                            Err(_) => {}
+                        },
+                        () = moved => {}
                     }
                 }
                 Ok(None)
@@ -366,6 +397,13 @@ impl<L: LeaderLink> Replica<L> {
             tokio::time::sleep(RETRY_BACKOFF).await;
         }
     }
+}
+
+/// Whether an AppendEntries answer means the sender is the leader this
+/// node follows (its vote was accepted, whatever became of the entries).
+pub(crate) fn leader_accepted(r: &openraft::raft::AppendEntriesResponse<NodeId>) -> bool {
+    use openraft::raft::AppendEntriesResponse as R;
+    matches!(r, R::Success | R::PartialSuccess(_) | R::Conflict)
 }
 
 /// A local call that must go elsewhere.
