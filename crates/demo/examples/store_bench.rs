@@ -9,10 +9,9 @@
 //!
 //! Run: `cargo run --release -p dmlogd-demo --example store_bench [dir]`.
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
-use dmlogd_demo::harness::percentile;
+use dmlogd_demo::harness::{percentile, sync_floor};
 use openraft::storage::RaftLogStorageExt;
 use openraft::{CommittedLeaderId, EntryPayload};
 use replication::types::LogId;
@@ -42,16 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::TempDir::new_in(base)?;
     let n = 300;
 
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("floor"))?;
-    let block = vec![0x5au8; 4096];
-    let mut samples = Vec::new();
-    for _ in 0..n {
-        let t = Instant::now();
-        f.write_all(&block)?;
-        f.sync_data()?;
-        samples.push(t.elapsed());
-    }
-    report("floor: 4 KiB append + fdatasync", samples);
+    report("floor: 4 KiB append + fdatasync", sync_floor(&dir.path().join("floor"), n)?);
 
     let db = redb::Database::create(dir.path().join("plain.redb"))?;
     let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("t");

@@ -20,11 +20,10 @@
 //! Run: `cargo run --release -p dmlogd-demo --example write_bench [dir] [seconds]`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dmlogd_demo::harness::percentile;
+use dmlogd_demo::harness::{percentile, sync_floor};
 use kernel_sim::{Config, Kernel, Legs, MirrorId, SharedLegs, Table};
 use node::host::{Fence, FenceOutcome, Host, HostConfig};
 use node::live::LiveConfig;
@@ -229,15 +228,7 @@ async fn three_hosts(dir: &std::path::Path, start: Instant) -> Result<BTreeMap<u
 
 /// The floor: a synced 4 KiB append and a loopback gRPC round trip.
 async fn floor(dir: &std::path::Path, peer_addr: &str, n: usize) -> Result<(Duration, Duration), Error> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("floor"))?;
-    let block = vec![0x5au8; 4096];
-    let mut samples = Vec::new();
-    for _ in 0..n {
-        let t = Instant::now();
-        f.write_all(&block)?;
-        f.sync_data()?;
-        samples.push(t.elapsed());
-    }
+    let samples = sync_floor(&dir.join("floor"), n)?;
     let (sync50, sync99) = report("floor: 4 KiB append + fdatasync", &samples);
     let mut peer = PeerClient::connect(format!("http://{peer_addr}")).await?;
     let mut samples = Vec::new();

@@ -672,6 +672,23 @@ pub fn percentile(samples: &[Duration], q: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * q.clamp(0.0, 1.0)).round() as usize]
 }
 
+/// The storage floor of this machine: `n` times a 4 KiB append to a plain
+/// file at `path` and an `fdatasync`, each timed. What the benchmarks set
+/// their figures against.
+pub fn sync_floor(path: &Path, n: usize) -> std::io::Result<Vec<Duration>> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let block = vec![0x5au8; 4096];
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        samples.push(t.elapsed());
+    }
+    Ok(samples)
+}
+
 /// p50 and p99 of `samples`, in milliseconds.
 pub fn percentiles(samples: &[Duration]) -> (f64, f64) {
     let ms = |q| percentile(samples, q).as_secs_f64() * 1e3;

@@ -278,10 +278,8 @@ impl RaftNetwork<TypeConfig> for MemLink {
             .await
             .map_err(|e| e.rpc(self.to));
         // What the gRPC server does through `Replica::accept_append_entries`.
-        if out.as_ref().is_ok_and(crate::replica::leader_accepted)
-            && let Some(replica) = self.net.replica(self.to)
-        {
-            replica.touch_leader_contact();
+        if let (Ok(answer), Some(replica)) = (&out, self.net.replica(self.to)) {
+            replica.answered_append(answer);
         }
         out
     }

@@ -198,8 +198,18 @@ impl<L: LeaderLink> Replica<L> {
         }
     }
 
-    pub(crate) fn touch_leader_contact(&self) {
+    fn touch_leader_contact(&self) {
         *self.leader_contact.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Notes this node's answer to a leader's AppendEntries: if the sender's
+    /// vote was accepted (whatever became of the entries), that is contact
+    /// with the leader this node follows.
+    pub(crate) fn answered_append(&self, answer: &openraft::raft::AppendEntriesResponse<NodeId>) {
+        use openraft::raft::AppendEntriesResponse as R;
+        if matches!(answer, R::Success | R::PartialSuccess(_) | R::Conflict) {
+            self.touch_leader_contact();
+        }
     }
 
     /// Hands a leader's AppendEntries (heartbeats included) to Raft. An
@@ -213,13 +223,14 @@ impl<L: LeaderLink> Replica<L> {
         req: openraft::raft::AppendEntriesRequest<crate::TypeConfig>,
     ) -> Result<openraft::raft::AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
         let out = self.raft.append_entries(req).await;
-        if out.as_ref().is_ok_and(leader_accepted) {
-            self.touch_leader_contact();
+        if let Ok(answer) = &out {
+            self.answered_append(answer);
         }
         out
     }
 
-    /// How long since a proposal of this node last committed.
+    /// How long since this node last had contact with a leader (see
+    /// `leader_contact`).
     pub fn leader_contact_age(&self) -> Duration {
         self.leader_contact.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
     }
@@ -397,13 +408,6 @@ impl<L: LeaderLink> Replica<L> {
             tokio::time::sleep(RETRY_BACKOFF).await;
         }
     }
-}
-
-/// Whether an AppendEntries answer means the sender is the leader this
-/// node follows (its vote was accepted, whatever became of the entries).
-pub(crate) fn leader_accepted(r: &openraft::raft::AppendEntriesResponse<NodeId>) -> bool {
-    use openraft::raft::AppendEntriesResponse as R;
-    matches!(r, R::Success | R::PartialSuccess(_) | R::Conflict)
 }
 
 /// A local call that must go elsewhere.
