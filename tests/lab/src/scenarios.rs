@@ -575,7 +575,7 @@ fn speed(lab: &Lab) -> Outcome<()> {
 
 /// `kill -9` of one node's daemon alone (its kernel stays up) while that
 /// node copies a region of the initial resync; the daemon is started
-/// again at once. It must start (nothing of the old process may hold the
+/// again at once, while every node writes. It must start (nothing of the old process may hold the
 /// lock or the connector socket: a thread stuck in a read of the mirror
 /// did), the kernel reconnects, the node resumes its part of the resync,
 /// every node ends in sync and the legs are identical.
@@ -596,9 +596,25 @@ fn daemon_kill(lab: &Lab) -> Outcome<()> {
     );
     guests[1].run(&script, SECS(90)).map_err(|e| format!("node 2 never held a region to resync: {e}"))?;
     let before = guests[1].sh("in_sync m")?;
+    // Every node writes meanwhile, node 2 with writes in flight at the kill.
+    for g in guests.iter_mut() {
+        start_writers(g, "/dev/mapper/m", 40, 1)?;
+    }
     let killed = Instant::now();
-    // kill -9 of the daemon alone, and at once a new one, as systemd does.
-    let out = guests[1].run("pkill -9 -x dmlogd; sleep 0.2; start_dmlogd && echo started", SECS(60))?;
+    // kill -9 of the daemon alone (not its wake-read children: the unit's
+    // KillMode=process), then, once its process is gone (systemd waits
+    // for that too), a new one. The guest's busybox has no pkill. The
+    // killed daemon's admin socket stays behind: removed, so that
+    // start_dmlogd waits for the new daemon's.
+    // A killed process lingers as a zombie until its parent (the control
+    // shell) reaps it: gone means no /proc entry or state Z.
+    let kill = "(d=; for p in $(pidof dmlogd); do tr '\\0' ' ' < /proc/$p/cmdline | grep -q wake-read || d=$p; done; \
+                [ -n \"$d\" ] || { echo 'no daemon to kill'; exit 1; }; kill -9 $d; n=0; \
+                alive() { s=$(cut -d' ' -f3 /proc/$d/stat 2>/dev/null); [ -n \"$s\" ] && [ \"$s\" != Z ]; }; \
+                while alive && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done; \
+                alive && { echo \"pid $d still there 10 s after kill -9\"; exit 1; }; \
+                echo \"gone after $n\"; rm -f /data/dmlogd/admin.sock; start_dmlogd && echo started)";
+    let out = guests[1].run(kill, SECS(60))?;
     if !out.contains("started") {
         return Err(format!("the daemon did not start again after kill -9: {out}"));
     }
@@ -611,6 +627,10 @@ fn daemon_kill(lab: &Lab) -> Outcome<()> {
         println!("   note: dmlogd process(es) in D state: {}", stuck.trim());
     }
     wait_healthy(&mut guests[1], SECS(120))?;
+    for g in guests.iter_mut() {
+        writers_done(g, 1, 300)?;
+    }
+    println!("   120 writes from 3 nodes done {:.1} s after the kill", killed.elapsed().as_secs_f64());
     for g in guests.iter_mut() {
         wait_in_sync(g, "m", 300)?;
     }
