@@ -96,6 +96,24 @@ fn a_daemon_killed_mid_write_comes_back_under_its_kernel_and_later_rejoins_with_
 
 #[cfg(not(feature = "sim-canary"))]
 #[test]
+fn a_daemon_killed_between_a_marks_ack_and_the_flush_loses_no_mark() {
+    scenario_seeds(Scenario::MarkAckKill);
+}
+
+#[cfg(not(feature = "sim-canary"))]
+#[test]
+fn a_daemon_killed_with_clears_acknowledged_but_not_committed_leaves_nothing_dirty_for_good() {
+    scenario_seeds(Scenario::ClearsLost);
+}
+
+#[cfg(not(feature = "sim-canary"))]
+#[test]
+fn a_failed_write_is_answered_only_once_no_node_answers_in_sync_of_its_region_from_a_stale_replica() {
+    scenario_seeds(Scenario::FailedWrite);
+}
+
+#[cfg(not(feature = "sim-canary"))]
+#[test]
 fn a_seed_replays_exactly() {
     let a = run_seed(7).unwrap();
     let b = run_seed(7).unwrap();

@@ -58,8 +58,8 @@ pub struct RaftNode {
     pub down: Arc<AtomicBool>,
     /// Set while the whole node (kernel, daemon, network) is stopped.
     pub frozen: Arc<AtomicBool>,
-    /// Freeze the node when its daemon next has a reply ready to send.
-    trap: Arc<AtomicBool>,
+    /// What stops the node at a chosen point of its daemon's sending.
+    trap: Arc<Traps>,
     /// The node's local disk: the daemon's journal of what its kernel holds.
     journal: MemJournal,
     /// Its kernel's boot identity.
@@ -204,6 +204,10 @@ struct Watch {
     /// waits a second after it, since the replica that applied a FLUSH may
     /// have died with the others not caught up yet.
     last_death_ms: Arc<Mutex<Option<u64>>>,
+    /// Failed leg writes injected ([`RaftCluster::fail_write`]): by request
+    /// seq, the node and region; and when each was answered.
+    failures: Arc<Mutex<BTreeMap<u32, (u64, u64)>>>,
+    failures_answered: Arc<Mutex<Vec<(u64, u64, u64)>>>,
     start: Instant,
 }
 
@@ -238,8 +242,48 @@ impl Watch {
             problems: Arc::default(),
             deliveries: Arc::default(),
             last_death_ms: Arc::default(),
+            failures: Arc::default(),
+            failures_answered: Arc::default(),
             start,
         }
+    }
+
+    /// The answer to an injected failed write, if `reply` is one: checks I5
+    /// for the local IN_SYNC answers (no node that marks the region, and so
+    /// answers IN_SYNC of it from its own replica, may still see it in sync
+    /// while the cluster has it out of sync), and records it.
+    fn failure_answered(&self, id: u64, reply: &[u8]) -> bool {
+        let Ok(r) = KernelReply::parse(reply) else { return false };
+        let Some((node, region)) = lock(&self.failures).remove(&r.seq().0) else { return false };
+        let at = ms_since(self.start);
+        lock(&self.failures_answered).push((node, region, at));
+        let nodes = lock(&self.nodes).clone();
+        let Some(newest) = newest(&nodes) else { return true };
+        let reg = wire::Region(region);
+        let out_of_sync = newest.replica.state.read(|m| m.logs().values().any(|l| !l.in_sync(reg)));
+        if !out_of_sync {
+            // Recovered already: nothing stale to see.
+            return true;
+        }
+        for (n, w) in &nodes {
+            if *n == id || !w.answering() {
+                continue;
+            }
+            let (marks, in_sync) = w.replica.state.read(|m| {
+                let marks = m
+                    .logs()
+                    .values()
+                    .any(|l| l.marks().get(&reg).is_some_and(|who| who.iter().any(|i| i.node.0 == *n)));
+                (marks, m.logs().values().any(|l| l.in_sync(reg)))
+            });
+            if marks && in_sync {
+                self.problem(format!(
+                    "I5 violated at {at} ms: n{id}'s failed write of region {region} was answered while n{n}, \
+                     which marks it and answers IN_SYNC of it from its own replica, still has it in sync"
+                ));
+            }
+        }
+        true
     }
 
     fn problem(&self, p: String) {
@@ -325,15 +369,40 @@ struct SimKernel {
     id: u64,
     kernel: Arc<Mutex<Kernel>>,
     frozen: Arc<AtomicBool>,
-    trap: Arc<AtomicBool>,
+    trap: Arc<Traps>,
     watch: Watch,
     net: MemNet,
 }
 
+/// Points at which a scenario stops a node's daemon, set per node.
+#[derive(Default)]
+pub(crate) struct Traps {
+    /// Freeze the whole node when its daemon next has a reply ready to send.
+    freeze: AtomicBool,
+    /// Kill the daemon right after its next reply to this kind of request
+    /// reached the kernel.
+    kill_after: Mutex<Option<wire::RequestType>>,
+    /// The daemon died there: nothing it sends from now on reaches the
+    /// kernel (the scenario then stops its tasks with `kill_daemon`).
+    dead: AtomicBool,
+}
+
 impl MemKernel for SimKernel {
     fn deliver(&self, reply: &[u8]) {
+        if self.trap.dead.load(Ordering::SeqCst) || self.watch.failure_answered(self.id, reply) {
+            return;
+        }
         let request =
             KernelReply::parse(reply).ok().and_then(|r| lock(&self.kernel).outstanding_request(r.seq().0).cloned());
+        let kind = request.as_ref().map(wire::Request::request_type);
+        let mut kill = lock(&self.trap.kill_after);
+        if kind.is_some() && *kill == kind {
+            // The process dies right after this send returned.
+            *kill = None;
+            self.trap.dead.store(true, Ordering::SeqCst);
+            note(&format!("n{} DAEMON DIES after answering a {:?}", self.id, kind));
+        }
+        drop(kill);
         self.watch.delivered(self.id, request.as_ref(), reply);
         if let Some(q) = &request {
             let answer = KernelReply::parse(reply).map(|r| match r {
@@ -359,7 +428,7 @@ impl MemKernel for SimKernel {
     }
 
     fn stopped(&self) -> bool {
-        if self.trap.swap(false, Ordering::SeqCst) {
+        if self.trap.freeze.swap(false, Ordering::SeqCst) {
             // The whole node stops right here, with a reply ready to send.
             self.frozen.store(true, Ordering::SeqCst);
             self.net.isolate(Rn(self.id));
@@ -591,7 +660,7 @@ impl RaftCluster {
         // The local disk survives daemon deaths, not reboots (a new boot
         // identity makes the journal start afresh anyway).
         let journal = MemJournal::new();
-        let trap = Arc::new(AtomicBool::new(false));
+        let trap = Arc::new(Traps::default());
         let (replica, daemon, gate) =
             self.start_daemon(id, incarnation, &kernel, &end, &down, &frozen, &journal, &trap).await;
         let node = RaftNode {
@@ -636,7 +705,7 @@ impl RaftCluster {
         down: &Arc<AtomicBool>,
         frozen: &Arc<AtomicBool>,
         journal: &MemJournal,
-        trap: &Arc<AtomicBool>,
+        trap: &Arc<Traps>,
     ) -> (SimReplica, JoinHandle<Exit>, Gate) {
         let opened = match &mut self.storage {
             Storage::Dir(dir) => LogStore::open(&dir.join(format!("node{id}.redb"))),
@@ -772,6 +841,7 @@ impl RaftCluster {
         let (kernel, end, down, frozen, journal, inc) =
             (n.kernel.clone(), n.end.clone(), n.down.clone(), n.frozen.clone(), n.journal.clone(), n.incarnation);
         let trap = n.trap.clone();
+        trap.dead.store(false, Ordering::SeqCst);
         let (replica, daemon, gate) = self.start_daemon(id, inc, &kernel, &end, &down, &frozen, &journal, &trap).await;
         if let Some(n) = self.nodes.get_mut(&id) {
             n.replica = replica;
@@ -810,8 +880,63 @@ impl RaftCluster {
     /// next has a reply ready to send.
     pub fn freeze_at_next_send(&self, id: u64) {
         if let Some(n) = self.nodes.get(&id) {
-            n.trap.store(true, Ordering::SeqCst);
+            n.trap.freeze.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Kills node `id`'s daemon right after its next answer to a request
+    /// of `kind` reached the kernel: from then on nothing it sends arrives,
+    /// and [`RaftCluster::died_at_trap`] says so (the scenario then calls
+    /// [`RaftCluster::kill_daemon`], which stops the rest of it).
+    pub fn kill_after_next(&self, id: u64, kind: wire::RequestType) {
+        if let Some(n) = self.nodes.get(&id) {
+            *lock(&n.trap.kill_after) = Some(kind);
+        }
+    }
+
+    /// Whether node `id`'s daemon died at the trap of
+    /// [`RaftCluster::kill_after_next`].
+    pub fn died_at_trap(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.trap.dead.load(Ordering::SeqCst))
+    }
+
+    /// Node `id`'s kernel fails a write of `region` on one leg: it sends
+    /// SET_REGION_SYNC(region, 0) (spec §3.6) and holds the write until the
+    /// answer. The simulated kernel does not model the failed leg; the
+    /// request comes from beside it, with a seq of its own. Returns whether
+    /// it was sent.
+    pub fn fail_write(&self, id: u64, region: u64) -> bool {
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0xF000_0000);
+        let Some(n) = self.nodes.get(&id) else { return false };
+        let Some(view) = lock(&n.kernel).mirror(n.mirror) else { return false };
+        let seq = SEQ.fetch_add(1, Ordering::SeqCst);
+        let request = wire::Request::SetRegionSync { region: wire::Region(region), in_sync: false };
+        let Ok(bytes) = wire::encode_request(view.luid, &view.table.uuid, wire::Seq(seq), &request) else {
+            return false;
+        };
+        let Some(end) = lock(&n.end).clone() else { return false };
+        note(&format!("n{id} FAILED WRITE of region {region}"));
+        lock(&self.watch.failures).insert(seq, (id, region));
+        end.send(bytes)
+    }
+
+    /// The admin reloads node `id`'s mirror table after a leg failure (a
+    /// suspend and a resume: its kernel asks for resync work again).
+    pub fn reload(&self, id: u64) {
+        if let Some(n) = self.nodes.get(&id) {
+            note(&format!("n{id} TABLE RELOADED"));
+            lock(&n.kernel).kick(n.mirror);
+        }
+    }
+
+    /// When node `id`'s injected failed writes were answered, by region.
+    pub fn failures_answered(&self, id: u64) -> Vec<(u64, u64)> {
+        lock(&self.watch.failures_answered).iter().filter(|(n, _, _)| *n == id).map(|&(_, r, t)| (r, t)).collect()
+    }
+
+    /// Regions node `id`'s kernel holds dirty.
+    pub fn kernel_dirty(&self, id: u64) -> BTreeSet<u64> {
+        self.nodes.get(&id).map(|n| lock(&n.kernel).dirty_regions(n.mirror).into_iter().collect()).unwrap_or_default()
     }
 
     /// Whether node `id` is frozen.

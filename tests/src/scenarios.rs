@@ -58,11 +58,29 @@ pub enum Scenario {
     /// crashes mid-write; later the restarted node is cut off, fences and
     /// rejoins with what its journal kept.
     DaemonRestart,
+    /// A writer's daemon alone is killed right after it acknowledged a
+    /// MARK, before the FLUSH that follows is answered; it restarts before
+    /// or after the kernel's 15 s re-send; the kernel then writes under
+    /// that mark and the whole node crashes mid-write: the survivors
+    /// resync what it wrote.
+    MarkAckKill,
+    /// A writer's daemon alone is killed right after it acknowledged a
+    /// CLEAR, whose commit it had deferred; once it is back and its kernel
+    /// idle, the cluster holds no mark of it that its kernel does not
+    /// (nothing stays dirty for good), and a later crash of the node is
+    /// resynced.
+    ClearsLost,
+    /// A node's leg write fails (SET_REGION_SYNC(r, 0)) while another node
+    /// writes the same region, and so answers IN_SYNC of it from its own
+    /// replica; that node may be cut off at that moment. The failed write
+    /// is answered only once no such node can still answer 1 for the
+    /// region (I5).
+    FailedWrite,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::WriterCrash,
         Scenario::PartitionedMinority,
         Scenario::Rejoin,
@@ -73,6 +91,9 @@ impl Scenario {
         Scenario::TransportDies,
         Scenario::FenceFails,
         Scenario::DaemonRestart,
+        Scenario::MarkAckKill,
+        Scenario::ClearsLost,
+        Scenario::FailedWrite,
     ];
 
     /// Its name on the command line.
@@ -88,6 +109,9 @@ impl Scenario {
             Scenario::TransportDies => "transport-dies",
             Scenario::FenceFails => "fence-fails",
             Scenario::DaemonRestart => "daemon-restart",
+            Scenario::MarkAckKill => "mark-ack-kill",
+            Scenario::ClearsLost => "clears-lost",
+            Scenario::FailedWrite => "failed-write",
         }
     }
 
@@ -111,6 +135,9 @@ pub fn run(scenario: Scenario, seed: u64) -> Result<String, String> {
             Scenario::TransportDies => transport_dies(seed).await,
             Scenario::FenceFails => fence_fails(seed).await,
             Scenario::DaemonRestart => daemon_restart(seed).await,
+            Scenario::MarkAckKill => mark_ack_kill(seed).await,
+            Scenario::ClearsLost => clears_lost(seed).await,
+            Scenario::FailedWrite => failed_write(seed).await,
         }
     };
     on_sim_runtime(seed, run).map_err(|e| format!("{} seed {seed}: {e}", scenario.name()))
@@ -144,10 +171,15 @@ const REGIONS: u64 = 32;
 /// running node writes with probability 0.3 to one of the first `spread`
 /// regions.
 async fn churn(c: &RaftCluster, rng: &mut SmallRng, rounds: std::ops::Range<u64>, spread: u64) {
+    churn_but(c, rng, rounds, spread, None).await;
+}
+
+/// [`churn`] in which node `quiet`, if any, writes nothing.
+async fn churn_but(c: &RaftCluster, rng: &mut SmallRng, rounds: std::ops::Range<u64>, spread: u64, quiet: Option<u64>) {
     for _ in 0..rng.random_range(rounds) {
         for id in c.nodes.keys().copied().collect::<Vec<_>>() {
             let frozen = c.nodes.get(&id).is_some_and(|n| n.frozen.load(std::sync::atomic::Ordering::SeqCst));
-            if !frozen && rng.random_range(0..100) < 30 {
+            if !frozen && Some(id) != quiet && rng.random_range(0..100) < 30 {
                 c.write(id, rng.random_range(0..spread));
             }
         }
@@ -250,19 +282,33 @@ async fn finish(mut c: RaftCluster, stopped: &BTreeMap<u64, u64>) -> Result<(), 
 
 async fn writer_crash(seed: u64) -> Result<String, String> {
     // Every region starts in sync: the only resync work is the writer's.
-    let (mut rng, _, mut c, victim) = opening(seed, false).await?;
-    let half: BTreeSet<u64> =
-        c.nodes.get(&victim).map(|n| c.inflight_regions(n.id).into_iter().collect()).unwrap_or_default();
+    let (mut rng, timing, mut c, victim) = opening(seed, false).await?;
+    let (at, half, out) = crash_writing(&mut c, victim, &timing).await?;
+    churn(&c, &mut rng, 10..50, REGIONS).await;
+    finish(c, &BTreeMap::from([(victim, at)])).await?;
+    Ok(format!("n{victim} crashed with {half:?} half written; {out:?} resynced"))
+}
+
+/// Crashes `victim`, which has writes in flight, and checks what its
+/// eviction left out of sync: every region it had half written, and only
+/// regions it had marked. Returns when it crashed, the half-written
+/// regions and the out-of-sync ones.
+async fn crash_writing(
+    c: &mut RaftCluster,
+    victim: u64,
+    timing: &Timing,
+) -> Result<(u64, BTreeSet<u64>, BTreeSet<u64>), String> {
+    let half: BTreeSet<u64> = c.inflight_regions(victim).into_iter().collect();
     let at = c.now_ms();
     c.crash(victim).await;
     // Its marks until the eviction (a MARK on its way may still commit).
     let mut marked = BTreeSet::new();
-    let until = tokio::time::Instant::now() + Duration::from_secs(30);
-    while first(&c, victim, at, evicted).is_none() && tokio::time::Instant::now() < until {
+    let until = tokio::time::Instant::now() + Duration::from_millis(timing.dead_after_ms + 30_000);
+    while first(c, victim, at, evicted).is_none() && tokio::time::Instant::now() < until {
         marked.extend(c.marked_by(victim));
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    if first(&c, victim, at, evicted).is_none() {
+    if first(c, victim, at, evicted).is_none() {
         return Err(format!("n{victim} was never evicted; {}", c.raft_states()));
     }
     let out = c.out_of_sync_at_leader();
@@ -274,9 +320,7 @@ async fn writer_crash(seed: u64) -> Result<String, String> {
     if !out.is_subset(&marked) {
         return Err(format!("out of sync after the eviction: {out:?}, but n{victim} had marked only {marked:?}"));
     }
-    churn(&c, &mut rng, 10..50, REGIONS).await;
-    finish(c, &BTreeMap::from([(victim, at)])).await?;
-    Ok(format!("n{victim} crashed with {half:?} half written; {out:?} resynced"))
+    Ok((at, half, out))
 }
 
 async fn partitioned_minority(seed: u64) -> Result<String, String> {
@@ -520,14 +564,175 @@ async fn fence_fails(seed: u64) -> Result<String, String> {
     Ok(format!("n{victim}: fence failed at {fenced_at} ms, evicted at {evicted_at}, silent from {healed} on"))
 }
 
-async fn daemon_restart(seed: u64) -> Result<String, String> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    // Leases long enough that a daemon down for 20 s is not evicted: a
-    // node's own supervisor restarts it well within its lease.
-    let mut timing = sim_timing(&mut rng)?;
+/// Timings with leases long enough that a daemon down for 20 s is not
+/// evicted: a node's own supervisor restarts it well within its lease.
+fn restart_timing(rng: &mut SmallRng) -> Result<Timing, String> {
+    let mut timing = sim_timing(rng)?;
     timing.fence_after_ms = 30_000;
     timing.dead_after_ms = timing.least_dead_after_ms() + rng.random_range(0..500);
     timing.validate().map_err(|e| e.to_string())?;
+    Ok(timing)
+}
+
+/// Kills `victim`'s daemon alone (at `at`) and starts it again before the
+/// kernel's 15 s re-send or after it (the re-send then finds no daemon and
+/// the kernel reconnects), writes going on all along; returns once the
+/// kernel's request outstanding at the kill has been sent again and could
+/// be answered: whether it was late, how long the daemon was down, and
+/// when it was back.
+async fn down_and_back(
+    c: &mut RaftCluster,
+    rng: &mut SmallRng,
+    victim: u64,
+    at: u64,
+) -> Result<(bool, u64, u64), String> {
+    c.kill_daemon(victim).await;
+    let late = rng.random_bool(0.5);
+    let down = if late { rng.random_range(16_000..20_000) } else { rng.random_range(500..10_000) };
+    while c.now_ms() < at + down {
+        churn(c, rng, 1..2, REGIONS).await;
+    }
+    if !c.restart_daemon(victim, Duration::from_secs(30)).await {
+        return Err(format!("n{victim}'s daemon did not join again; {}", c.raft_states()));
+    }
+    let restarted = c.now_ms();
+    while c.now_ms() < settled(at, restarted) {
+        churn(c, rng, 1..2, REGIONS).await;
+    }
+    Ok((late, down, restarted))
+}
+
+/// When the kernel's request outstanding at a daemon kill at `at` has
+/// surely been answered by the daemon back at `restarted`: it is sent again
+/// after the kernel's 15 s timeout (to the new daemon), or after the
+/// reconnect loop's next CTR (every 2 s) found the daemon back.
+fn settled(at: u64, restarted: u64) -> u64 {
+    (at + kernel_sim::RETRY_TIMEOUT_MS).max(restarted + kernel_sim::RECONNECT_SLEEP_MS) + 3_000
+}
+
+/// Writes from `victim` (and the others) until its daemon died right
+/// after answering a request of `kind`; when.
+async fn until_died_after(
+    c: &RaftCluster,
+    rng: &mut SmallRng,
+    victim: u64,
+    kind: wire::RequestType,
+) -> Result<u64, String> {
+    c.kill_after_next(victim, kind);
+    for _ in 0..5_000 {
+        if c.died_at_trap(victim) {
+            return Ok(c.now_ms());
+        }
+        if rng.random_range(0..100) < 20 {
+            c.write(victim, rng.random_range(0..REGIONS));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Err(format!("n{victim}'s daemon never answered a {kind:?}"))
+}
+
+async fn mark_ack_kill(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let timing = restart_timing(&mut rng)?;
+    let (mut rng, timing, mut c, victim) = opening_with(rng, true, timing).await?;
+    let at = until_died_after(&c, &mut rng, victim, wire::RequestType::MarkRegion).await?;
+    // What its kernel holds dirty, the region of the acknowledged MARK
+    // among them: it writes there once the FLUSH is answered.
+    let pending = c.kernel_dirty(victim);
+    c.kill_daemon(victim).await;
+    let late = rng.random_bool(0.5);
+    let down = if late { rng.random_range(16_000..20_000) } else { rng.random_range(500..10_000) };
+    while c.now_ms() < at + down {
+        churn_but(&c, &mut rng, 1..2, REGIONS, Some(victim)).await;
+    }
+    if !c.restart_daemon(victim, Duration::from_secs(30)).await {
+        return Err(format!("n{victim}'s daemon did not join again; {}", c.raft_states()));
+    }
+    let restarted = c.now_ms();
+    // The whole node crashes the moment its kernel writes under those
+    // marks (or, failing that, under any).
+    let mut hit = false;
+    while c.now_ms() < settled(at, restarted) {
+        let writing: BTreeSet<u64> = c.inflight_regions(victim).into_iter().collect();
+        if !writing.is_disjoint(&pending) {
+            hit = true;
+            break;
+        }
+        if rng.random_range(0..100) < 3 {
+            let other = (1..=3u64).filter(|&n| n != victim).nth(rng.random_range(0..2)).unwrap_or(victim);
+            c.write(other, rng.random_range(0..REGIONS));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if c.delivered_after(victim, restarted).is_none() {
+        return Err(format!("n{victim}'s kernel got no answer after its daemon came back"));
+    }
+    if !hit {
+        until_writing(&c, &mut rng, victim).await?;
+    }
+    let (crashed_at, half, out) = crash_writing(&mut c, victim, &timing).await?;
+    churn(&c, &mut rng, 10..50, REGIONS).await;
+    finish(c, &BTreeMap::from([(victim, crashed_at)])).await?;
+    Ok(format!(
+        "n{victim}'s daemon died after a MARK at {at} ms (dirty {pending:?}), down {down} ms; crashed at {crashed_at} \
+         writing {half:?} (under those marks: {hit}); {out:?} resynced"
+    ))
+}
+
+async fn clears_lost(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let timing = restart_timing(&mut rng)?;
+    let (mut rng, timing, mut c, victim) = opening_with(rng, true, timing).await?;
+    let at = until_died_after(&c, &mut rng, victim, wire::RequestType::ClearRegion).await?;
+    // Marked for it in the cluster, clean in its kernel: CLEARs acknowledged
+    // (the last one just now) whose commit was still to come.
+    let unsaid: BTreeSet<u64> = c.marked_by(victim).difference(&c.kernel_dirty(victim)).copied().collect();
+    // Its kernel writes nothing more from here on: a stale mark left by
+    // the restart would not be cleared by a later write of the region.
+    c.kill_daemon(victim).await;
+    let down = if rng.random_bool(0.5) { rng.random_range(16_000..20_000) } else { rng.random_range(500..10_000) };
+    while c.now_ms() < at + down {
+        churn_but(&c, &mut rng, 1..2, REGIONS, Some(victim)).await;
+    }
+    if !c.restart_daemon(victim, Duration::from_secs(30)).await {
+        return Err(format!("n{victim}'s daemon did not join again; {}", c.raft_states()));
+    }
+    let restarted = c.now_ms();
+    while c.now_ms() < settled(at, restarted) {
+        churn_but(&c, &mut rng, 1..2, REGIONS, Some(victim)).await;
+    }
+    // Its kernel goes quiet: the cluster's marks of it come down to what
+    // the kernel holds dirty (its last CLEARs are committed within
+    // CLEAR_DELAY).
+    let quiet = c.now_ms();
+    let mut stale = BTreeSet::new();
+    while c.now_ms() < quiet + 5_000 {
+        churn_but(&c, &mut rng, 1..2, REGIONS, Some(victim)).await;
+        stale = c.marked_by(victim).difference(&c.kernel_dirty(victim)).copied().collect();
+        if stale.is_empty() && !c.writing(victim) && c.now_ms() > quiet + 2_000 {
+            break;
+        }
+    }
+    if !stale.is_empty() {
+        return Err(format!(
+            "n{victim}'s kernel holds {:?} dirty, the cluster has {stale:?} marked for it as well \
+             (acknowledged CLEARs unsaid at the daemon's death: {unsaid:?})",
+            c.kernel_dirty(victim)
+        ));
+    }
+    until_writing(&c, &mut rng, victim).await?;
+    let (crashed_at, half, out) = crash_writing(&mut c, victim, &timing).await?;
+    churn(&c, &mut rng, 10..50, REGIONS).await;
+    finish(c, &BTreeMap::from([(victim, crashed_at)])).await?;
+    Ok(format!(
+        "n{victim}'s daemon died after a CLEAR at {at} ms with {unsaid:?} cleared unsaid, down {down} ms; \
+         crashed at {crashed_at} writing {half:?}; {out:?} resynced"
+    ))
+}
+
+async fn daemon_restart(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let timing = restart_timing(&mut rng)?;
     let (mut rng, timing, mut c, victim) = opening_with(rng, true, timing).await?;
     for _ in 0..2_000 {
         if c.marking(victim) {
@@ -540,25 +745,7 @@ async fn daemon_restart(seed: u64) -> Result<String, String> {
         return Err(format!("n{victim} never had a MARK on its way"));
     }
     let at = c.now_ms();
-    c.kill_daemon(victim).await;
-    // Before the kernel's 15 s re-send, or after it (the re-send finds no
-    // daemon and the kernel reconnects).
-    let late = rng.random_bool(0.5);
-    let down = if late { rng.random_range(16_000..20_000) } else { rng.random_range(500..10_000) };
-    while c.now_ms() < at + down {
-        churn(&c, &mut rng, 1..2, REGIONS).await;
-    }
-    if !c.restart_daemon(victim, Duration::from_secs(30)).await {
-        return Err(format!("n{victim}'s daemon did not join again; {}", c.raft_states()));
-    }
-    let restarted = c.now_ms();
-    // The kernel's MARK is answered once it is sent again: after its 15 s
-    // timeout (to the new daemon), or after the reconnect loop's next CTR
-    // (every 2 s) found the daemon back.
-    let settle = (at + kernel_sim::RETRY_TIMEOUT_MS).max(restarted + kernel_sim::RECONNECT_SLEEP_MS) + 3_000;
-    while c.now_ms() < settle {
-        churn(&c, &mut rng, 1..2, REGIONS).await;
-    }
+    let (late, down, restarted) = down_and_back(&mut c, &mut rng, victim, at).await?;
     let stats = c.kernel_stats(victim).unwrap_or_default();
     if late && stats.reconnects == 0 {
         return Err(format!("n{victim}'s kernel never reconnected after {down} ms without a daemon: {stats:?}"));
@@ -596,5 +783,62 @@ async fn daemon_restart(seed: u64) -> Result<String, String> {
         "n{victim}'s daemon killed at {at} ms for {down} ms (reconnects {}), n{other} crashed at {crashed_at}, \
          n{victim} evicted at {evicted_at}, rejoined at {back}",
         stats.reconnects
+    ))
+}
+
+async fn failed_write(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (timing, c) = start(&mut rng, "clustered-core 8 nosync", false).await?;
+    churn(&c, &mut rng, 20..60, REGIONS).await;
+    let holder = rng.random_range(1..=3u64);
+    let failing = (1..=3u64).filter(|&n| n != holder).nth(rng.random_range(0..2)).ok_or("no other node")?;
+    let region = rng.random_range(0..8u64);
+    // The holder writes the region until the cluster has it marked for it.
+    for _ in 0..3_000 {
+        if c.marked_by(holder).contains(&region) {
+            break;
+        }
+        c.write(holder, region);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if !c.marked_by(holder).contains(&region) {
+        return Err(format!("n{holder} never had region {region} marked"));
+    }
+    let cut = rng.random_bool(0.5);
+    if cut {
+        c.net.isolate(regions::NodeId(holder));
+    }
+    let at = c.now_ms();
+    if !c.fail_write(failing, region) {
+        return Err(format!("n{failing}'s kernel could not send its failed write"));
+    }
+    // Nobody writes the region any more (a kernel that learns it is out of
+    // sync writes it to the default leg only, unmarked, and with its cached
+    // hint does not ask whether another node recovers it: until the admin
+    // reloads its table, spec §3.6). The others write other regions until
+    // the failed write is answered (after the holder's eviction, if cut off).
+    let limit = at + 3 * timing.dead_after_ms + 10_000;
+    let mut answered = None;
+    while answered.is_none() && c.now_ms() < limit {
+        for id in (1..=3u64).filter(|&n| n != holder) {
+            let r = rng.random_range(0..8u64);
+            if r != region && rng.random_range(0..100) < 30 {
+                c.write(id, r);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        answered = c.failures_answered(failing).first().map(|&(_, t)| t);
+    }
+    let answered = answered.ok_or(format!("n{failing}'s failed write of region {region} was never answered"))?;
+    // The failed leg is back and the admin reloads the table everywhere:
+    // the kernels ask again, and the region is resynced.
+    c.net.heal();
+    for id in 1..=3u64 {
+        c.reload(id);
+    }
+    churn(&c, &mut rng, 10..50, REGIONS).await;
+    finish(c, &BTreeMap::new()).await?;
+    Ok(format!(
+        "n{failing}'s write of region {region} failed at {at} ms while n{holder} wrote it (cut off: {cut}); answered at {answered}"
     ))
 }

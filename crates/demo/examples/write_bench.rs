@@ -317,8 +317,9 @@ async fn main() -> Result<(), Error> {
     let mut commits = Vec::new();
     let mut reads = Vec::new();
     for _ in 0..200 {
-        let p =
-            replication::Proposal { commands: vec![regions::Command::Renew { node: NodeId(leader), incarnation: 1 }] };
+        let p = replication::Proposal {
+            commands: vec![regions::Command::Renew { node: NodeId(leader), incarnation: 1, applied: 0 }],
+        };
         let t = Instant::now();
         r.propose(p, tokio::time::Instant::now() + Duration::from_secs(10)).await?;
         commits.push(t.elapsed());

@@ -195,7 +195,8 @@ impl<L: LeaderLink> LiveTask<L> {
     /// Proposes a renewal sent at `now`; its commit extends the lease.
     fn renew(&self, now: u64, fence: &Arc<Mutex<SelfFence>>, hooks: &Arc<dyn LiveHooks>) {
         let (replica, fence, hooks) = (self.replica.clone(), fence.clone(), hooks.clone());
-        let renew = Command::Renew { node: self.id, incarnation: self.incarnation };
+        let applied = self.replica.state.last_applied().map_or(0, |l| l.index);
+        let renew = Command::Renew { node: self.id, incarnation: self.incarnation, applied };
         let sent = Instant::now();
         let deadline = sent + Duration::from_millis(2 * self.config.timing.renew_every_ms);
         let (lease, until) = (self.lease.clone(), sent + self.lease_length());

@@ -207,6 +207,13 @@ impl<L: LeaderLink> Router<L> {
                 held.cancel(rs);
                 Some(Ok(wire::Answer::Done))
             }
+            // The planted bug: a MARK of a region not held is acknowledged
+            // before its commit, which is left to finish in the background.
+            Q::MarkRegion(rs) if crate::breaks::off("plant-early-mark-ack") && in_range(rs) => {
+                let op = KernelOp::Mark(rs.clone());
+                let _ = self.propose(Command::Kernel { uuid: msg.uuid.clone(), instance, op });
+                Some(Ok(wire::Answer::Done))
+            }
             Q::ClearRegion(rs) if in_range(rs) => {
                 held.defer(rs);
                 Some(Ok(wire::Answer::Done))
@@ -265,6 +272,10 @@ impl<L: LeaderLink> Router<L> {
                 #[cfg(feature = "canary-drop-marks")]
                 let c = canary::drop_marks(c);
                 let is_dtr = matches!(c, Command::Kernel { op: KernelOp::Dtr, .. });
+                let failed = match &c {
+                    Command::Kernel { op: KernelOp::SetRegionSync { region, in_sync: false }, .. } => Some(*region),
+                    _ => None,
+                };
                 let rx = self.propose(c)?;
                 if let (true, Some(cc)) = (late, clear) {
                     carried = Some(self.propose(cc)?);
@@ -290,6 +301,11 @@ impl<L: LeaderLink> Router<L> {
                 if is_dtr {
                     *held = Held { epoch: held.epoch, ..Held::default() };
                 }
+                if let Some(region) = failed
+                    && !self.failure_seen(&msg.uuid, region, outcome.index).await
+                {
+                    return None;
+                }
                 if let Err(errno) = self.effects.before_reply(&msg.uuid, &outcome.effects).await {
                     tracing::error!(request = ?msg.request, ?errno, "an effect before the reply failed");
                     return Some(Err(errno));
@@ -309,6 +325,35 @@ impl<L: LeaderLink> Router<L> {
                     }
                 }
             }
+        }
+    }
+}
+
+impl<L: LeaderLink> Router<L> {
+    /// After a failed leg write of `region` committed at `index`: waits
+    /// until every other node that marks the region (and so may answer
+    /// IN_SYNC of it from its own replica, see [`Held`]) has said in a
+    /// renewal that it applied the failure, or was evicted
+    /// ([`regions::Machine::lagging_holders`]). Only then may the kernel
+    /// complete the write with its data on one leg. `false` if the gate
+    /// closed meanwhile (nothing is answered then).
+    async fn failure_seen(&self, uuid: &Uuid, region: Region, index: u64) -> bool {
+        let epoch = self.gate.epoch();
+        let mut logged = false;
+        loop {
+            let applied = self.replica.state.last_applied().map_or(0, |l| l.index);
+            let lagging = self.replica.state.read(|m| m.lagging_holders(uuid, region, self.node, index));
+            if applied >= index && (lagging.is_empty() || crate::breaks::off("no-failure-barrier")) {
+                return true;
+            }
+            if !self.gate.open() || self.gate.epoch() != epoch {
+                return false;
+            }
+            if !logged && !lagging.is_empty() {
+                tracing::info!(%uuid, region = region.0, ?lagging, "a failed write waits until the nodes marking its region have applied it");
+                logged = true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -73,15 +73,19 @@ pub enum Command {
         /// The node.
         node: NodeId,
     },
-    /// A node renews its liveness lease. Changes nothing in the machine;
-    /// refused if the node is not a member (it was evicted: it must rejoin,
-    /// re-mark and re-register its tables before it serves its kernel
-    /// again). Its [`Effect::LeaseRenewed`] tells the leader's lease clock.
+    /// A node renews its liveness lease. Changes no log, only the
+    /// member's [`crate::Member::applied`]; refused if the node is not a
+    /// member (it was evicted: it must rejoin, re-mark and re-register its
+    /// tables before it serves its kernel again). Its
+    /// [`Effect::LeaseRenewed`] tells the leader's lease clock.
     Renew {
         /// The node.
         node: NodeId,
         /// Its kernel's boot identity, as it joined.
         incarnation: u64,
+        /// The highest log index its replica had applied when it proposed
+        /// this renewal.
+        applied: u64,
     },
     /// The node left the cluster for good (removed by the admin): evicted
     /// as by [`Command::NodeEvicted`], and its id is retired, never to be a

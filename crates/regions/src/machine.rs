@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use wire::{Answer, Uuid};
+use wire::{Answer, Region, Uuid};
 
 use crate::command::{Applied, Command, Effect, Instance, KernelOp, NodeId, Query, Refusal};
 use crate::ctr::{CtrArgs, LogType};
@@ -20,6 +20,12 @@ pub struct Member {
     /// Which join this membership is: a number that grows with every
     /// `NodeJoined` applied, so a later join is always told apart.
     pub joined: u64,
+    /// The highest log index the node's replica had applied when it
+    /// proposed a renewal of this membership (0 before its first). A node
+    /// answers some IN_SYNC requests from its own replica; a failed leg
+    /// write is answered once every node that might do so for its region
+    /// has applied it (see [`Machine::lagging_holders`]).
+    pub applied: u64,
 }
 
 /// The region-state machine. Same commands in the same order give the same
@@ -48,6 +54,24 @@ impl Machine {
     /// Cluster members.
     pub fn members(&self) -> &BTreeMap<NodeId, Member> {
         &self.members
+    }
+
+    /// Members other than `me` that mark `region` of log `uuid` and have
+    /// not yet said (in a renewal) that they applied log index `index`.
+    ///
+    /// A node answers IN_SYNC of a region its own table marks from its own
+    /// replica, without a Raft round. So when a node's leg write fails and
+    /// its SET_REGION_SYNC(r, 0) commits at `index`, its answer (after which
+    /// its kernel completes the write, with the data on one leg only) waits
+    /// until this list is empty: no node may then still answer 1 for `r`
+    /// from a replica that has not applied the failure, and send its
+    /// kernel's read to the stale leg. Nodes that do not mark `r` answer
+    /// IN_SYNC of it through the leader (linearizable); evicted nodes have
+    /// no marks and fenced before their eviction.
+    pub fn lagging_holders(&self, uuid: &Uuid, region: Region, me: NodeId, index: u64) -> Vec<NodeId> {
+        let Some(holders) = self.logs.get(uuid).and_then(|l| l.marks().get(&region)) else { return Vec::new() };
+        let nodes: BTreeSet<NodeId> = holders.iter().map(|i| i.node).filter(|&n| n != me).collect();
+        nodes.into_iter().filter(|n| self.members.get(n).is_some_and(|m| m.applied < index)).collect()
     }
 
     /// Whether `node`'s id was retired (removed from the cluster).
@@ -115,8 +139,9 @@ impl Machine {
                 // Already gone: nothing to do (a re-sent eviction).
                 None => Applied::answer(Answer::Done),
             },
-            Command::Renew { node, incarnation } => match self.members.get(node) {
+            Command::Renew { node, incarnation, applied } => match self.members.get_mut(node) {
                 Some(m) if m.incarnation == *incarnation => {
+                    m.applied = m.applied.max(*applied);
                     Applied { outcome: Ok(Answer::Done), effects: vec![Effect::LeaseRenewed { node: *node }] }
                 }
                 _ => Applied::refuse(Refusal::NotAMember(*node)),
@@ -203,7 +228,7 @@ impl Machine {
             None => {}
         }
         self.joins += 1;
-        self.members.insert(node, Member { incarnation, joined: self.joins });
+        self.members.insert(node, Member { incarnation, joined: self.joins, applied: 0 });
         Applied { outcome: Ok(Answer::Done), effects }
     }
 

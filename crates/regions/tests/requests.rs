@@ -1017,3 +1017,39 @@ fn remark_sets_an_instances_marks_to_exactly_the_given_regions() {
     h.ok(a, KernelOp::Remark(Vec::new()));
     assert!(!marked(&h, 5).contains(&a) && !marked(&h, 2).contains(&a));
 }
+
+// ---- A failed leg write and the IN_SYNC answers of other nodes (I5) ----
+
+#[test]
+fn a_failed_write_waits_for_every_other_marker_of_its_region_to_have_applied_it() {
+    let mut h = H::new(3);
+    let (a, b, c) = (inst(1, 1), inst(2, 1), inst(3, 1));
+    for i in [a, b, c] {
+        h.up(i, CORE_NOSYNC);
+    }
+    // Nodes 2 and 3 mark region 4 (they may answer IN_SYNC of it from their
+    // own replicas); node 1's leg write to it fails at log index 10.
+    h.ok(a, KernelOp::Mark(regions(&[4])));
+    h.ok(b, KernelOp::Mark(regions(&[4])));
+    h.ok(c, KernelOp::Mark(regions(&[4, 5])));
+    h.ok(a, KernelOp::SetRegionSync { region: Region(4), in_sync: false });
+    let lagging = |h: &H| h.m.lagging_holders(&h.uuid, Region(4), NodeId(1), 10);
+    assert_eq!(lagging(&h), vec![NodeId(2), NodeId(3)], "nobody renewed yet");
+    let renew = |n: u64, applied: u64| Command::Renew { node: NodeId(n), incarnation: 1, applied };
+    assert!(h.apply(renew(2, 10)).outcome.is_ok());
+    assert!(h.apply(renew(3, 9)).outcome.is_ok());
+    assert_eq!(lagging(&h), vec![NodeId(3)], "node 3 has not applied index 10");
+    // An older renewal committed late does not take back what a newer said.
+    assert!(h.apply(renew(2, 4)).outcome.is_ok());
+    assert_eq!(lagging(&h), vec![NodeId(3)]);
+    // A node that cleared the region no longer answers for it locally.
+    h.ok(c, KernelOp::Clear(regions(&[4])));
+    assert!(lagging(&h).is_empty());
+    // The failing node itself is never waited for, nor a node that marks
+    // other regions only.
+    assert!(h.m.lagging_holders(&h.uuid, Region(5), NodeId(3), 10).is_empty());
+    assert_eq!(h.m.lagging_holders(&h.uuid, Region(5), NodeId(1), 10), vec![NodeId(3)]);
+    // An evicted node has no marks left to answer from.
+    assert!(h.apply(Command::NodeEvicted { node: NodeId(3) }).outcome.is_ok());
+    assert!(h.m.lagging_holders(&h.uuid, Region(5), NodeId(1), 10).is_empty());
+}

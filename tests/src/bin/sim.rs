@@ -41,7 +41,7 @@ struct Args {
     /// A named liveness scenario of the Raft cluster simulation:
     /// writer-crash, partitioned-minority, rejoin, recoverer-dies, frozen,
     /// frozen-at-send, transport-dies, fence-fails, daemon-restart,
-    /// leader-change.
+    /// leader-change, mark-ack-kill, clears-lost, failed-write.
     #[arg(long, value_parser = parse_scenario)]
     scenario: Option<Scenario>,
     /// Replay one seed of `--scenario`.
