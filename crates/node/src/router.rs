@@ -276,6 +276,9 @@ impl<L: LeaderLink> Router<L> {
                     Command::Kernel { op: KernelOp::SetRegionSync { region, in_sync: false }, .. } => Some(*region),
                     _ => None,
                 };
+                if let Some(rs) = &cleared {
+                    held.proposing_clear(rs);
+                }
                 let rx = self.propose(c)?;
                 if let (true, Some(cc)) = (late, clear) {
                     carried = Some(self.propose(cc)?);
@@ -435,19 +438,27 @@ impl Held {
         self.due.get_or_insert_with(|| Instant::now() + CLEAR_DELAY);
     }
 
+    /// The deferred CLEARs, to be proposed now.
     fn take_clears(&mut self) -> Vec<Region> {
         self.due = None;
-        std::mem::take(&mut self.clears).into_iter().collect()
+        let clears: Vec<Region> = std::mem::take(&mut self.clears).into_iter().collect();
+        self.proposing_clear(&clears);
+        clears
+    }
+
+    /// A CLEAR of `rs` is about to be proposed. From now on it may commit
+    /// at any moment, even if its outcome never reaches this lane (the
+    /// proposer gone, an answer lost), so its regions are no longer held.
+    fn proposing_clear(&mut self, rs: &[Region]) {
+        for r in rs {
+            self.marked.remove(r);
+        }
     }
 
     /// A CLEAR of `rs` committed with `outcome`.
     fn cleared(&mut self, rs: &[Region], outcome: &Outcome) {
         self.seen = self.seen.max(outcome.index);
-        if outcome.answer.is_ok() {
-            for r in rs {
-                self.marked.remove(r);
-            }
-        }
+        self.proposing_clear(rs);
     }
 
     /// A command marking `rs` committed with `outcome`.
@@ -576,5 +587,29 @@ mod canary {
             }
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(index: u64) -> Outcome {
+        Outcome { answer: Ok(wire::Answer::Done), refusal: None, effects: Vec::new(), index }
+    }
+
+    #[test]
+    fn a_region_whose_clear_was_proposed_is_not_held_even_if_its_outcome_is_lost() {
+        let mut held = Held::default();
+        held.committed(&[Region(3), Region(4)], &done(7));
+        assert!(held.holds(&[Region(3)]));
+        held.defer(&[Region(3)]);
+        assert!(held.holds(&[Region(3)]), "a deferred CLEAR is cancelled by a MARK of its region");
+        // The CLEAR goes to the proposer and its outcome never comes back:
+        // it may have committed, so a MARK of region 3 must take a Raft round.
+        let proposed = held.take_clears();
+        assert_eq!(proposed, vec![Region(3)]);
+        assert!(!held.holds(&[Region(3)]));
+        assert!(held.holds(&[Region(4)]));
     }
 }

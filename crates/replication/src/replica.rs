@@ -386,10 +386,17 @@ impl<L: LeaderLink> Replica<L> {
                         let _ = metrics.wait_for(|m| m.current_leader != Some(leader)).await;
                     };
                     tokio::select! {
-                        out = forward(leader) => match out {
-                            Ok(v) => return Ok(Some(v)),
-                            Err(ForwardError::Fatal(e)) => return Err(ReplicaError::Fatal(e)),
-                            Err(_) => {}
+                        // Any failure of the leader, even its core
+                        // stopping (it crashed or is shutting down), only
+                        // means this attempt's outcome is unknown: this
+                        // node goes on and asks again. Taken for this
+                        // node's own end, it made the router drop a batch
+                        // that had committed (the 10,000-seed run, seed
+                        // 6783: a deferred CLEAR committed unbeknown to its
+                        // lane, which then acknowledged a MARK of the
+                        // region from memory, I1).
+                        out = forward(leader) => if let Ok(v) = out {
+                            return Ok(Some(v));
                         },
                         () = moved => {}
                     }

@@ -1,6 +1,7 @@
 //! Three Raft nodes in one process on the in-memory network, with real redb
 //! stores: proposals from any node, linearizable reads, leader failure,
-//! a partitioned leader, and a full restart from disk.
+//! a partitioned leader, a leader whose core stopped, and a full restart
+//! from disk.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -139,6 +140,24 @@ async fn an_acknowledged_flush_survives_the_leaders_death() {
     assert_eq!(read(survivors[1], survivors[1].id.0, Query::IsClean(Region(3))).await, Answer::Bool(true));
     assert_ne!(survivors[0].leader(), Some(leader));
     converge(&survivors).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_core_stopped_is_not_the_followers_end() {
+    let dir = TempDir::new().unwrap();
+    let net = MemNet::new();
+    let nodes = cluster(dir.path(), &net).await;
+    nodes[0].propose(bring_up(1), deadline()).await.unwrap();
+    let leader = nodes[0].leader().unwrap();
+    // The leader's core stops while it can still be reached: a forwarded
+    // call gets its "raft stopped" answer, which says nothing of the
+    // follower's own core. The follower asks again until the survivors
+    // elected a leader, and the proposal commits.
+    nodes[leader.0 as usize - 1].shutdown().await;
+    let follower = nodes.iter().find(|n| n.id != leader).unwrap();
+    let out = follower.propose(bring_up(follower.id.0), deadline()).await;
+    assert!(out.is_ok(), "{out:?}");
+    assert_ne!(follower.leader(), Some(leader));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
