@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Builds the lab's guest: Debian's cloud kernel (unpacked, not installed)
 # and an initramfs with busybox, the device-mapper and virtio modules,
-# dmsetup, and the given dmlogd/dmlogctl binaries.
+# dmsetup, the given dmlogd/dmlogctl binaries and the lab's write load.
 #
-#   tests/lab/image.sh <out dir> <dmlogd> <dmlogctl>
+#   tests/lab/image.sh <out dir> <dmlogd> <dmlogctl> [<lab-writer>]
 #
 # Writes <out dir>/vmlinuz and <out dir>/initrd.gz. The kernel package is
 # cached in <out dir>/kernel; Debian packages the build needs are installed
 # with apt-get when missing (as root).
 set -euo pipefail
 
-out=$1 dmlogd=$2 dmlogctl=$3
+out=$1 dmlogd=$2 dmlogctl=$3 writer=${4:-}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -85,6 +85,7 @@ copy_prog() {
 copy_prog "$dmsetup" /sbin/dmsetup
 copy_prog "$dmlogd" /bin/dmlogd
 copy_prog "$dmlogctl" /bin/dmlogctl
+if [ -n "$writer" ]; then copy_prog "$writer" /bin/lab-writer; fi
 # The loader at the path the binaries name.
 if [ -e /lib64/ld-linux-x86-64.so.2 ]; then cp -L /lib64/ld-linux-x86-64.so.2 "$stage/lib64/"; fi
 

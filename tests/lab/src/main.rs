@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Scenarios: `single`, `three`, `crash`, `partition`, `partition-suspend`,
-//! `disk`, `speed`;
+//! `disk`, `daemon-kill`, `speed`, `failover`;
 //! `ci` is the first three, `all` every one. `tests/lab/run` builds the
 //! image and calls this. The run directory (disk images, consoles with
 //! dmlogd's log) is removed after a pass (unless `LAB_KEEP` is set) and
@@ -21,8 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-const USAGE: &str =
-    "usage: lab --image <dir> [--dir <run dir>] <single|three|crash|partition|partition-suspend|disk|speed|ci|all>...";
+const USAGE: &str = "usage: lab --image <dir> [--dir <run dir>] <single|three|crash|partition|partition-suspend|disk|daemon-kill|speed|failover|ci|all>...";
 
 fn main() -> ExitCode {
     let mut image = None;

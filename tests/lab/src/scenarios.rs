@@ -27,6 +27,7 @@ pub const ALL: &[(&str, Scenario, &[&str])] = &[
         &["Userspace log server not found", "Attempting to contact userspace log server", "Request timed out"],
     ),
     ("speed", speed, &[]),
+    ("failover", failover, &[]),
 ];
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -527,48 +528,100 @@ fn disk(lab: &Lab) -> Outcome<()> {
     lab.legs_identical()
 }
 
-/// MiB/s of one O_DIRECT `dd` into the device, timed in the guest.
-fn dd_rate(g: &mut Guest, dev: &str, bs: &str, count: u32) -> Outcome<f64> {
-    let out = g.run(
-        &format!(
-            "t0=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero of={dev} bs={bs} count={count} oflag=direct 2>/dev/null || exit 1; t1=$(cut -d' ' -f1 /proc/uptime); echo $t0 $t1"
-        ),
-        SECS(900),
-    )?;
-    let t: Vec<f64> = out.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    let [t0, t1] = t[..] else { return Err(format!("dd timing: {out}")) };
-    let bytes = f64::from(count) * if bs == "1M" { 1024.0 * 1024.0 } else { 4096.0 };
-    Ok(bytes / (t1 - t0).max(0.01) / 1024.0 / 1024.0)
+/// One timed run of `lab-writer` in the guest: writes per second and MiB/s.
+fn write_run(g: &mut Guest, dev: &str, pattern: &str, block: u64, seconds: u64) -> Outcome<(f64, f64)> {
+    let out = g.run(&format!("lab-writer {dev} {pattern} {block} {seconds}"), SECS(seconds + 600))?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let field = |name: &str| -> Option<f64> {
+        let i = words.iter().position(|w| *w == name)?;
+        words.get(i + 1)?.parse().ok()
+    };
+    let (Some(writes), Some(bytes), Some(secs)) = (field("writes"), field("bytes"), field("seconds")) else {
+        return Err(format!("lab-writer on node {}: {out}", g.node));
+    };
+    let secs = secs.max(0.001);
+    Ok((writes / secs, bytes / secs / 1024.0 / 1024.0))
 }
 
-/// `dd` into the mirror with the 3-node `clustered-core` log and with the
-/// kernel's own `core` log, in the same guest and run: the ratio.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The commit the lab's binaries were built from (for the CSV).
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(|| "unknown".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+/// Writes per run, per pattern and log; `SPEED_SECONDS` overrides.
+const SPEED_SECONDS: u64 = 6;
+/// Runs of each log, interleaved (clustered, core, clustered, ...).
+const SPEED_RUNS: usize = 3;
+
+/// The 3-node `clustered-core` log against the kernel's own `core` log on
+/// the same legs, in the same guests and run: one writer at a time, on the
+/// leader and on a follower; sequential 4 KiB, random-offset 4 KiB over the
+/// whole device, sequential 1 MiB; each measured in `SPEED_RUNS` runs of
+/// `SPEED_SECONDS` interleaved with the `core` log's. Prints medians and
+/// ratios; every run goes to `<image dir>/speed.csv`.
 fn speed(lab: &Lab) -> Outcome<()> {
+    let seconds = std::env::var("SPEED_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(SPEED_SECONDS);
     let mut guests = boot(lab, 3)?;
     cluster_up(&mut guests, REBOOT)?;
     for g in guests.iter_mut() {
         create(g, "m", &table("lab-speed", &[], "clustered-core", &["nosync"], LEG1))?;
     }
-    let g = &mut guests[0];
-    let cl_4k = dd_rate(g, "/dev/mapper/m", "4k", 1024)?;
-    let cl_1m = dd_rate(g, "/dev/mapper/m", "1M", 64)?;
+    let leader = status(&mut guests[0])?["leader"].as_u64().ok_or("no leader")? as usize;
+    let follower = if leader == 1 { 2 } else { 1 };
+    let core = "dmsetup create c --table \"0 131072 mirror core 2 1024 nosync 2 $(readlink -f /dev/lab/leg0) 0 $(readlink -f /dev/lab/leg1) 0 1 handle_errors\"";
+    let patterns = [("seq-4k", "seq", 4096), ("rand-4k", "rand", 4096), ("seq-1M", "seq", 1 << 20)];
+    let (commit, when) =
+        (commit(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+    let mut csv = String::new();
+    println!("   {seconds} s per run, {SPEED_RUNS} runs of each log interleaved; medians");
+    for (role, node) in [("leader", leader), ("follower", follower)] {
+        let g = &mut guests[node - 1];
+        g.sh(core)?;
+        for (name, pattern, block) in patterns {
+            let (mut cl, mut co) = (Vec::new(), Vec::new());
+            for run in 1..=SPEED_RUNS {
+                for (log, dev, into) in
+                    [("clustered-core", "/dev/mapper/m", &mut cl), ("core", "/dev/mapper/c", &mut co)]
+                {
+                    let (iops, mibs) = write_run(g, dev, pattern, block, seconds)?;
+                    csv.push_str(&format!("{when},{commit},{role},{name},{run},{log},{iops:.1},{mibs:.3}\n"));
+                    into.push((iops, mibs));
+                }
+            }
+            let (mut cl_iops, mut cl_mib): (Vec<f64>, Vec<f64>) = cl.into_iter().unzip();
+            let (mut co_iops, mut co_mib): (Vec<f64>, Vec<f64>) = co.into_iter().unzip();
+            let (a, b) = (median(&mut cl_mib), median(&mut co_mib));
+            println!(
+                "   writer on the {role:<8} {name:<8} clustered-core {a:>8.2} MiB/s ({:>7.0} writes/s), core {b:>8.2} MiB/s ({:>7.0}/s), ratio {:.3}",
+                median(&mut cl_iops),
+                median(&mut co_iops),
+                a / b
+            );
+        }
+        g.sh("dmsetup remove c")?;
+    }
+    println!("   (cmirrord in the same kind of lab: ratio 0.020 at 4k, 0.10 at 1M)");
+    let path = lab.image.join("speed.csv");
+    let fresh = !path.exists();
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| e.to_string())?;
+    if fresh {
+        csv.insert_str(0, "unix_time,commit,writer,pattern,run,log,writes_per_s,mib_per_s\n");
+    }
+    std::io::Write::write_all(&mut out, csv.as_bytes()).map_err(|e| e.to_string())?;
+    println!("   runs appended to {}", path.display());
     for g in guests.iter_mut() {
         g.sh("dmsetup remove m")?;
     }
-    let g = &mut guests[0];
-    g.sh("dmsetup create c --table \"0 131072 mirror core 2 1024 nosync 2 $(readlink -f /dev/lab/leg0) 0 $(readlink -f /dev/lab/leg1) 0 1 handle_errors\"")?;
-    let core_4k = dd_rate(g, "/dev/mapper/c", "4k", 1024)?;
-    let core_1m = dd_rate(g, "/dev/mapper/c", "1M", 64)?;
-    g.sh("dmsetup remove c")?;
-    println!(
-        "   bs=4k: clustered-core (3 nodes) {cl_4k:.2} MiB/s, core {core_4k:.2} MiB/s, ratio {:.2}",
-        cl_4k / core_4k
-    );
-    println!(
-        "   bs=1M: clustered-core (3 nodes) {cl_1m:.1} MiB/s, core {core_1m:.1} MiB/s, ratio {:.2}",
-        cl_1m / core_1m
-    );
-    println!("   (cmirrord in the same lab: ratio 0.020 at 4k, 0.10 at 1M)");
     stop(guests);
     Ok(())
 }
@@ -647,4 +700,114 @@ fn daemon_kill(lab: &Lab) -> Outcome<()> {
     guests[1].sh("dmsetup remove slow1")?;
     stop(guests);
     lab.legs_identical()
+}
+
+/// The mirror's initial resync on node 1 alone, `core` log then
+/// `clustered-core` (3 nodes up), timed in the guest: seconds each.
+fn initial_resync(g: &mut Guest) -> Outcome<(f64, f64)> {
+    let timed = |g: &mut Guest, create: &str, name: &str| -> Outcome<f64> {
+        let out = g.run(
+            &format!(
+                "t0=$(cut -d' ' -f1 /proc/uptime); {create} || exit 1; wait_in_sync {name} 900 || exit 1; t1=$(cut -d' ' -f1 /proc/uptime); echo $t0 $t1"
+            ),
+            SECS(960),
+        )?;
+        let t: Vec<f64> = out.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        match t[..] {
+            [.., t0, t1] => Ok(t1 - t0),
+            _ => Err(format!("resync timing: {out}")),
+        }
+    };
+    let core = timed(
+        g,
+        "dmsetup create c --table \"0 131072 mirror core 1 1024 2 $(readlink -f /dev/lab/leg0) 0 $(readlink -f /dev/lab/leg1) 0 1 handle_errors\"",
+        "c",
+    )?;
+    g.sh("dmsetup remove c")?;
+    let clustered = timed(
+        g,
+        &format!("dmsetup create m --table \"{}\"", table("lab-failover", &[], "clustered-core", &[], LEG1)),
+        "m",
+    )?;
+    Ok((core, clustered))
+}
+
+/// How long the writers run in `failover`, and when the leader dies.
+const FAILOVER_WRITE_SECS: u64 = 30;
+const FAILOVER_CRASH_AFTER: Duration = Duration::from_secs(8);
+
+/// Measures the two failover costs of the write path. First the initial
+/// resync of the 64 MiB mirror, `core` log against `clustered-core`. Then
+/// the leader crashes (qemu killed) while both other nodes write 4 KiB
+/// blocks sequentially: each survivor's longest single write is its stall.
+/// Checks that both writers finished without an error, the survivors are
+/// in sync, and the legs are identical.
+fn failover(lab: &Lab) -> Outcome<()> {
+    let mut guests = boot(lab, 3)?;
+    cluster_up(&mut guests, REBOOT)?;
+    let (core, clustered) = initial_resync(&mut guests[0])?;
+    println!(
+        "   initial resync of the 64 MiB mirror on node 1: core {core:.2} s, clustered-core {clustered:.2} s ({:.1}x)",
+        clustered / core.max(0.001)
+    );
+    let metrics = guests[0].sh("wget -qO- http://127.0.0.1:9100/metrics")?;
+    println!("   node 1's requests during the resync: {}", request_summary(&metrics));
+    for g in guests[1..].iter_mut() {
+        create(g, "m", &table("lab-failover", &[], "clustered-core", &[], LEG1))?;
+        wait_in_sync(g, "m", 120)?;
+    }
+    let leader = status(&mut guests[0])?["leader"].as_u64().ok_or("no leader")? as usize;
+    let writers: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
+    for &n in &writers {
+        guests[n - 1].sh(&format!(
+            "rm -f /tmp/lw.rc; (lab-writer /dev/mapper/m seq 4096 {FAILOVER_WRITE_SECS} > /tmp/lw.out 2>&1; echo $? > /tmp/lw.rc) &"
+        ))?;
+    }
+    std::thread::sleep(FAILOVER_CRASH_AFTER);
+    guests[leader - 1].kill();
+    println!("   leader node {leader} killed {} s into the writes", FAILOVER_CRASH_AFTER.as_secs());
+    for &n in &writers {
+        let g = &mut guests[n - 1];
+        let out = g.run(
+            "n=0; while [ ! -e /tmp/lw.rc ] && [ $n -lt 1200 ]; do sleep 0.5; n=$((n+1)); done; cat /tmp/lw.rc /tmp/lw.out",
+            SECS(FAILOVER_WRITE_SECS + 660),
+        )?;
+        let words: Vec<&str> = out.split_whitespace().collect();
+        if words.first() != Some(&"0") {
+            return Err(format!("node {n}: the writer failed or did not finish: {out}"));
+        }
+        let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)).copied();
+        println!(
+            "   survivor node {n}: {} writes; per write p50 {} ms, p99 {} ms; longest {} ms, started at {} s",
+            field("writes").unwrap_or("?"),
+            field("p50_ms").unwrap_or("?"),
+            field("p99_ms").unwrap_or("?"),
+            field("max_ms").unwrap_or("?"),
+            field("max_at_s").unwrap_or("?"),
+        );
+    }
+    for &n in &writers {
+        wait_in_sync(&mut guests[n - 1], "m", 120)?;
+    }
+    for &n in &writers {
+        guests[n - 1].sh("dmsetup remove m")?;
+    }
+    stop(guests);
+    lab.legs_identical()
+}
+
+/// "TYPE count×mean ms, ..." of every request type the node answered, from
+/// its `dmlogd_request_seconds` histogram.
+fn request_summary(metrics: &str) -> String {
+    let mut out = Vec::new();
+    for l in metrics.lines() {
+        let Some(rest) = l.strip_prefix("dmlogd_request_seconds_count{request=\"") else { continue };
+        let Some((name, value)) = rest.split_once("\"}") else { continue };
+        let count: f64 = value.trim().parse().unwrap_or(0.0);
+        let sum = metric_sum(metrics, &format!("dmlogd_request_seconds_sum{{request=\"{name}\"}}"));
+        if count > 0.0 {
+            out.push(format!("{name} {count}x{:.1} ms", sum / count * 1000.0));
+        }
+    }
+    out.join(", ")
 }

@@ -1,0 +1,100 @@
+//! `lab-writer`: the lab's write load, run inside a guest. One process
+//! writes O_DIRECT blocks into a device for a given time, sequentially or
+//! at random block offsets over the whole device, one write at a time, and
+//! prints how many it wrote, how long that took and how long single writes
+//! took (median, 99th percentile, and the longest with the moment it
+//! started: a write stalled by a failover). One process for the whole run,
+//! so that a process start per write (a shell loop of `dd`) does not hide
+//! the cost of the log.
+//!
+//! Usage: `lab-writer DEVICE seq|rand BLOCK_BYTES SECONDS`
+//! Prints: `writes N bytes B seconds S p50_ms X p99_ms Y max_ms Z max_at_s T`.
+
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// `O_DIRECT` on x86-64 Linux.
+const O_DIRECT: i32 = 0o40000;
+/// Buffer alignment O_DIRECT needs (a page covers every logical block size).
+const ALIGN: usize = 4096;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lab-writer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<String, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [device, pattern, block, seconds] = &args[..] else {
+        return Err("usage: lab-writer DEVICE seq|rand BLOCK_BYTES SECONDS".into());
+    };
+    let random = match pattern.as_str() {
+        "seq" => false,
+        "rand" => true,
+        other => return Err(format!("pattern {other:?}: seq or rand")),
+    };
+    let block: usize = block.parse().map_err(|e| format!("block size {block:?}: {e}"))?;
+    if block == 0 || !block.is_multiple_of(ALIGN) {
+        return Err(format!("block size {block}: a positive multiple of {ALIGN}"));
+    }
+    let seconds: f64 = seconds.parse().map_err(|e| format!("seconds {seconds:?}: {e}"))?;
+    let limit = Duration::try_from_secs_f64(seconds).map_err(|e| format!("seconds {seconds}: {e}"))?;
+    let mut file =
+        OpenOptions::new().write(true).custom_flags(O_DIRECT).open(device).map_err(|e| format!("{device}: {e}"))?;
+    let size = file.seek(SeekFrom::End(0)).map_err(|e| format!("{device}: {e}"))?;
+    let blocks = size / block as u64;
+    if blocks == 0 {
+        return Err(format!("{device}: {size} bytes, smaller than one block"));
+    }
+    // An aligned buffer inside a larger one, filled with a pattern that
+    // changes per write (the legs then hold data, not zeros).
+    let mut backing = vec![0u8; block + ALIGN];
+    let skip = backing.as_ptr().align_offset(ALIGN);
+    let buf = backing.get_mut(skip..skip + block).ok_or("buffer alignment")?;
+    let mut state = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+    let started = Instant::now();
+    let mut writes: u64 = 0;
+    let mut took: Vec<Duration> = Vec::new();
+    let (mut longest, mut longest_at) = (Duration::ZERO, Duration::ZERO);
+    while started.elapsed() < limit {
+        // xorshift64: offsets and contents, no dependency needed.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let index = if random { state % blocks } else { writes % blocks };
+        buf[..8].copy_from_slice(&state.to_le_bytes());
+        let at = started.elapsed();
+        file.write_all_at(buf, index * block as u64).map_err(|e| format!("{device}: write {writes}: {e}"))?;
+        let one = started.elapsed().saturating_sub(at);
+        if one > longest {
+            (longest, longest_at) = (one, at);
+        }
+        took.push(one);
+        writes += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    took.sort_unstable();
+    let ms = |q: f64| {
+        let i = ((took.len() as f64 - 1.0) * q).round() as usize;
+        took.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Ok(format!(
+        "writes {writes} bytes {} seconds {elapsed:.3} p50_ms {:.3} p99_ms {:.3} max_ms {:.3} max_at_s {:.3}",
+        writes * block as u64,
+        ms(0.5),
+        ms(0.99),
+        longest.as_secs_f64() * 1000.0,
+        longest_at.as_secs_f64()
+    ))
+}
