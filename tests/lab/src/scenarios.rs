@@ -531,11 +531,7 @@ fn disk(lab: &Lab) -> Outcome<()> {
 /// One timed run of `lab-writer` in the guest: writes per second and MiB/s.
 fn write_run(g: &mut Guest, dev: &str, pattern: &str, block: u64, seconds: u64) -> Outcome<(f64, f64)> {
     let out = g.run(&format!("lab-writer {dev} {pattern} {block} {seconds}"), SECS(seconds + 600))?;
-    let words: Vec<&str> = out.split_whitespace().collect();
-    let field = |name: &str| -> Option<f64> {
-        let i = words.iter().position(|w| *w == name)?;
-        words.get(i + 1)?.parse().ok()
-    };
+    let field = |name: &str| -> Option<f64> { writer_field(&out, name)?.parse().ok() };
     let (Some(writes), Some(bytes), Some(secs)) = (field("writes"), field("bytes"), field("seconds")) else {
         return Err(format!("lab-writer on node {}: {out}", g.node));
     };
@@ -543,9 +539,26 @@ fn write_run(g: &mut Guest, dev: &str, pattern: &str, block: u64, seconds: u64) 
     Ok((writes / secs, bytes / secs / 1024.0 / 1024.0))
 }
 
+/// The value after `name` in `lab-writer`'s "name value name value ..." line.
+fn writer_field<'a>(out: &'a str, name: &str) -> Option<&'a str> {
+    let mut words = out.split_whitespace();
+    words.position(|w| w == name)?;
+    words.next()
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The shell command creating mirror `c` on the lab's legs with the
+/// kernel's own `core` log (1024-sector regions) and `options`.
+fn create_core(options: &[&str]) -> String {
+    format!(
+        "dmsetup create c --table \"0 131072 mirror core {} 1024 {} 2 $(readlink -f /dev/lab/leg0) 0 $(readlink -f /dev/lab/leg1) 0 1 handle_errors\"",
+        options.len() + 1,
+        options.join(" ")
+    )
 }
 
 /// The commit the lab's binaries were built from (for the CSV).
@@ -578,7 +591,7 @@ fn speed(lab: &Lab) -> Outcome<()> {
     }
     let leader = status(&mut guests[0])?["leader"].as_u64().ok_or("no leader")? as usize;
     let follower = if leader == 1 { 2 } else { 1 };
-    let core = "dmsetup create c --table \"0 131072 mirror core 2 1024 nosync 2 $(readlink -f /dev/lab/leg0) 0 $(readlink -f /dev/lab/leg1) 0 1 handle_errors\"";
+    let core = create_core(&["nosync"]);
     let patterns = [("seq-4k", "seq", 4096), ("rand-4k", "rand", 4096), ("seq-1M", "seq", 1 << 20)];
     let (commit, when) =
         (commit(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()));
@@ -586,7 +599,7 @@ fn speed(lab: &Lab) -> Outcome<()> {
     println!("   {seconds} s per run, {SPEED_RUNS} runs of each log interleaved; medians");
     for (role, node) in [("leader", leader), ("follower", follower)] {
         let g = &mut guests[node - 1];
-        g.sh(core)?;
+        g.sh(&core)?;
         for (name, pattern, block) in patterns {
             let (mut cl, mut co) = (Vec::new(), Vec::new());
             for run in 1..=SPEED_RUNS {
@@ -718,11 +731,7 @@ fn initial_resync(g: &mut Guest) -> Outcome<(f64, f64)> {
             _ => Err(format!("resync timing: {out}")),
         }
     };
-    let core = timed(
-        g,
-        "dmsetup create c --table \"0 131072 mirror core 1 1024 2 $(readlink -f /dev/lab/leg0) 0 $(readlink -f /dev/lab/leg1) 0 1 handle_errors\"",
-        "c",
-    )?;
+    let core = timed(g, &create_core(&[]), "c")?;
     g.sh("dmsetup remove c")?;
     let clustered = timed(
         g,
@@ -776,7 +785,7 @@ fn failover(lab: &Lab) -> Outcome<()> {
         if words.first() != Some(&"0") {
             return Err(format!("node {n}: the writer failed or did not finish: {out}"));
         }
-        let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)).copied();
+        let field = |name: &str| writer_field(&out, name);
         println!(
             "   survivor node {n}: {} writes; per write p50 {} ms, p99 {} ms; longest {} ms, started at {} s",
             field("writes").unwrap_or("?"),
