@@ -91,6 +91,12 @@ pub fn i06_one_recoverer_per_region(log: &Log) -> Result<(), Violation> {
             return fail("I6", log, Some(*r), format!("assigned twice (also to {i})"));
         }
     }
+    // A claim is a future assignment: nobody else's.
+    for (i, rs) in log.claims() {
+        if let Some(r) = rs.iter().find(|r| !seen.insert(**r)) {
+            return fail("I6", log, Some(*r), format!("claimed by {i} and assigned or claimed elsewhere"));
+        }
+    }
     Ok(())
 }
 
@@ -112,9 +118,19 @@ pub fn i08_sync_count_in_range(log: &Log) -> Result<(), Violation> {
     Ok(())
 }
 
-/// I9: an assigned region is below region_count, out of sync, and held by a
-/// resumed instance of the log.
+/// I9: an assigned or claimed region is below region_count, out of sync,
+/// and held by a resumed instance of the log.
 pub fn i09_assignments_recoverable(log: &Log) -> Result<(), Violation> {
+    for (i, rs) in log.claims() {
+        for r in rs {
+            if r.0 >= log.region_count() || log.in_sync(*r) {
+                return fail("I9", log, Some(*r), format!("claimed by {i} but in sync or out of range"));
+            }
+        }
+        if log.instances().get(i).map(|s| s.phase) != Some(Phase::Resumed) {
+            return fail("I9", log, rs.first().copied(), format!("claimed by {i}, which is not resumed"));
+        }
+    }
     for (i, r) in log.assignments() {
         if r.0 >= log.region_count() {
             return fail("I9", log, Some(*r), "assigned beyond region_count");
@@ -152,6 +168,11 @@ pub fn i10_no_instances_of_departed_nodes(machine: &Machine) -> Result<(), Viola
         }
         if let Some((i, r)) = log.assignments().iter().find(|(_, r)| log.unsettled().contains(r)) {
             return fail("I10", log, Some(*r), format!("unsettled region being recovered by {i}"));
+        }
+        for (i, rs) in log.claims() {
+            if let Some(r) = rs.iter().find(|r| log.unsettled().contains(r)) {
+                return fail("I10", log, Some(*r), format!("unsettled region claimed by {i}"));
+            }
         }
     }
     Ok(())
@@ -238,13 +259,28 @@ pub fn i08_sync_count_answer(log: &Log, count: u64) -> Result<(), Violation> {
 }
 
 /// I9 for an answer: resync work is an out-of-sync region below
-/// region_count, assigned to the asking instance.
+/// region_count, assigned to or claimed by the asking instance (a node
+/// hands out its instance's claims itself, `Log::claimed_work`), and not
+/// one another kernel may write unmarked (I6).
 pub fn i09_resync_answer(log: &Log, instance: Instance, region: Region) -> Result<(), Violation> {
     if region.0 >= log.region_count() || log.in_sync(region) {
         return fail("I9", log, Some(region), "handed out a region that is in sync or out of range");
     }
-    if log.assignments().get(&instance) != Some(&region) {
-        return fail("I9", log, Some(region), format!("handed to {instance} but not recorded as its assignment"));
+    if !log.recovers(instance, region) {
+        return fail(
+            "I9",
+            log,
+            Some(region),
+            format!("handed to {instance} but not recorded as its assignment or claim"),
+        );
+    }
+    if log.reserved_for_others(region, instance) {
+        return fail(
+            "I6",
+            log,
+            Some(region),
+            format!("handed to {instance} while another kernel may write it unmarked"),
+        );
     }
     Ok(())
 }

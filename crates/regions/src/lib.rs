@@ -56,6 +56,7 @@
 #![deny(missing_docs)]
 
 mod bitmap;
+mod breaks;
 mod command;
 pub mod ctr;
 mod describe;

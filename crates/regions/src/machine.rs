@@ -361,6 +361,17 @@ impl Machine {
         })
     }
 
+    /// GET_RESYNC_WORK from `instance` of log `uuid` answered by its own
+    /// node from this copy of the state, without a commit (see
+    /// [`Log::claimed_work`]; `done` are the regions that node already
+    /// answered SET_REGION_SYNC for). `None`: ask through Raft.
+    pub fn claimed_work(&self, uuid: &Uuid, instance: Instance, done: &BTreeSet<Region>) -> Option<Region> {
+        if !self.members.contains_key(&instance.node) {
+            return None;
+        }
+        self.logs.get(uuid)?.claimed_work(instance, done)
+    }
+
     /// Whether a FLUSH without marks from `instance` of log `uuid` would
     /// change nothing and answer `Done`: a member's existing instance of a
     /// `clustered-core` log. Such a FLUSH has nothing to make durable
@@ -409,7 +420,7 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
         KernelOp::Presuspend => {
             // The kernel stopped recovery and waited for the region copy in
             // flight before sending this; nothing of ours is being recovered.
-            log.assignments.remove(&i);
+            log.release_recovery(i);
             set_phase(log, Phase::Presuspended);
             // Its remaining writes to out-of-sync regions wait for a resync
             // that only a resumed kernel can do, and only once woken.
@@ -422,7 +433,7 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
             Applied { outcome: Ok(Answer::Done), effects }
         }
         KernelOp::Postsuspend => {
-            log.assignments.remove(&i);
+            log.release_recovery(i);
             set_phase(log, Phase::Suspended);
             log.node_suspended(i.node);
             // Regions it let writes through to stay reserved for its own

@@ -92,6 +92,8 @@ struct MLog {
     marks: Vec<(u64, u64, u64)>,
     insts: Vec<MInst>,
     assigned: Vec<(u64, u64, u64)>,
+    /// Regions claimed ahead for resync: (node, luid, region).
+    claimed: Vec<(u64, u64, u64)>,
     failed: Vec<u64>,
     activated: bool,
     awaiting: Vec<u64>,
@@ -133,6 +135,7 @@ impl MLog {
             marks: vec![],
             insts: vec![],
             assigned: vec![],
+            claimed: vec![],
             failed: vec![],
             activated: false,
             awaiting: vec![],
@@ -190,6 +193,7 @@ impl MLog {
             }
         }
         self.assigned.retain(|a| !(a.0 == node && a.1 == luid));
+        self.claimed.retain(|a| !(a.0 == node && a.1 == luid));
         self.insts.retain(|i| !(i.node == node && i.luid == luid));
         went
     }
@@ -302,6 +306,7 @@ impl Model {
             }
             KOp::Presuspend | KOp::Postsuspend => {
                 log.assigned.retain(|a| !(a.0 == node && a.1 == luid));
+                log.claimed.retain(|a| !(a.0 == node && a.1 == luid));
                 log.insts[ii].phase = if matches!(k, KOp::Presuspend) { 2 } else { 3 };
                 if matches!(k, KOp::Postsuspend) && log.awaiting.contains(&node) && !log.suspended_since.contains(&node)
                 {
@@ -344,6 +349,7 @@ impl Model {
                     rs.dedup();
                     if !rs.is_empty() {
                         log.assigned.retain(|a| !rs.contains(&a.2));
+                        log.claimed.retain(|a| !rs.contains(&a.2));
                         log.unsettled.extend(rs);
                         log.suspended_since.retain(|s| *s != node);
                         if !log.awaiting.contains(&node) {
@@ -383,16 +389,36 @@ impl Model {
                 if let Some(a) = log.assigned.iter().find(|a| a.0 == node && a.1 == luid) {
                     return (Ok(Answer::ResyncWork(Some(Region(a.2)))), vec![]);
                 }
-                for r in 0..log.n as u64 {
-                    let free = !log.sync[r as usize]
-                        && !log.assigned.iter().any(|a| a.2 == r)
+                let copyable = |log: &MLog, r: u64| {
+                    !log.sync[r as usize]
                         && !log.failed.contains(&r)
                         && !log.unsettled.contains(&r)
-                        && log.marks.iter().filter(|m| m.2 == r).all(|m| m.0 == node && m.1 == luid);
-                    if free {
-                        log.assigned.push((node, luid, r));
-                        return (Ok(Answer::ResyncWork(Some(Region(r)))), vec![]);
-                    }
+                        && log.marks.iter().filter(|m| m.2 == r).all(|m| m.0 == node && m.1 == luid)
+                };
+                // Its own claims first, lowest first; those it can no
+                // longer copy are dropped.
+                let mut mine: Vec<u64> =
+                    log.claimed.iter().filter(|a| a.0 == node && a.1 == luid).map(|a| a.2).collect();
+                mine.sort();
+                log.claimed.retain(|a| !(a.0 == node && a.1 == luid));
+                let mine: Vec<u64> = mine.into_iter().filter(|r| copyable(log, *r)).collect();
+                if let Some((&first, rest)) = mine.split_first() {
+                    log.claimed.extend(rest.iter().map(|r| (node, luid, *r)));
+                    log.assigned.push((node, luid, first));
+                    return (Ok(Answer::ResyncWork(Some(Region(first)))), vec![]);
+                }
+                let free: Vec<u64> = (0..log.n as u64)
+                    .filter(|&r| {
+                        copyable(log, r)
+                            && !log.assigned.iter().any(|a| a.2 == r)
+                            && !log.claimed.iter().any(|a| a.2 == r)
+                    })
+                    .take(regions::limits::RESYNC_CLAIM)
+                    .collect();
+                if let Some((&first, rest)) = free.split_first() {
+                    log.assigned.push((node, luid, first));
+                    log.claimed.extend(rest.iter().map(|r| (node, luid, *r)));
+                    return (Ok(Answer::ResyncWork(Some(Region(first)))), vec![]);
                 }
                 (Ok(Answer::ResyncWork(None)), vec![])
             }
@@ -400,8 +426,9 @@ impl Model {
                 if *r as usize >= log.n {
                     return err(Errno::EINVAL);
                 }
-                let assigned = log.assigned.contains(&(node, luid, *r));
+                let assigned = log.assigned.contains(&(node, luid, *r)) || log.claimed.contains(&(node, luid, *r));
                 log.assigned.retain(|a| *a != (node, luid, *r));
+                log.claimed.retain(|a| *a != (node, luid, *r));
                 if *s {
                     if assigned {
                         log.sync[*r as usize] = true;
@@ -567,6 +594,13 @@ fn same_state(model: &Model, m: &Machine) -> Result<(), String> {
         got.sort();
         if want != got {
             return Err(format!("marks: machine {got:?}, model {want:?}"));
+        }
+        let mut want: Vec<(u64, u64, u64)> = ml.claimed.clone();
+        want.sort();
+        let got: Vec<(u64, u64, u64)> =
+            log.claims().iter().flat_map(|(i, rs)| rs.iter().map(move |r| (i.node.0, i.luid.0, r.0))).collect();
+        if want != got {
+            return Err(format!("claims: machine {got:?}, model {want:?}"));
         }
         let mut want: Vec<(u64, u64, u64)> = ml.assigned.clone();
         want.sort();

@@ -5,12 +5,14 @@
 
 mod support;
 
-use regions::{Command, DiskImage, Effect, KernelOp, Machine, NodeId, Query, Refusal, disk};
+use regions::limits::RESYNC_CLAIM;
+use regions::{Command, DiskImage, Effect, Instance, KernelOp, Machine, NodeId, Query, Refusal, disk};
 use support::{H, inst, kicked, regions};
 use wire::{Answer, Errno, Region};
 
 const CORE: &str = "64 clustered-core 8"; // 8 regions of 8 sectors
 const CORE_NOSYNC: &str = "64 clustered-core 8 nosync";
+const LARGE: &str = "1024 clustered-core 8"; // 128 regions
 const DISK: &str = "64 clustered-disk 253:3 8";
 
 // ---- CTR (spec §3.2, §4) ----
@@ -258,7 +260,71 @@ fn two_nodes_recover_different_regions_at_once() {
     h.up(a, CORE);
     h.up(b, CORE);
     assert_eq!(h.work(a), Some(0));
-    assert_eq!(h.work(b), Some(1), "never a region another node recovers (I6)");
+    assert_eq!(h.work(b), None, "a claimed the rest of this small log: never a region another node recovers (I6)");
+    let mut h = H::new(2);
+    h.up(a, LARGE);
+    h.up(b, LARGE);
+    assert_eq!(h.work(a), Some(0));
+    assert_eq!(h.work(b), Some(RESYNC_CLAIM as u64), "past a's claims");
+}
+
+#[test]
+fn claimed_regions_are_handed_out_by_the_claimers_node_and_believed_in_sync() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, LARGE);
+    h.up(b, LARGE);
+    assert_eq!(h.claimed(a, &[]), None, "nothing claimed before a replicated GET_RESYNC_WORK");
+    assert_eq!(h.work(a), Some(0));
+    assert_eq!(h.claimed(a, &[]), None, "its own assignment is repeated only by the replicated answer (I9)");
+    assert_eq!(h.claimed(a, &[0]), Some(1));
+    assert_eq!(h.claimed(b, &[]), None, "a claim is its claimer's alone");
+    // a's node answers SET_REGION_SYNC(0) and hands out 1, 2, ... while
+    // the commits of those SET_REGION_SYNCs follow.
+    let mut done = vec![0];
+    while let Some(r) = h.claimed(a, &done) {
+        done.push(r);
+    }
+    assert_eq!(done, (0..RESYNC_CLAIM as u64).collect::<Vec<_>>());
+    for &r in &done {
+        h.ok(a, KernelOp::SetRegionSync { region: Region(r), in_sync: true });
+    }
+    assert_eq!(h.sync_count(a), RESYNC_CLAIM as u64);
+    assert_eq!(h.claimed(a, &[]), None, "every claim used");
+    assert_eq!(h.work(a), Some(RESYNC_CLAIM as u64), "the next batch through Raft");
+    // A claim whose region another node marked since is skipped by the
+    // node, and dropped by the next replicated answer.
+    h.ok(b, KernelOp::Mark(regions(&[RESYNC_CLAIM as u64 + 1])));
+    assert_eq!(h.claimed(a, &[RESYNC_CLAIM as u64]), Some(RESYNC_CLAIM as u64 + 2));
+    h.ok(a, KernelOp::SetRegionSync { region: Region(RESYNC_CLAIM as u64), in_sync: true });
+    assert_eq!(h.work(a), Some(RESYNC_CLAIM as u64 + 2));
+    h.ok(b, KernelOp::Clear(regions(&[RESYNC_CLAIM as u64 + 1])));
+    assert!(!h.m.log(&h.uuid).unwrap().claims()[&a].contains(&Region(RESYNC_CLAIM as u64 + 1)));
+}
+
+#[test]
+fn claims_go_with_a_suspend_an_eviction_and_a_dtr() {
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    let release: [fn(&mut H, Instance); 3] = [
+        |h, a| h.ok(a, KernelOp::Presuspend),
+        |h, a| {
+            let _ = h.apply(Command::NodeEvicted { node: a.node });
+        },
+        |h, a| h.ok(a, KernelOp::Dtr),
+    ];
+    for (n, release) in release.into_iter().enumerate() {
+        let mut h = H::new(2);
+        h.up(a, LARGE);
+        h.up(b, LARGE);
+        assert_eq!(h.work(a), Some(0));
+        release(&mut h, a);
+        assert_eq!(h.claimed(a, &[0]), None, "case {n}");
+        // A late SET_REGION_SYNC of a released claim (refused outright
+        // from an evicted node or a destroyed table).
+        let _ = h.op(a, KernelOp::SetRegionSync { region: Region(1), in_sync: true });
+        assert!(!h.in_sync(b, 1), "case {n}: a released claim is not believed in sync");
+        assert_eq!(h.work(b), Some(0), "case {n}: the released regions go to a survivor");
+    }
 }
 
 #[test]
@@ -270,9 +336,13 @@ fn a_region_another_node_marked_is_not_recovered_until_cleared() {
     h.ok(b, KernelOp::Mark(regions(&[0])));
     assert_eq!(h.work(a), Some(1));
     h.ok(a, KernelOp::SetRegionSync { region: Region(1), in_sync: true });
-    assert_eq!(h.work(a), Some(2));
+    assert_eq!(h.work(a), Some(2), "from its claims");
     h.ok(a, KernelOp::SetRegionSync { region: Region(2), in_sync: true });
     h.ok(b, KernelOp::Clear(regions(&[0])));
+    for r in 3..8 {
+        assert_eq!(h.work(a), Some(r));
+        h.ok(a, KernelOp::SetRegionSync { region: Region(r), in_sync: true });
+    }
     assert_eq!(h.work(a), Some(0));
     // Own marks do not block: the kernel drains its own writes first.
     let mut h = H::new(1);
@@ -750,12 +820,16 @@ fn a_node_resuming_across_an_eviction_is_kicked_before_those_regions_are_copied(
 fn a_dead_recoverers_region_is_handed_to_a_survivor() {
     let mut h = H::new(2);
     let (a, b) = (inst(1, 1), inst(2, 1));
-    h.up(a, CORE);
-    h.up(b, CORE);
+    h.up(a, LARGE);
+    h.up(b, LARGE);
     assert_eq!(h.work(a), Some(0));
-    assert_eq!(h.work(b), Some(1));
+    let theirs = RESYNC_CLAIM as u64;
+    assert_eq!(h.work(b), Some(theirs));
     let _ = h.apply(Command::NodeEvicted { node: NodeId(1) });
-    h.ok(b, KernelOp::SetRegionSync { region: Region(1), in_sync: true });
+    h.ok(b, KernelOp::SetRegionSync { region: Region(theirs), in_sync: true });
+    assert_eq!(h.work(b), Some(theirs + 1), "its own claims first");
+    h.ok(b, KernelOp::Presuspend);
+    h.ok(b, KernelOp::Resume { disk: None });
     assert_eq!(h.work(b), Some(0), "no stalled resync (cmirrord flaw 2)");
 }
 

@@ -31,7 +31,7 @@ impl Log {
             self.set_out_of_sync(r);
         }
         // A dead recoverer's region stays out of sync and is handed out again.
-        self.assignments.remove(&i);
+        self.release_recovery(i);
         // Its unmarked writes died with it.
         self.halted_passes.remove(&i);
         self.instances.remove(&i);
@@ -138,7 +138,7 @@ impl Log {
         if regions.is_empty() {
             return None;
         }
-        self.assignments.retain(|_, r| !regions.contains(r));
+        self.release_regions(&regions);
         self.unsettle(&regions, BTreeSet::from([n]))
     }
 
@@ -160,7 +160,8 @@ impl Log {
                 regions.insert(*r);
             }
         }
-        self.assignments.retain(|_, r| !regions.contains(r));
-        regions.into_iter().collect()
+        let regions: Vec<Region> = regions.into_iter().collect();
+        self.release_regions(&regions);
+        regions
     }
 }

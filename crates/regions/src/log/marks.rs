@@ -65,7 +65,7 @@ impl Log {
     pub(crate) fn destroy_instance(&mut self, i: Instance) {
         let rs = self.marked_by(i);
         self.clear(i, &rs);
-        self.assignments.remove(&i);
+        self.release_recovery(i);
         self.halted_passes.remove(&i);
         self.instances.remove(&i);
     }

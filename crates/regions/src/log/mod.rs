@@ -88,6 +88,12 @@ pub struct Log {
     /// Regions being recovered, at most one per instance and one instance
     /// per region (I6, I9).
     pub(crate) assignments: BTreeMap<Instance, Region>,
+    /// Regions an instance claimed ahead for its next GET_RESYNC_WORKs
+    /// (see [`Log::resync_work`]), which its own node may hand out
+    /// without a Raft round ([`Log::claimed_work`]). To every other
+    /// instance a claimed region is as good as assigned: never handed to
+    /// them, released as an assignment is.
+    pub(crate) claims: BTreeMap<Instance, BTreeSet<Region>>,
     /// Regions whose recovery failed; not handed out again until a RESUME,
     /// as the kernel's own logs do (retrying a dead leg at once would loop).
     pub(crate) recovery_failed: BTreeSet<Region>,
@@ -177,6 +183,7 @@ impl Log {
             marks: BTreeMap::new(),
             instances: BTreeMap::new(),
             assignments: BTreeMap::new(),
+            claims: BTreeMap::new(),
             recovery_failed: BTreeSet::new(),
             activated: false,
             clean_version: 0,
@@ -236,6 +243,32 @@ impl Log {
     /// Regions being recovered and by whom.
     pub fn assignments(&self) -> &BTreeMap<Instance, Region> {
         &self.assignments
+    }
+
+    /// Regions claimed ahead for resync and by whom.
+    pub fn claims(&self) -> &BTreeMap<Instance, BTreeSet<Region>> {
+        &self.claims
+    }
+
+    /// Instance `i` recovers nothing any more (it suspended, was destroyed
+    /// or evicted): its assignment and claims are released.
+    pub(crate) fn release_recovery(&mut self, i: Instance) {
+        self.assignments.remove(&i);
+        self.claims.remove(&i);
+    }
+
+    /// No copy of `regions` may be under way or start from an earlier
+    /// decision: assignments and claims of them are released (their
+    /// SET_REGION_SYNC will not be believed).
+    pub(crate) fn release_regions(&mut self, regions: &[Region]) {
+        self.assignments.retain(|_, r| !regions.contains(r));
+        if crate::breaks::off("no-claim-release") {
+            return;
+        }
+        for rs in self.claims.values_mut() {
+            rs.retain(|r| !regions.contains(r));
+        }
+        self.claims.retain(|_, rs| !rs.is_empty());
     }
 
     /// The clean bitmap (what a disk log persists).

@@ -9,6 +9,7 @@ use wire::Region;
 
 use super::{Log, Phase};
 use crate::command::{Instance, NodeId};
+use crate::limits::RESYNC_CLAIM;
 
 impl Log {
     /// Whether some resumed instance may copy `r`: recovery of `r` runs.
@@ -25,10 +26,15 @@ impl Log {
     }
 
     /// GET_RESYNC_WORK for `i`: the region it already holds (a kernel
-    /// re-send gets the same answer, I9), else the lowest out-of-sync region
-    /// that no other instance recovers, whose recovery has not failed since
-    /// the last resume, and that no other instance has marked (a node that
-    /// may still be writing a region must finish before it is copied).
+    /// re-send gets the same answer, I9), else its lowest claim that it may
+    /// still copy, else the lowest out-of-sync region that no other
+    /// instance recovers or claims, whose recovery has not failed since the
+    /// last resume, and that no other instance has marked (a node that may
+    /// still be writing a region must finish before it is copied). With a
+    /// new region it claims up to [`RESYNC_CLAIM`] − 1 more such regions
+    /// for its next requests, which its node may hand out itself
+    /// ([`Log::claimed_work`]): a resync then costs one commit per batch of
+    /// regions rather than two per region.
     pub(crate) fn resync_work(&mut self, i: Instance) -> Option<Region> {
         if self.instances.get(&i).map(|s| s.phase) != Some(Phase::Resumed) {
             return None;
@@ -36,24 +42,83 @@ impl Log {
         if let Some(&r) = self.assignments.get(&i) {
             return Some(r);
         }
-        let found = self.resync_candidates().find(|r| {
-            self.marks.get(r).is_none_or(|who| who.iter().all(|m| *m == i)) && !self.reserved_for_others(*r, i)
-        });
+        // Claims that can no longer be copied are dropped, not kept: the
+        // region goes back to everyone's candidates.
+        let claimed: Vec<Region> = self.claims.remove(&i).unwrap_or_default().into_iter().collect();
+        let mut keep: BTreeSet<Region> = claimed.into_iter().filter(|r| self.copyable_by(*r, i)).collect();
+        let found = match keep.pop_first() {
+            Some(r) => Some(r),
+            None => {
+                let mut fresh = self.resync_candidates().filter(|r| self.copyable_by(*r, i));
+                let first = fresh.next();
+                if first.is_some() {
+                    keep.extend(fresh.take(RESYNC_CLAIM - 1));
+                }
+                first
+            }
+        };
+        if !keep.is_empty() {
+            self.claims.insert(i, keep);
+        }
         if let Some(r) = found {
             self.assignments.insert(i, r);
         }
         found
     }
 
+    /// Whether `i` may start a copy of `r` now: out of sync, its recovery
+    /// not failed since the last resume, not unsettled, marked by no other
+    /// instance, not reserved for another instance's copy.
+    fn copyable_by(&self, r: Region, i: Instance) -> bool {
+        !self.sync.get(r.0)
+            && !self.recovery_failed.contains(&r)
+            && !self.unsettled.contains(&r)
+            && self.marks.get(&r).is_none_or(|who| who.iter().all(|m| *m == i))
+            && !self.reserved_for_others(r, i)
+    }
+
+    /// GET_RESYNC_WORK for `i` answered by its own node from this state,
+    /// without a commit: the lowest region `i` claimed that it may copy
+    /// now, not counting `done` (regions its node already answered
+    /// SET_REGION_SYNC for, whose commits may still be on their way).
+    /// `None` when it must ask through Raft: nothing claimed, or an
+    /// assignment of its own outstanding (which only the replicated answer
+    /// may repeat, I9). A claim is a decision the cluster committed, as an
+    /// assignment is, so this answer is as safe as a replicated one made
+    /// at the claim; `copyable_by` is checked again on this node's view
+    /// all the same.
+    pub fn claimed_work(&self, i: Instance, done: &BTreeSet<Region>) -> Option<Region> {
+        if self.instances.get(&i).map(|s| s.phase) != Some(Phase::Resumed) {
+            return None;
+        }
+        if self.assignments.get(&i).is_some_and(|r| !done.contains(r)) {
+            return None;
+        }
+        self.claims.get(&i)?.iter().copied().find(|r| !done.contains(r) && self.copyable_by(*r, i))
+    }
+
+    /// Whether `i` holds `r` as its assignment or a claim.
+    pub fn recovers(&self, i: Instance, r: Region) -> bool {
+        self.assignments.get(&i) == Some(&r) || self.claims.get(&i).is_some_and(|rs| rs.contains(&r))
+    }
+
     /// SET_REGION_SYNC from `i`. In sync is only believed from the instance
-    /// that holds the region's assignment: a re-send that arrives after the
-    /// assignment was released (possibly after the region went out of sync
+    /// that holds the region's assignment or claim: a re-send that arrives
+    /// after it was released (possibly after the region went out of sync
     /// again through an eviction) must not mark it in sync. Out of sync is
     /// always believed.
     pub(crate) fn set_region_sync(&mut self, i: Instance, r: Region, in_sync: bool) {
-        let assigned = self.assignments.get(&i) == Some(&r);
+        let assigned = self.recovers(i, r);
         if assigned {
-            self.assignments.remove(&i);
+            if self.assignments.get(&i) == Some(&r) {
+                self.assignments.remove(&i);
+            }
+            if let Some(rs) = self.claims.get_mut(&i) {
+                rs.remove(&r);
+                if rs.is_empty() {
+                    self.claims.remove(&i);
+                }
+            }
         }
         if in_sync {
             if assigned && self.copied_by(r, i) {
@@ -179,25 +244,33 @@ impl Log {
         if resumed.is_empty() {
             return false;
         }
-        self.resync_candidates().any(|r| {
-            resumed.iter().any(|&i| {
-                !self.assignments.contains_key(&i)
-                    && self.marks.get(&r).is_none_or(|who| who.iter().all(|m| *m == i))
-                    && !self.reserved_for_others(r, i)
+        let own_claim = resumed.iter().any(|&i| {
+            !self.assignments.contains_key(&i)
+                && self.claims.get(&i).is_some_and(|rs| rs.iter().any(|r| self.copyable_by(*r, i)))
+        });
+        own_claim
+            || self.resync_candidates().any(|r| {
+                resumed.iter().any(|&i| {
+                    !self.assignments.contains_key(&i)
+                        && self.marks.get(&r).is_none_or(|who| who.iter().all(|m| *m == i))
+                        && !self.reserved_for_others(r, i)
+                })
             })
-        })
     }
 
-    /// Whether some out-of-sync region could be handed out for resync now.
+    /// Whether some out-of-sync region could be handed out for resync now
+    /// (claimed regions counted: their claimer may be the one suspending).
     pub(crate) fn has_resync_work(&self) -> bool {
-        self.resync_candidates().next().is_some()
+        self.resync_candidates().next().is_some() || !self.claims.is_empty()
     }
 
-    /// Out-of-sync regions in increasing order that nobody recovers, whose
-    /// recovery has not failed since the last resume, and that are not
-    /// unsettled: what GET_RESYNC_WORK may hand out (marks aside).
+    /// Out-of-sync regions in increasing order that nobody recovers or
+    /// claims, whose recovery has not failed since the last resume, and
+    /// that are not unsettled: what GET_RESYNC_WORK may hand out (marks
+    /// aside).
     pub(super) fn resync_candidates(&self) -> impl Iterator<Item = Region> + '_ {
-        let taken: BTreeSet<Region> = self.assignments.values().copied().collect();
+        let taken: BTreeSet<Region> =
+            self.assignments.values().copied().chain(self.claims.values().flatten().copied()).collect();
         self.sync
             .zeros_iter()
             .map(Region)

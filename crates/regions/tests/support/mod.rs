@@ -73,6 +73,17 @@ impl H {
         }
     }
 
+    /// GET_RESYNC_WORK as `i`'s own node answers it from its claims
+    /// (`done`: the regions it already answered SET_REGION_SYNC for),
+    /// checked as a replicated answer is.
+    pub fn claimed(&self, i: Instance, done: &[u64]) -> Option<u64> {
+        let done = done.iter().map(|r| Region(*r)).collect();
+        let r = self.m.claimed_work(&self.uuid, i, &done)?;
+        let log = self.m.log(&self.uuid).expect("a log with claims");
+        regions::invariants::check_answer(log, i, None, &Answer::ResyncWork(Some(r))).unwrap();
+        Some(r.0)
+    }
+
     pub fn in_sync(&self, i: Instance, r: u64) -> bool {
         self.q(i, Query::InSync(Region(r))) == Ok(Answer::Bool(true))
     }

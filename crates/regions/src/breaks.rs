@@ -1,0 +1,29 @@
+//! Safety mechanisms of the machine a simulation may switch off, to show
+//! that the test aimed at each one fails without it
+//! (`DMLOGD_SIM_BREAK=name,name`, as for the node's own in `node::breaks`).
+//!
+//! Compiled in only with the `fault-injection` feature, which the
+//! simulation turns on; in any other build [`off`] is a constant `false`
+//! and the machine stays a pure function of its commands.
+//!
+//! | name | what is switched off |
+//! |---|---|
+//! | `no-claim-release` | releasing resync claims of regions that an eviction or a stale-hints rejoin makes unsafe to copy |
+
+/// Whether the mechanism `name` is switched off.
+#[cfg(feature = "fault-injection")]
+pub(crate) fn off(name: &str) -> bool {
+    static BROKEN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    BROKEN
+        .get_or_init(|| {
+            std::env::var("DMLOGD_SIM_BREAK").map(|v| v.split(',').map(str::to_owned).collect()).unwrap_or_default()
+        })
+        .iter()
+        .any(|f| f == name)
+}
+
+/// Whether the mechanism `name` is switched off: never, in this build.
+#[cfg(not(feature = "fault-injection"))]
+pub(crate) fn off(_name: &str) -> bool {
+    false
+}
