@@ -191,7 +191,10 @@ pub struct RaftCluster {
 ///
 /// * no node is handed a region to copy while another node's kernel holds
 ///   it dirty and may write it without a MARK (an answering node: not
-///   stopped, fenced or out of lease);
+///   stopped, fenced or out of lease), unless that other kernel was let
+///   write it while recovery was halted and so must copy it itself, with
+///   its own writes quiesced, before the region can be in sync
+///   (`Log::passers`);
 /// * I1 from the kernel's side: when a node's kernel gets an answer, every
 ///   region it is writing is not clean in the replicated state;
 /// * every reply delivered, by node and time.
@@ -303,19 +306,35 @@ impl Watch {
     /// No other answering node's kernel holds `region` dirty, unless the
     /// replicated state took the copy back since it was handed out (a
     /// rejoin that re-marked the region did: that copy's end will not be
-    /// believed).
+    /// believed), or that node must copy the region itself before it is in
+    /// sync (it let writes through to it while recovery was halted).
     fn handed_out(&self, id: u64, region: u64, at: u64) {
         let nodes = lock(&self.nodes).clone();
-        let still_held = newest(&nodes).is_none_or(|w| {
+        let newest = newest(&nodes);
+        // Handed out as an assignment or from a claim (by its own node).
+        let still_held = newest.is_none_or(|w| {
             w.replica.state.read(|m| {
-                m.logs().values().any(|l| l.assignments().iter().any(|(i, r)| i.node.0 == id && r.0 == region))
+                m.logs()
+                    .values()
+                    .any(|l| l.instances().keys().any(|i| i.node.0 == id && l.recovers(*i, wire::Region(region))))
             })
         });
         if !still_held {
             return;
         }
+        let passers: BTreeSet<u64> = newest
+            .map(|w| {
+                w.replica.state.read(|m| {
+                    m.logs().values().flat_map(|l| l.passers(wire::Region(region)).map(|i| i.node.0)).collect()
+                })
+            })
+            .unwrap_or_default();
         for (n, w) in nodes {
-            if n != id && w.answering() && lock(&w.kernel).dirty_regions(MirrorId(0)).contains(&region) {
+            if n != id
+                && w.answering()
+                && !passers.contains(&n)
+                && lock(&w.kernel).dirty_regions(MirrorId(0)).contains(&region)
+            {
                 self.problem(format!(
                     "{at} ms: n{id} was handed region {region} to copy while n{n}'s kernel holds it dirty"
                 ));
@@ -1120,6 +1139,17 @@ impl RaftCluster {
         self.nodes.values().find_map(|n| {
             n.replica.state.read(|m| {
                 m.log(&self.table.uuid).and_then(|l| l.assignments().iter().next().map(|(i, r)| (i.node.0, r.0)))
+            })
+        })
+    }
+
+    /// A node holding resync claims (in some node's replica), and how
+    /// many.
+    pub fn claiming(&self) -> Option<(u64, usize)> {
+        self.nodes.values().find_map(|n| {
+            n.replica.state.read(|m| {
+                let (i, rs) = m.log(&self.table.uuid)?.claims().iter().next()?;
+                Some((i.node.0, rs.len()))
             })
         })
     }

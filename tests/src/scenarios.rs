@@ -31,8 +31,10 @@ pub enum Scenario {
     /// answers, and no other node copies those regions until it cleared
     /// them.
     Rejoin,
-    /// The node recovering a region dies mid-copy: another node recovers
-    /// the region.
+    /// The node recovering a region dies mid-copy, holding resync claims
+    /// on further regions, some of them answered SET_REGION_SYNC by its
+    /// node and not yet committed: the others recover the region and
+    /// everything it claimed.
     RecovererDies,
     /// A whole node (kernel and daemon) is frozen for longer than
     /// `dead_after`: the others evict it and resync; when it wakes it
@@ -379,9 +381,14 @@ async fn recoverer_dies(seed: u64) -> Result<String, String> {
     // Without nosync: every region starts out of sync and is recovered.
     let (_, mut c) = start(&mut rng, "clustered-core 8", false).await?;
     let mut found = None;
+    // Some node copies a region and holds claims on more; the seed picks
+    // how far into its batch it dies.
+    let into_batch = rng.random_range(0..8usize);
     for _ in 0..10_000 {
-        if let Some(r) = c.recovering() {
-            found = Some(r);
+        if let Some((n, left)) = c.claiming()
+            && left + into_batch < regions::limits::RESYNC_CLAIM
+        {
+            found = Some((n, left));
             break;
         }
         // Writes go on meanwhile.
@@ -391,14 +398,14 @@ async fn recoverer_dies(seed: u64) -> Result<String, String> {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let (victim, region) = found.ok_or("no node ever recovered a region")?;
+    let (victim, left) = found.ok_or("no node ever claimed regions to recover")?;
     let at = c.now_ms();
     c.crash(victim).await;
     if !c.wait_evicted(victim, at, Duration::from_secs(30)).await {
         return Err(format!("n{victim} was never evicted; {}", c.raft_states()));
     }
     finish(c, &BTreeMap::from([(victim, at)])).await?;
-    Ok(format!("n{victim} died copying region {region}"))
+    Ok(format!("n{victim} died copying with {left} regions claimed"))
 }
 
 async fn frozen(seed: u64) -> Result<String, String> {

@@ -16,6 +16,9 @@
 //!   transport, to a one-node daemon.
 //! * 64 mirrors at once over the three hosts: aggregate kernel requests
 //!   answered per second.
+//! * A resync: a mirror whose legs start different, on one host, from its
+//!   creation until its kernel counts every region in sync (copies take no
+//!   time here, so this is what the log costs per region).
 //!
 //! Run: `cargo run --release -p dmlogd-demo --example write_bench [dir] [seconds]`.
 
@@ -148,6 +151,31 @@ fn table(name: &str, regions: u64) -> Result<Table, Error> {
         log_args: "clustered-core 8 nosync".into(),
         integrated_flush: false,
     })
+}
+
+/// How long a new mirror of `regions` regions whose legs start different
+/// takes on `node` until its kernel counts every region in sync.
+async fn resync(node: &Node, name: &str, regions: u64) -> Result<Duration, Error> {
+    let t = Table {
+        uuid: Uuid::new(name).ok_or("uuid")?,
+        target_sectors: regions * 8,
+        log_args: "clustered-core 8".into(),
+        integrated_flush: false,
+    };
+    let started = Instant::now();
+    let m =
+        node.sim.kernel.lock().unwrap_or_else(|e| e.into_inner()).create(t, SharedLegs::new(Legs::new(regions, true)));
+    let until = started + Duration::from_secs(300);
+    loop {
+        node.sim.wake.notify_one();
+        if node.sim.kernel.lock().unwrap_or_else(|e| e.into_inner()).mirror(m).is_some_and(|v| v.in_sync) {
+            return Ok(started.elapsed());
+        }
+        if Instant::now() > until {
+            return Err("a resync did not finish in 300 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Creates a mirror on `node`'s kernel and waits until it is active.
@@ -362,6 +390,17 @@ async fn main() -> Result<(), Error> {
     }
 
     unix_local(dir.path(), n).await?;
+
+    for (name, id) in [("leader", leader), ("follower", follower)] {
+        let regions = 512;
+        let took = resync(&nodes[&id], &format!("bench-resync-{name}"), regions).await?;
+        println!(
+            "{:<56} {:>8.3} s       {:>8.3} ms per region",
+            format!("resync of {regions} regions, kernel on the {name}"),
+            took.as_secs_f64(),
+            ms(took) / regions as f64,
+        );
+    }
 
     // 64 mirrors at once, spread over the three hosts, each writing its
     // own working set of 16 regions.

@@ -183,6 +183,7 @@ impl<L: LeaderLink> Router<L> {
         let c = Command::Kernel { uuid: uuid.clone(), instance, op: KernelOp::Clear(clears.clone()) };
         let Some(rx) = self.propose(c) else { return };
         if let Ok(outcome) = rx.await {
+            held.synced.clear();
             held.cleared(&clears, &outcome);
         }
     }
@@ -218,9 +219,44 @@ impl<L: LeaderLink> Router<L> {
                 held.defer(rs);
                 Some(Ok(wire::Answer::Done))
             }
+            // Resync work from this instance's claims (see [`Held::handed`]).
+            Q::GetResyncWork if held.handed.is_none() && in_range(&[]) => {
+                if !self.caught_up(held).await {
+                    return None;
+                }
+                let r = self.replica.state.read(|m| m.claimed_work(&msg.uuid, instance, &held.synced))?;
+                held.handed = Some(r);
+                Some(Ok(wire::Answer::ResyncWork(Some(r))))
+            }
+            Q::SetRegionSync { region, in_sync: true } if held.handed == Some(*region) && in_range(&[*region]) => {
+                let op = KernelOp::SetRegionSync { region: *region, in_sync: true };
+                // Its outcome is not awaited: the lane's later commands
+                // follow it through the same proposer.
+                drop(self.propose(Command::Kernel { uuid: msg.uuid.clone(), instance, op })?);
+                held.handed = None;
+                held.synced.insert(*region);
+                Some(Ok(wire::Answer::Done))
+            }
+            // Any count below the region count only shows in the status: the
+            // kernel acts on the count only when it reaches the region count
+            // (spec §3: it stops asking and raises its in-sync hint), which is
+            // asked of the leader. Counted once this table's own last
+            // command is applied here (its SET_REGION_SYNCs included), so a
+            // kernel that just finished its resync sees it at once.
+            Q::GetSyncCount if in_range(&[]) => {
+                if !self.caught_up(held).await {
+                    return None;
+                }
+                let query = regions::Query::GetSyncCount;
+                let count = self.replica.state.read(|m| {
+                    let count = m.read(&msg.uuid, instance, &query).ok()?;
+                    let all = m.log(&msg.uuid)?.region_count();
+                    matches!(count, wire::Answer::SyncCount(c) if c < all).then_some(count)
+                })?;
+                Some(Ok(count))
+            }
             Q::InSync(r) if held.holds(&[*r]) && in_range(&[*r]) => {
-                let applied = self.replica.state.last_applied().map_or(0, |l| l.index);
-                if applied < held.seen && !self.replica.wait_applied(held.seen, LOCAL_WAIT).await {
+                if !self.caught_up(held).await {
                     return None;
                 }
                 let query = regions::Query::InSync(*r);
@@ -228,6 +264,13 @@ impl<L: LeaderLink> Router<L> {
             }
             _ => None,
         }
+    }
+
+    /// Whether this node's replica has applied the table's last committed
+    /// command (waiting up to [`LOCAL_WAIT`] for it).
+    async fn caught_up(&self, held: &Held) -> bool {
+        let applied = self.replica.state.last_applied().map_or(0, |l| l.index);
+        applied >= held.seen || self.replica.wait_applied(held.seen, LOCAL_WAIT).await
     }
 
     /// One request, to its answer through Raft. `None` when Raft stopped.
@@ -284,6 +327,22 @@ impl<L: LeaderLink> Router<L> {
                     carried = Some(self.propose(cc)?);
                 }
                 let outcome = rx.await.ok()?;
+                // Every command the lane proposed before this one is
+                // committed now (one proposer, in order).
+                held.synced.clear();
+                held.handed = match (&msg.request, &outcome.answer) {
+                    (wire::Request::GetResyncWork, Ok(wire::Answer::ResyncWork(r))) => *r,
+                    (
+                        wire::Request::GetResyncWork
+                        | wire::Request::SetRegionSync { .. }
+                        | wire::Request::Presuspend
+                        | wire::Request::Postsuspend
+                        | wire::Request::Resume
+                        | wire::Request::Dtr,
+                        _,
+                    ) => None,
+                    _ => held.handed,
+                };
                 if let Some(carried) = carried
                     && let Ok(o) = carried.await
                 {
@@ -414,6 +473,20 @@ struct Held {
     due: Option<Instant>,
     /// The highest log index of this table's committed commands.
     seen: u64,
+    /// The region this table's kernel is copying: the last GET_RESYNC_WORK
+    /// answer, until its SET_REGION_SYNC. The kernel copies one region at a
+    /// time, so while none is handed out the next GET_RESYNC_WORK is
+    /// answered from the regions the table claimed
+    /// ([`regions::Machine::claimed_work`]), and a SET_REGION_SYNC(r, 1)
+    /// of the handed region is acknowledged at once with its commit
+    /// following in order: until it commits, the cluster still counts the
+    /// region out of sync and claimed (other writers held off it, readers
+    /// kept on the default leg, its copy not counted), which is where a
+    /// lost SET_REGION_SYNC leaves it too; the region is then copied again.
+    handed: Option<Region>,
+    /// Regions whose SET_REGION_SYNC(r, 1) was acknowledged and proposed
+    /// since the table's last committed command: not handed out again.
+    synced: BTreeSet<Region>,
 }
 
 impl Held {

@@ -8,7 +8,7 @@
 //!
 //! | name | what is switched off |
 //! |---|---|
-//! | `no-claim-release` | releasing resync claims of regions that an eviction or a stale-hints rejoin makes unsafe to copy |
+//! | `no-claim-release` | releasing resync claims: of an instance that suspends, is destroyed or evicted, and of regions that an eviction or a stale-hints rejoin makes unsafe to copy |
 
 /// Whether the mechanism `name` is switched off.
 #[cfg(feature = "fault-injection")]

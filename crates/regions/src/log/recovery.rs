@@ -192,6 +192,13 @@ impl Log {
         self.sync.get(r.0) || self.unsettled.contains(&r)
     }
 
+    /// The instances that let writes through to `r` and have not copied it
+    /// since: each must copy it before it is in sync (see
+    /// [`Log::halted_passes`]).
+    pub fn passers(&self, r: Region) -> impl Iterator<Item = Instance> + '_ {
+        self.halted_passes.iter().filter(move |(_, rs)| rs.contains(&r)).map(|(i, _)| *i)
+    }
+
     /// Whether instance `i` let writes through to `r` and has not copied
     /// it since (see [`Log::halted_passes`]).
     pub(crate) fn passed(&self, r: Region, i: Instance) -> bool {
@@ -244,18 +251,17 @@ impl Log {
         if resumed.is_empty() {
             return false;
         }
-        let own_claim = resumed.iter().any(|&i| {
-            !self.assignments.contains_key(&i)
-                && self.claims.get(&i).is_some_and(|rs| rs.iter().any(|r| self.copyable_by(*r, i)))
-        });
-        own_claim
-            || self.resync_candidates().any(|r| {
-                resumed.iter().any(|&i| {
-                    !self.assignments.contains_key(&i)
-                        && self.marks.get(&r).is_none_or(|who| who.iter().all(|m| *m == i))
-                        && !self.reserved_for_others(r, i)
-                })
+        // Claims are not counted: a claimer is never left idle with one
+        // (its GET_RESYNC_WORK takes a claim or drops those it cannot copy
+        // any more), and regions whose claims are released must count as
+        // newly claimable, to wake the others (the claimer may be dead).
+        self.resync_candidates().any(|r| {
+            resumed.iter().any(|&i| {
+                !self.assignments.contains_key(&i)
+                    && self.marks.get(&r).is_none_or(|who| who.iter().all(|m| *m == i))
+                    && !self.reserved_for_others(r, i)
             })
+        })
     }
 
     /// Whether some out-of-sync region could be handed out for resync now
