@@ -38,6 +38,9 @@ struct Args {
     /// Run Raft cluster simulation seeds 0..N.
     #[arg(long)]
     raft_seeds: Option<u64>,
+    /// With `--raft-seeds N`: start at this seed (runs FROM..N).
+    #[arg(long, requires = "raft_seeds", default_value_t = 0)]
+    raft_from: u64,
     /// A named liveness scenario of the Raft cluster simulation:
     /// writer-crash, partitioned-minority, rejoin, recoverer-dies, frozen,
     /// frozen-at-send, transport-dies, fence-fails, daemon-restart,
@@ -102,14 +105,18 @@ fn main() -> ExitCode {
     }
     if let Some(n) = args.raft_seeds {
         let started = Instant::now();
-        for seed in 0..n {
+        for seed in args.raft_from..n {
+            if seed > args.raft_from && seed % 1000 == 0 {
+                eprintln!("seed {seed}: {:.1} s", started.elapsed().as_secs_f64());
+            }
             if let Err(e) = run_seed(seed) {
                 eprintln!("{e}");
                 eprintln!("replay: cargo run --release -p dmlogd-tests --bin sim -- --raft-seed {seed}");
                 return ExitCode::FAILURE;
             }
         }
-        println!("{n} raft seeds passed in {:.1} s", started.elapsed().as_secs_f64());
+        let count = n.saturating_sub(args.raft_from);
+        println!("{count} raft seeds ({}..{n}) passed in {:.1} s", args.raft_from, started.elapsed().as_secs_f64());
         return ExitCode::SUCCESS;
     }
     if let Some(n) = args.seeds {
