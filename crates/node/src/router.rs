@@ -255,6 +255,18 @@ impl<L: LeaderLink> Router<L> {
                 })?;
                 Some(Ok(count))
             }
+            // The IN_SYNC of the region just handed out for resync: the
+            // kernel asks it to allocate the region's entry, which it sets
+            // to recovering at once and frees after the copy; writes to
+            // the region wait in that entry meanwhile, so no other IN_SYNC
+            // of it comes, and this answer decides nothing.
+            Q::InSync(r) if held.handed == Some(*r) && in_range(&[*r]) => {
+                if !self.caught_up(held).await {
+                    return None;
+                }
+                let query = regions::Query::InSync(*r);
+                Some(self.replica.state.read(|m| m.read(&msg.uuid, instance, &query).map_err(|e| e.errno())))
+            }
             Q::InSync(r) if held.holds(&[*r]) && in_range(&[*r]) => {
                 if !self.caught_up(held).await {
                     return None;
