@@ -230,9 +230,11 @@ impl<L: LeaderLink> Router<L> {
             }
             Q::SetRegionSync { region, in_sync: true } if held.handed == Some(*region) && in_range(&[*region]) => {
                 let op = KernelOp::SetRegionSync { region: *region, in_sync: true };
-                // Its outcome is not awaited: the lane's later commands
-                // follow it through the same proposer.
-                drop(self.propose(Command::Kernel { uuid: msg.uuid.clone(), instance, op })?);
+                // Its outcome is not awaited here: the lane's later commands
+                // follow it through the same proposer, and a later read of
+                // the region waits for it (see [`Held::syncing`]).
+                let rx = self.propose(Command::Kernel { uuid: msg.uuid.clone(), instance, op })?;
+                held.syncing.push((*region, rx));
                 held.handed = None;
                 held.synced.insert(*region);
                 Some(Ok(wire::Answer::Done))
@@ -268,6 +270,7 @@ impl<L: LeaderLink> Router<L> {
                 Some(self.replica.state.read(|m| m.read(&msg.uuid, instance, &query).map_err(|e| e.errno())))
             }
             Q::InSync(r) if held.holds(&[*r]) && in_range(&[*r]) => {
+                self.settle_syncs(held, *r).await;
                 if !self.caught_up(held).await {
                     return None;
                 }
@@ -275,6 +278,19 @@ impl<L: LeaderLink> Router<L> {
                 Some(self.replica.state.read(|m| m.read(&msg.uuid, instance, &query).map_err(|e| e.errno())))
             }
             _ => None,
+        }
+    }
+
+    /// Waits for the commits of the SET_REGION_SYNCs of `r` this lane
+    /// acknowledged ahead of them (see [`Held::syncing`]).
+    async fn settle_syncs(&self, held: &mut Held, r: Region) {
+        if !held.syncing.iter().any(|(s, _)| *s == r) {
+            return;
+        }
+        for (_, rx) in std::mem::take(&mut held.syncing) {
+            if let Ok(o) = rx.await {
+                held.seen = held.seen.max(o.index);
+            }
         }
     }
 
@@ -387,6 +403,9 @@ impl<L: LeaderLink> Router<L> {
                 Some(outcome.answer)
             }
             Routed::Query { uuid, instance, query } => {
+                if let regions::Query::InSync(r) | regions::Query::IsRemoteRecovering(r) = &query {
+                    self.settle_syncs(held, *r).await;
+                }
                 let r = ReadRequest { uuid, instance, query };
                 loop {
                     match self.replica.read(r.clone(), Instant::now() + ATTEMPT).await {
@@ -499,6 +518,15 @@ struct Held {
     /// Regions whose SET_REGION_SYNC(r, 1) was acknowledged and proposed
     /// since the table's last committed command: not handed out again.
     synced: BTreeSet<Region>,
+    /// Those SET_REGION_SYNCs' outcomes to come. The kernel counts such a
+    /// region in sync at once: its next write there asks IN_SYNC to
+    /// allocate the region's entry, and a read that does not see the
+    /// commit yet would answer 0 and have the kernel write the region to
+    /// its default leg only, which the commit then declares in sync (the
+    /// lab's `failover` run, region 3 left different). Commands need no
+    /// wait (they follow through the same proposer); a read of such a
+    /// region waits for them.
+    syncing: Vec<(Region, oneshot::Receiver<Outcome>)>,
 }
 
 impl Held {
