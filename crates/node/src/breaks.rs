@@ -15,6 +15,7 @@
 //! | `no-transport-watch` | fencing and stopping when the kernel transport dies |
 //! | `no-failed-fence-hold` | staying fenced after a failed fence action |
 //! | `no-journal` | the local journal of what the kernel holds |
+//! | `no-sync-read-wait` | a read of a region whose SET_REGION_SYNC was acknowledged ahead of its commit does not wait for that commit |
 //! | `no-failure-barrier` | waiting, before a failed leg write is answered, for the other nodes that mark its region to apply it |
 //! | `plant-late-clear` | (a planted bug) a deferred CLEAR is committed after a later MARK of its region instead of being cancelled |
 //! | `plant-early-mark-ack` | (a planted bug) a MARK of a region not held is acknowledged before its commit |
