@@ -143,25 +143,23 @@ async fn write(sim: &Sim, m: MirrorId, region: u64) -> Duration {
     }
 }
 
-/// A mirror of `regions` regions, in sync from the start.
-fn table(name: &str, regions: u64) -> Result<Table, Error> {
+/// A mirror of `regions` regions with these log arguments.
+fn table(name: &str, regions: u64, log_args: &str) -> Result<Table, Error> {
     Ok(Table {
         uuid: Uuid::new(name).ok_or("uuid")?,
         target_sectors: regions * 8,
-        log_args: "clustered-core 8 nosync".into(),
+        log_args: log_args.into(),
         integrated_flush: false,
     })
 }
 
+/// Log arguments of a mirror in sync from the start.
+const IN_SYNC: &str = "clustered-core 8 nosync";
+
 /// How long a new mirror of `regions` regions whose legs start different
 /// takes on `node` until its kernel counts every region in sync.
 async fn resync(node: &Node, name: &str, regions: u64) -> Result<Duration, Error> {
-    let t = Table {
-        uuid: Uuid::new(name).ok_or("uuid")?,
-        target_sectors: regions * 8,
-        log_args: "clustered-core 8".into(),
-        integrated_flush: false,
-    };
+    let t = table(name, regions, "clustered-core 8")?;
     let started = Instant::now();
     let m =
         node.sim.kernel.lock().unwrap_or_else(|e| e.into_inner()).create(t, SharedLegs::new(Legs::new(regions, true)));
@@ -366,7 +364,7 @@ async fn main() -> Result<(), Error> {
     let regions = 8192;
     for (name, id) in [("leader", leader), ("follower", follower)] {
         let node = &nodes[&id];
-        let m = create(node, table(&format!("bench-{name}"), regions)?, regions).await?;
+        let m = create(node, table(&format!("bench-{name}"), regions, IN_SYNC)?, regions).await?;
         // Warm up: the first write of each kind pays for connections.
         write(&node.sim, m, 5).await;
         let same: Vec<Duration> = {
@@ -408,7 +406,7 @@ async fn main() -> Result<(), Error> {
     let mut writers = Vec::new();
     for i in 0..mirrors {
         let node = &nodes[&(1 + i % 3)];
-        let m = create(node, table(&format!("bench-par-{i}"), 1024)?, 1024).await?;
+        let m = create(node, table(&format!("bench-par-{i}"), 1024, IN_SYNC)?, 1024).await?;
         writers.push((node.sim.clone(), m));
     }
     let requests = |nodes: &BTreeMap<u64, Node>| -> u64 {

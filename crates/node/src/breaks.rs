@@ -21,20 +21,7 @@
 //! | `plant-early-mark-ack` | (a planted bug) a MARK of a region not held is acknowledged before its commit |
 //! | `plant-unheld-cancel` | (a planted bug) a MARK of a region whose CLEAR is deferred is acknowledged at once even when its mark was never committed |
 
-/// Whether the mechanism `name` is switched off.
-#[cfg(feature = "fault-injection")]
-pub fn off(name: &str) -> bool {
-    static BROKEN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    BROKEN
-        .get_or_init(|| {
-            std::env::var("DMLOGD_SIM_BREAK").map(|v| v.split(',').map(str::to_owned).collect()).unwrap_or_default()
-        })
-        .iter()
-        .any(|f| f == name)
-}
-
-/// Whether the mechanism `name` is switched off: never, in this build.
-#[cfg(not(feature = "fault-injection"))]
-pub fn off(_name: &str) -> bool {
-    false
-}
+/// Whether the mechanism `name` is switched off: the one reader of
+/// `DMLOGD_SIM_BREAK`, shared with the region machine's own switches (the
+/// `fault-injection` feature turns on the machine's too).
+pub use regions::breaks::off;

@@ -1,6 +1,7 @@
 //! Safety mechanisms of the machine a simulation may switch off, to show
 //! that the test aimed at each one fails without it
-//! (`DMLOGD_SIM_BREAK=name,name`, as for the node's own in `node::breaks`).
+//! (`DMLOGD_SIM_BREAK=name,name`). [`off`] is also what `node::breaks`
+//! reads the node's own switches with.
 //!
 //! Compiled in only with the `fault-injection` feature, which the
 //! simulation turns on; in any other build [`off`] is a constant `false`
@@ -12,7 +13,7 @@
 
 /// Whether the mechanism `name` is switched off.
 #[cfg(feature = "fault-injection")]
-pub(crate) fn off(name: &str) -> bool {
+pub fn off(name: &str) -> bool {
     static BROKEN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     BROKEN
         .get_or_init(|| {
@@ -24,6 +25,6 @@ pub(crate) fn off(name: &str) -> bool {
 
 /// Whether the mechanism `name` is switched off: never, in this build.
 #[cfg(not(feature = "fault-injection"))]
-pub(crate) fn off(_name: &str) -> bool {
+pub fn off(_name: &str) -> bool {
     false
 }

@@ -56,7 +56,7 @@
 #![deny(missing_docs)]
 
 mod bitmap;
-mod breaks;
+pub mod breaks;
 mod command;
 pub mod ctr;
 mod describe;

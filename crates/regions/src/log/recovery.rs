@@ -255,13 +255,8 @@ impl Log {
         // (its GET_RESYNC_WORK takes a claim or drops those it cannot copy
         // any more), and regions whose claims are released must count as
         // newly claimable, to wake the others (the claimer may be dead).
-        self.resync_candidates().any(|r| {
-            resumed.iter().any(|&i| {
-                !self.assignments.contains_key(&i)
-                    && self.marks.get(&r).is_none_or(|who| who.iter().all(|m| *m == i))
-                    && !self.reserved_for_others(r, i)
-            })
-        })
+        self.resync_candidates()
+            .any(|r| resumed.iter().any(|&i| !self.assignments.contains_key(&i) && self.copyable_by(r, i)))
     }
 
     /// Whether some out-of-sync region could be handed out for resync now
