@@ -488,12 +488,16 @@ _dmlogctl() {
             return 0
             ;;
         dmlogctl__subcmd__members__subcmd__add)
-            opts="-h --socket --connect --ca --token-file --json --help"
+            opts="-h --catch-up-timeout --socket --connect --ca --token-file --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --catch-up-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --socket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

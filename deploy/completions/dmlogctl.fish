@@ -67,6 +67,7 @@ complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fis
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -f -a "add" -d 'Add a node: it joins as a learner, catches up, then votes'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -f -a "remove" -d 'Remove a node; its id is retired for good'
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and not __fish_seen_subcommand_from add remove help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from add" -l catch-up-timeout -d 'Seconds the new node has to receive the log as a learner; if it has not by then it is taken out again and nothing changes' -r
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from add" -l socket -d 'The node\'s admin socket' -r -F
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from add" -l connect -d 'A node\'s admin API over TCP (host:port) instead of the socket: needs --ca and a token' -r
 complete -c dmlogctl -n "__fish_dmlogctl_using_subcommand members; and __fish_seen_subcommand_from add" -l ca -d 'The cluster CA\'s certificate, to trust the node (with --connect)' -r -F

@@ -90,6 +90,7 @@ _arguments "${_arguments_options[@]}" : \
         case $line[1] in
             (add)
 _arguments "${_arguments_options[@]}" : \
+'--catch-up-timeout=[Seconds the new node has to receive the log as a learner; if it has not by then it is taken out again and nothing changes]:SECS:_default' \
 '--socket=[The node'\''s admin socket]:SOCKET:_files' \
 '--connect=[A node'\''s admin API over TCP (host\:port) instead of the socket\: needs --ca and a token]:CONNECT:_default' \
 '--ca=[The cluster CA'\''s certificate, to trust the node (with --connect)]:CA:_files' \

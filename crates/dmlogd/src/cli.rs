@@ -135,6 +135,10 @@ pub enum MembersCmd {
         id: u64,
         /// Its peer address, host:port.
         addr: String,
+        /// Seconds the new node has to receive the log as a learner; if it
+        /// has not by then it is taken out again and nothing changes.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        catch_up_timeout: u64,
     },
     /// Remove a node; its id is retired for good.
     Remove {

@@ -105,6 +105,17 @@ pub fn health(s: &StatusReply) -> Result<(), String> {
     if !s.violation.is_empty() {
         return Err(format!("invariant violated: {}", s.violation));
     }
+    if !s.quorum {
+        if s.millis_since_quorum < 0 {
+            return Err("not joined: no quorum has confirmed this node since it started".into());
+        }
+        return Err(format!(
+            "no quorum for {:.1} s (bound {:.1} s): the cluster lost its majority or this node is cut off; \
+             it fences when its lease runs out",
+            s.millis_since_quorum as f64 / 1e3,
+            s.quorum_bound_millis as f64 / 1e3
+        ));
+    }
     if s.leader == 0 {
         return Err("no leader known".into());
     }
@@ -120,6 +131,23 @@ pub fn health(s: &StatusReply) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What a cluster manager (the OCF agent's monitor) should make of the
+/// node: `"failed"` when it cannot serve its kernel (fenced, a failed fence
+/// or kernel transport, an invariant violated, or no quorum's word for a
+/// whole lease), `"degraded"` when [`health`] finds something that is not
+/// (yet) this node's failure (no leader known, a brief loss of quorum, a
+/// lagging peer), else `"ok"`.
+pub fn verdict(s: &StatusReply) -> &'static str {
+    let lease_lost = s.millis_since_quorum >= 0 && s.millis_since_quorum.unsigned_abs() > s.lease_millis;
+    if s.fenced || s.fence_failed || !s.standing.is_empty() || !s.violation.is_empty() || lease_lost {
+        "failed"
+    } else if health(s).is_err() {
+        "degraded"
+    } else {
+        "ok"
+    }
 }
 
 /// `dmlogctl status` as text.
@@ -168,10 +196,13 @@ pub fn status_json(s: &StatusReply) -> Value {
         "last_log_index": s.last_log_index,
         "last_applied": s.last_applied,
         "millis_since_quorum_ack": if s.millis_since_quorum_ack < 0 { Value::Null } else { json!(s.millis_since_quorum_ack) },
+        "quorum": s.quorum,
+        "millis_since_quorum": if s.millis_since_quorum < 0 { Value::Null } else { json!(s.millis_since_quorum) },
         "fenced": s.fenced,
         "fence_failed": s.fence_failed,
         "violation": if s.violation.is_empty() { Value::Null } else { json!(s.violation) },
         "healthy": health(s).is_ok(),
+        "monitor": verdict(s),
         "health": health(s).err(),
         "members": s.members.iter().map(|m| json!({
             "id": m.id,

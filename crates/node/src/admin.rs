@@ -39,6 +39,10 @@ use wire::Uuid;
 /// snapshot is the slow part).
 pub const CHANGE_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long a joiner has to receive the log as a learner, unless the
+/// request says.
+pub const DEFAULT_CATCH_UP: Duration = Duration::from_secs(30);
+
 /// The admin service of one node.
 pub struct AdminService {
     replica: Arc<Replica<GrpcLeaderLink>>,
@@ -77,6 +81,7 @@ impl AdminService {
             | ChangeError::NotAVoter(_)
             | ChangeError::LastVoter(_) => Status::invalid_argument(e.to_string()),
             ChangeError::Timeout => Status::deadline_exceeded(e.to_string()),
+            ChangeError::NotCaughtUp { .. } => Status::failed_precondition(e.to_string()),
             ChangeError::Raft(_) => Status::unavailable(e.to_string()),
         }
     }
@@ -214,6 +219,7 @@ fn role(s: ServerState) -> &'static str {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let quorum = self.gate.quorum();
         let reply = {
             let m = self.replica.metrics();
             let m = m.borrow();
@@ -237,6 +243,10 @@ impl Admin for AdminService {
                 kernels: Vec::new(),
                 standing: self.gate.standing().describe(),
                 fence_failed: matches!(self.gate.standing(), crate::gate::Standing::FenceFailed(_)),
+                quorum: quorum.holds(),
+                millis_since_quorum: quorum.age.map_or(-1, |a| i64::try_from(a.as_millis()).unwrap_or(i64::MAX)),
+                quorum_bound_millis: u64::try_from(quorum.bound.as_millis()).unwrap_or(u64::MAX),
+                lease_millis: u64::try_from(quorum.lease.as_millis()).unwrap_or(u64::MAX),
             }
         };
         let (violation, kernels) = self.replica.state.read(|m| {
@@ -288,8 +298,9 @@ impl Admin for AdminService {
         if r.addr.parse::<std::net::SocketAddr>().is_err() && !r.addr.contains(':') {
             return Err(Status::invalid_argument(format!("address {:?} is not host:port", r.addr)));
         }
-        let deadline = Instant::now() + CHANGE_DEADLINE;
-        self.replica.add_node(regions::NodeId(r.id), &r.addr, deadline).await.map_err(|e| self.refuse(e))?;
+        let catch_up = if r.catch_up_millis == 0 { DEFAULT_CATCH_UP } else { Duration::from_millis(r.catch_up_millis) };
+        let deadline = Instant::now() + catch_up + CHANGE_DEADLINE;
+        self.replica.add_node(regions::NodeId(r.id), &r.addr, catch_up, deadline).await.map_err(|e| self.refuse(e))?;
         Ok(Response::new(self.reply()))
     }
 

@@ -46,6 +46,12 @@ impl Standing {
     }
 }
 
+/// The quorum bound of the default timings: a 500 ms renewal interval
+/// plus a 1.5 s election.
+const DEFAULT_QUORUM_BOUND_MS: u64 = 2_000;
+/// The default lease.
+const DEFAULT_LEASE_MS: u64 = 8_000;
+
 struct Inner {
     closed: AtomicBool,
     /// Times the gate was closed: an answer computed across a close is
@@ -53,6 +59,37 @@ struct Inner {
     epoch: AtomicU64,
     lease: Lease,
     standing: Mutex<Standing>,
+    /// Longer than this without a quorum's word and the node is reported
+    /// without quorum, in milliseconds.
+    quorum_bound_ms: AtomicU64,
+    lease_ms: AtomicU64,
+}
+
+/// Whether a quorum has confirmed this node recently: what `dmlogctl
+/// status`, the OCF monitor and the `dmlogd_quorum` gauge report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quorum {
+    /// How long ago a quorum last confirmed the node; `None` if it has not
+    /// joined since it started.
+    pub age: Option<std::time::Duration>,
+    /// The bound `age` is held to.
+    pub bound: std::time::Duration,
+    /// The node's lease: without a quorum's word for this long it must
+    /// have fenced.
+    pub lease: std::time::Duration,
+}
+
+impl Quorum {
+    /// Confirmed within the bound.
+    pub fn holds(&self) -> bool {
+        self.age.is_some_and(|a| a <= self.bound)
+    }
+
+    /// No quorum's word for a whole lease (after having joined): the node
+    /// is of no use to its kernel, whether or not its fence ran.
+    pub fn lost(&self) -> bool {
+        self.age.is_some_and(|a| a > self.lease)
+    }
 }
 
 /// The gate of one node's answers to its kernel (cheap to clone).
@@ -83,7 +120,25 @@ impl Gate {
             epoch: AtomicU64::new(0),
             lease: Lease::new(),
             standing: Mutex::new(Standing::Answering),
+            quorum_bound_ms: AtomicU64::new(DEFAULT_QUORUM_BOUND_MS),
+            lease_ms: AtomicU64::new(DEFAULT_LEASE_MS),
         }))
+    }
+
+    /// Sets how long the node may go without a quorum's word before it is
+    /// reported without quorum (`bound`: a renewal interval, as renewals
+    /// are what a quorum confirms, plus the longest election, as a leader
+    /// change stops every commit meanwhile) and the length of its lease.
+    pub fn set_quorum_bound(&self, bound: std::time::Duration, lease: std::time::Duration) {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.0.quorum_bound_ms.store(ms(bound), Ordering::SeqCst);
+        self.0.lease_ms.store(ms(lease), Ordering::SeqCst);
+    }
+
+    /// Whether a quorum confirmed the node within the bound.
+    pub fn quorum(&self) -> Quorum {
+        let ms = |a: &AtomicU64| std::time::Duration::from_millis(a.load(Ordering::SeqCst));
+        Quorum { age: self.0.lease.quorum_age(), bound: ms(&self.0.quorum_bound_ms), lease: ms(&self.0.lease_ms) }
     }
 
     /// The node's lease (extended by the liveness task).
@@ -158,5 +213,20 @@ mod tests {
         assert!(!g.reopen());
         assert!(!g.open());
         assert!(g.standing().describe().contains("restart dmlogd"));
+    }
+
+    #[test]
+    fn quorum_is_reported_only_within_the_bound_after_a_confirmation() {
+        let g = Gate::new();
+        assert!(!g.quorum().holds(), "not joined yet: no quorum");
+        g.lease().grant(std::time::Duration::from_secs(8));
+        assert!(g.quorum().holds());
+        assert!(!g.quorum().lost());
+        g.set_quorum_bound(std::time::Duration::ZERO, std::time::Duration::from_secs(8));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let q = g.quorum();
+        assert!(!q.holds() && q.age.is_some() && !q.lost(), "{q:?}");
+        g.set_quorum_bound(std::time::Duration::ZERO, std::time::Duration::ZERO);
+        assert!(g.quorum().lost());
     }
 }

@@ -169,7 +169,13 @@ impl<T: Transport, L: LeaderLink> Host<T, L> {
         config: HostConfig,
         metrics: Arc<Metrics>,
     ) -> Host<T, L> {
-        Host { replica, transport, applied, own, fence, config, gate: Gate::new(), metrics }
+        let gate = Gate::new();
+        let t = config.live.timing;
+        gate.set_quorum_bound(
+            Duration::from_millis(t.renew_every_ms + t.election_max_ms),
+            Duration::from_millis(t.fence_after_ms),
+        );
+        Host { replica, transport, applied, own, fence, config, gate, metrics }
     }
 
     /// The gate of this host's answers (for the admin API and metrics).

@@ -32,9 +32,16 @@ use crate::liveness::{LeaseTable, SelfFence, Timing, Verdict};
 /// The deadline of this node's lease, shared by the liveness task (which
 /// extends it with every committed renewal) and whatever answers the
 /// kernel (which answers only while it holds). Without a liveness task it
-/// always holds.
+/// always holds. It also keeps when the node last had a quorum's word (the
+/// send time of its newest committed renewal, or its join), for health.
 #[derive(Clone, Debug, Default)]
-pub struct Lease(Arc<Mutex<Option<Instant>>>);
+pub struct Lease(Arc<Mutex<LeaseState>>);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct LeaseState {
+    until: Option<Instant>,
+    confirmed: Option<Instant>,
+}
 
 impl Lease {
     /// A lease in force for nothing yet: it holds until a liveness task
@@ -45,27 +52,39 @@ impl Lease {
 
     /// Whether the node may answer its kernel now.
     pub fn holds(&self) -> bool {
-        lock(&self.0).is_none_or(|until| Instant::now() < until)
+        lock(&self.0).until.is_none_or(|until| Instant::now() < until)
     }
 
     /// The lease holds for `valid_for` from now (the node joined or
     /// rejoined through a quorum just now).
     pub fn grant(&self, valid_for: Duration) {
-        *lock(&self.0) = Some(Instant::now() + valid_for);
+        let now = Instant::now();
+        *lock(&self.0) = LeaseState { until: Some(now + valid_for), confirmed: Some(now) };
     }
 
-    /// A renewal committed: the lease holds until `until`, if later.
-    fn extend_to(&self, until: Instant) {
+    /// A renewal sent at `sent` committed: the lease holds until `until`,
+    /// if later.
+    fn extend_to(&self, sent: Instant, until: Instant) {
         let mut d = lock(&self.0);
-        if d.is_none_or(|old| old < until) {
-            *d = Some(until);
+        if d.until.is_none_or(|old| old < until) {
+            d.until = Some(until);
         }
+        if d.confirmed.is_none_or(|old| old < sent) {
+            d.confirmed = Some(sent);
+        }
+    }
+
+    /// How long ago a quorum last confirmed this node (the send time of
+    /// its newest committed renewal, or its join); `None` before its
+    /// liveness task started (not joined yet).
+    pub fn quorum_age(&self) -> Option<Duration> {
+        lock(&self.0).confirmed.map(|c| c.elapsed())
     }
 
     /// The lease ran out (or the node stops renewing): nothing is answered
     /// until the next grant.
     pub fn end(&self) {
-        *lock(&self.0) = Some(Instant::now());
+        lock(&self.0).until = Some(Instant::now());
     }
 }
 
@@ -206,7 +225,7 @@ impl<L: LeaderLink> LiveTask<L> {
                     let mut f = lock(&fence);
                     f.committed(now);
                     if !f.is_fenced() {
-                        lease.extend_to(until);
+                        lease.extend_to(sent, until);
                     }
                 }
                 other => hooks.trace(format!("n{} renewal failed: {other:?}", replica.id)),

@@ -60,6 +60,20 @@ pub enum ChangeError {
     /// The change did not finish before the deadline; it may still finish.
     #[error("not done before the deadline (it may still complete; check the status)")]
     Timeout,
+    /// The joiner did not hold the log up to its own addition within the
+    /// catch-up bound; it was taken out again and the cluster is as before.
+    #[error(
+        "node {id} at {addr} did not catch up within {secs} s (is it running, with this address and port, \
+         and does it reach this node?); it was not added"
+    )]
+    NotCaughtUp {
+        /// The joiner.
+        id: NodeId,
+        /// The address it was given.
+        addr: String,
+        /// The bound, in seconds.
+        secs: u64,
+    },
     /// Raft refused or stopped.
     #[error("raft: {0}")]
     Raft(String),
@@ -148,12 +162,20 @@ impl<L: LeaderLink> Replica<L> {
         if m.state == ServerState::Leader { Ok(()) } else { Err(ChangeError::NotLeader(m.current_leader)) }
     }
 
-    /// Adds node `id` at `addr`: as a learner first, returning once it has
-    /// caught up, then as a voter.
+    /// Adds node `id` at `addr`: as a learner first, then, once it holds
+    /// the log up to the entry that added it, as a voter. A joiner that
+    /// has not got that far within `catch_up` (a wrong address, a node not
+    /// started) is removed again and [`ChangeError::NotCaughtUp`] returned:
+    /// a learner never counts towards a quorum, so a typo cannot cost the
+    /// cluster its majority. (openraft's own blocking `add_learner` does
+    /// not wait for this: it calls a learner up to date while it lags by
+    /// fewer than `replication_lag_threshold` entries, 5,000 by default,
+    /// which a young cluster's whole log is.)
     pub async fn add_node(
         &self,
         id: impl Into<NodeId>,
         addr: &str,
+        catch_up: Duration,
         deadline: Instant,
     ) -> Result<Vec<MemberInfo>, ChangeError> {
         let id = id.into();
@@ -166,16 +188,50 @@ impl<L: LeaderLink> Replica<L> {
             return Err(ChangeError::AlreadyMember(id));
         }
         let timeout = |_| ChangeError::Timeout;
-        tokio::time::timeout_at(deadline, self.raft.add_learner(id, BasicNode::new(addr), true))
+        let added = tokio::time::timeout_at(deadline, self.raft.add_learner(id, BasicNode::new(addr), false))
             .await
             .map_err(timeout)?
             .map_err(write_err)?;
+        let bound = (Instant::now() + catch_up).min(deadline);
+        if !self.learner_holds(id, added.log_id.index, bound).await? {
+            let out = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+            tokio::time::timeout_at(deadline, self.raft.change_membership(out, false))
+                .await
+                .map_err(timeout)?
+                .map_err(write_err)?;
+            let secs = catch_up.as_secs().max(1);
+            tracing::warn!(node = %id, addr, secs, "a joiner did not catch up; taken out again");
+            return Err(ChangeError::NotCaughtUp { id, addr: addr.to_owned(), secs });
+        }
         let voters = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         tokio::time::timeout_at(deadline, self.raft.change_membership(voters, false))
             .await
             .map_err(timeout)?
             .map_err(write_err)?;
         Ok(self.members())
+    }
+
+    /// Waits until learner `id` has acknowledged the log up to `index`
+    /// (true), or `bound` passes (false). Fails if this node stops leading.
+    async fn learner_holds(&self, id: NodeId, index: u64, bound: Instant) -> Result<bool, ChangeError> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state != ServerState::Leader {
+                    return Err(ChangeError::NotLeader(m.current_leader));
+                }
+                let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
+                if matched >= Some(index) {
+                    return Ok(true);
+                }
+            }
+            match tokio::time::timeout_at(bound, metrics.changed()).await {
+                Err(_) => return Ok(false),
+                Ok(Err(_)) => return Err(ChangeError::Raft("raft stopped".into())),
+                Ok(Ok(())) => {}
+            }
+        }
     }
 
     /// Removes node `id` from the cluster and retires its id. The region

@@ -30,6 +30,9 @@ fn settings() -> RaftSettings {
     }
 }
 
+/// The bound a joiner gets to catch up in these tests.
+const CATCH_UP: Duration = Duration::from_secs(20);
+
 fn deadline() -> Instant {
     Instant::now() + Duration::from_secs(30)
 }
@@ -148,7 +151,7 @@ async fn a_node_joins_from_a_streamed_snapshot_and_a_removed_id_is_never_reused(
     let path = c.dir.path().join("node4.redb");
     let four = GrpcNode::start(4, &path, l, settings(), None).await.unwrap();
     c.nodes.insert(4, four);
-    let members = c.nodes[&leader].replica.add_node(4, &addr, deadline()).await.unwrap();
+    let members = c.nodes[&leader].replica.add_node(4, &addr, CATCH_UP, deadline()).await.unwrap();
     assert!(members.iter().any(|m| m.id == Rn(4) && m.voter), "{members:?}");
     let applied = c.nodes[&leader].replica.metrics().borrow().last_applied.unwrap().index;
     c.wait_applied(4, applied).await;
@@ -158,7 +161,7 @@ async fn a_node_joins_from_a_streamed_snapshot_and_a_removed_id_is_never_reused(
     let at_four = c.nodes[&4].replica.state.read(|m| m.members().clone());
     assert_eq!(at_leader, at_four);
     // Adding it again is refused.
-    let e = c.nodes[&leader].replica.add_node(4, &addr, deadline()).await.unwrap_err();
+    let e = c.nodes[&leader].replica.add_node(4, &addr, CATCH_UP, deadline()).await.unwrap_err();
     assert_eq!(e, ChangeError::AlreadyMember(Rn(4)));
 
     // Remove a follower: gone from Raft, id retired for good.
@@ -168,13 +171,55 @@ async fn a_node_joins_from_a_streamed_snapshot_and_a_removed_id_is_never_reused(
     if let Some(n) = c.nodes.remove(&gone) {
         n.shutdown().await;
     }
-    let e = c.nodes[&leader].replica.add_node(gone, "127.0.0.1:1", deadline()).await.unwrap_err();
+    let e = c.nodes[&leader].replica.add_node(gone, "127.0.0.1:1", CATCH_UP, deadline()).await.unwrap_err();
     assert_eq!(e, ChangeError::Retired(Rn(gone)));
     let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(gone), incarnation: 9 }] };
     let out = c.nodes[&leader].replica.propose(p, deadline()).await.unwrap();
     assert!(out.0[0].answer.is_err(), "a retired id registered a kernel: {:?}", out.0[0]);
     // Three voters remain and commit.
     c.join(4, 5000).await;
+    for n in c.nodes.into_values() {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_that_never_answers_is_refused_and_the_cluster_keeps_its_majority() {
+    let mut c = Cluster::start(1).await;
+    c.join(1, 7).await;
+    // A typo: nothing listens at this address.
+    let nobody = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let wrong = nobody.local_addr().unwrap().to_string();
+    drop(nobody);
+    let e = c.nodes[&1].replica.add_node(2, &wrong, Duration::from_secs(2), deadline()).await.unwrap_err();
+    assert!(matches!(&e, ChangeError::NotCaughtUp { id, .. } if *id == Rn(2)), "{e:?}");
+    assert!(e.to_string().contains(&wrong), "{e}");
+    // Node 1 is the only member again and still commits on its own.
+    let members = c.nodes[&1].replica.members();
+    assert_eq!(members.iter().map(|m| (m.id, m.voter)).collect::<Vec<_>>(), vec![(Rn(1), true)]);
+    c.join(1, 8).await;
+    // The right address then works, with the same id (never retired).
+    let (l, addr) = listen().await;
+    let two = GrpcNode::start(2, &c.dir.path().join("node2.redb"), l, settings(), None).await.unwrap();
+    c.nodes.insert(2, two);
+    let members = c.nodes[&1].replica.add_node(2, &addr, CATCH_UP, deadline()).await.unwrap();
+    assert!(members.iter().any(|m| m.id == Rn(2) && m.voter), "{members:?}");
+    for n in c.nodes.into_values() {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_voter_is_removed_while_a_majority_lives() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.leader().await;
+    let dead = c.nodes.keys().copied().find(|id| *id != leader).unwrap();
+    c.nodes.remove(&dead).unwrap().shutdown().await;
+    let members = c.nodes[&leader].replica.remove_node(dead, deadline()).await.unwrap();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(members.iter().all(|m| m.id != Rn(dead) && m.voter), "{members:?}");
+    // Two voters of two: both needed, both there.
+    c.join(leader, 9).await;
     for n in c.nodes.into_values() {
         n.shutdown().await;
     }

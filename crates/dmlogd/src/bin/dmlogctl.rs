@@ -69,8 +69,9 @@ async fn run(args: Args) -> Result<i32, String> {
             }
             Ok(0)
         }
-        Cmd::Members { change: MembersCmd::Add { id, addr } } => {
-            let r = c.add_node(AddNodeRequest { id, addr }).await.map_err(e)?.into_inner();
+        Cmd::Members { change: MembersCmd::Add { id, addr, catch_up_timeout } } => {
+            let catch_up_millis = catch_up_timeout.saturating_mul(1000);
+            let r = c.add_node(AddNodeRequest { id, addr, catch_up_millis }).await.map_err(e)?.into_inner();
             println!("node {id} added; leader {}; {} members", r.leader, r.members.len());
             Ok(0)
         }
