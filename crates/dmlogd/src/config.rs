@@ -64,6 +64,24 @@ pub struct File {
     pub admin_tcp: Option<String>,
     /// A file holding the token remote admin calls must present.
     pub admin_token_file: Option<PathBuf>,
+    /// The daemon's own log.
+    pub log: Option<LogTable>,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogTable {
+    /// Level directives, e.g. `info` or `info,openraft=debug` (default
+    /// `info,openraft=warn`); SIGHUP re-reads it.
+    pub level: Option<String>,
+    /// Append to this file instead of stderr; SIGHUP reopens it.
+    pub file: Option<PathBuf>,
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+    /// Seconds in which a repeated Raft library message is logged once
+    /// (default 30; 0 logs every one).
+    pub repeat_window_secs: Option<u64>,
 }
 
 /// A secret that `Debug` does not print.
@@ -120,6 +138,8 @@ pub struct Config {
     /// The kernel's boot identity, when given (tests and the demo, whose
     /// simulated kernels "reboot" without the host rebooting).
     pub incarnation: Option<u64>,
+    /// The daemon's log.
+    pub log: crate::logging::LogSettings,
 }
 
 /// Overrides from the command line.
@@ -252,7 +272,23 @@ impl Config {
                 Some((addr, Secret(token)))
             }
         };
+        let log = match f.log {
+            None => crate::logging::LogSettings::default(),
+            Some(t) => {
+                let level = t.level.unwrap_or_else(|| crate::logging::DEFAULT_LEVEL.into());
+                crate::logging::check_level(&level).map_err(|e| format!("config: {e}"))?;
+                let json = match t.format.as_deref() {
+                    None | Some("text") => false,
+                    Some("json") => true,
+                    Some(other) => return Err(format!("config: log format {other:?}: expected text or json")),
+                };
+                let repeat_window =
+                    t.repeat_window_secs.map_or(crate::logging::DEFAULT_REPEAT_WINDOW, std::time::Duration::from_secs);
+                crate::logging::LogSettings { level, file: t.file, json, repeat_window }
+            }
+        };
         Ok(Config {
+            log,
             admin_tcp,
             tls,
             cluster,
@@ -268,6 +304,15 @@ impl Config {
             incarnation: o.incarnation,
         })
     }
+}
+
+/// The `[log] level` of a configuration file's text (the default if it
+/// has none), for SIGHUP.
+pub fn log_level(text: &str) -> Result<String, String> {
+    let f: File = toml::from_str(text).map_err(|e| format!("config: {}", e.message()))?;
+    let level = f.log.and_then(|l| l.level).unwrap_or_else(|| crate::logging::DEFAULT_LEVEL.into());
+    crate::logging::check_level(&level)?;
+    Ok(level)
 }
 
 /// The file in a data directory naming the cluster it belongs to.

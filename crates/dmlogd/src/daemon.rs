@@ -8,7 +8,8 @@
 //! the metrics listener; then runs the host until SIGTERM or SIGINT (exit
 //! 0, leadership handed over) or until the kernel transport fails (the
 //! host fences; exit 1, for systemd to restart the daemon). SIGUSR1 logs a
-//! summary of every log.
+//! summary of every log; SIGHUP re-reads the log level from the
+//! configuration file and reopens the log file (it never stops the daemon).
 
 use std::fs::File;
 use std::sync::Arc;
@@ -40,9 +41,45 @@ pub fn boot_incarnation() -> u64 {
     id.trim().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// The log as the daemon's signals see it.
+#[derive(Default)]
+pub struct LogControl {
+    /// The installed log (`None`: whoever runs the daemon logs).
+    pub logging: Option<Arc<crate::logging::Logging>>,
+    /// The configuration file, re-read for its log level on SIGHUP.
+    pub config: Option<std::path::PathBuf>,
+}
+
+impl LogControl {
+    /// SIGHUP: the level from the file as it is now; the log file reopened.
+    fn hangup(&self) {
+        let Some(logging) = &self.logging else {
+            tracing::info!("SIGHUP: nothing to reload");
+            return;
+        };
+        let level = self.config.as_ref().and_then(|p| {
+            match std::fs::read_to_string(p).map_err(|e| e.to_string()).and_then(|t| crate::config::log_level(&t)) {
+                Ok(level) => Some(level),
+                Err(e) => {
+                    tracing::error!(config = %p.display(), error = %e, "SIGHUP: log level not re-read");
+                    None
+                }
+            }
+        });
+        logging.reload(level.as_deref());
+    }
+
+    /// Once a minute: what the throttle held back.
+    fn report(&self) {
+        if let Some(l) = &self.logging {
+            l.report_suppressed();
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT (`Ok`), or until its kernel
 /// transport fails (`Err`, after the node fenced).
-pub async fn run(config: Config) -> Result<(), String> {
+pub async fn run(config: Config, log: LogControl) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("data dir {}: {e}", config.data_dir.display()))?;
     let lock_path = config.data_dir.join("dmlogd.lock");
     let lock = File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
@@ -52,11 +89,11 @@ pub async fn run(config: Config) -> Result<(), String> {
         Kernel::Netlink => {
             let me = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
             let t = node::netlink::NetlinkTransport::open(&me).map_err(|e| e.to_string())?;
-            serve_with(config, Arc::new(t)).await
+            serve_with(config, Arc::new(t), log).await
         }
         Kernel::Unix(path) => {
             let t = UnixTransport::bind(&path).map_err(|e| format!("unix socket {}: {e}", path.display()))?;
-            serve_with(config, Arc::new(t)).await
+            serve_with(config, Arc::new(t), log).await
         }
     }
 }
@@ -92,12 +129,13 @@ impl Fence for DaemonFence {
     }
 }
 
-async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(), String> {
+async fn serve_with<T: Transport>(config: Config, transport: Arc<T>, log: LogControl) -> Result<(), String> {
     // Taken at once, so that a stop during the join (which waits for a
     // quorum) is a clean exit rather than the signal's default action.
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let inc = config.incarnation.unwrap_or_else(boot_incarnation);
     let journal = FileJournal::new(&config.data_dir.join("kernel-tables.journal"));
     let own = OwnMarksStore::open(Box::new(journal), inc).map_err(|e| format!("local journal: {e}"))?;
@@ -171,19 +209,26 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>) -> Result<(
     }
     tracing::info!(id = config.id, listen = %config.listen, members = ?config.members, "starting");
 
+    let logging = log.logging.clone();
     let signals = {
         let replica = replica.clone();
         async move {
+            let mut minute = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
                     _ = term.recv() => return,
                     _ = int.recv() => return,
                     _ = usr1.recv() => dump(&replica),
+                    _ = hup.recv() => log.hangup(),
+                    _ = minute.tick() => log.report(),
                 }
             }
         }
     };
     let exit = host.run(signals).await;
+    if let Some(l) = &logging {
+        l.stopping();
+    }
     endpoints.stop().await;
     grpc.shutdown().await;
     let _ = std::fs::remove_file(&config.admin_socket);

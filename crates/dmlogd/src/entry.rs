@@ -2,8 +2,6 @@
 //! logging and the runtime around [`crate::daemon::run`]. The demo's
 //! daemon processes run exactly this (`dmlogd-demo daemon …`).
 
-use std::io;
-
 use crate::cli::{Daemon, DaemonCmd};
 use crate::config::{Config, Overrides};
 
@@ -20,7 +18,6 @@ pub fn main_with(args: Daemon) -> ! {
             Err(e) => fail(&format!("{}: {e}", device.display())),
         }
     }
-    init_logging(args.json);
     let text = match &args.config {
         Some(p) => match std::fs::read_to_string(p) {
             Ok(t) => Some(t),
@@ -48,11 +45,17 @@ pub fn main_with(args: Daemon) -> ! {
         println!("dmlogd: configuration ok: node {} of {} members", config.id, config.members.len());
         std::process::exit(0);
     }
+    let settings = crate::logging::LogSettings { json: args.json || config.log.json, ..config.log.clone() };
+    let logging = match crate::logging::init(&settings) {
+        Ok(l) => l,
+        Err(e) => fail(&e),
+    };
+    let log = crate::daemon::LogControl { logging: Some(std::sync::Arc::new(logging)), config: args.config.clone() };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => fail(&format!("runtime: {e}")),
     };
-    match runtime.block_on(crate::daemon::run(config)) {
+    match runtime.block_on(crate::daemon::run(config, log)) {
         Ok(()) => std::process::exit(0),
         Err(e) if e.starts_with("the kernel transport failed") => {
             eprintln!("dmlogd: {e}");
@@ -66,15 +69,4 @@ pub fn main_with(args: Daemon) -> ! {
 fn fail(msg: &str) -> ! {
     eprintln!("dmlogd: {msg}");
     std::process::exit(2);
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DMLOGD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.with_ansi(false).init();
-    }
 }

@@ -7,6 +7,8 @@
 //! * [`daemon`]: the daemon: configuration, signals and wiring around the
 //!   host pipeline (`node::host`).
 //! * [`ctl`]: the admin client and the text `dmlogctl` prints.
+//! * [`logging`]: the daemon's log (level, file, journal priorities,
+//!   throttle) and what SIGHUP does to it.
 
 #![deny(missing_docs)]
 
@@ -15,3 +17,4 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod entry;
+pub mod logging;

@@ -229,6 +229,9 @@ fn look_through_dmlogctl_and_metrics(admin: &Path, metrics: &str, regions: u64) 
     assert_eq!(value("dmlogd_is_leader "), 1.0);
     assert_eq!(value("dmlogd_log_regions{uuid=\"LVM-daemon\",state=\"total\"}"), regions as f64);
     assert_eq!(value("dmlogd_log_regions{uuid=\"LVM-daemon\",state=\"out_of_sync\"}"), 0.0);
+    // A log's failure counters are there at 0 from its first scrape on.
+    assert_eq!(value("dmlogd_kick_failures_total{uuid=\"LVM-daemon\"}"), 0.0);
+    assert_eq!(value("dmlogd_wake_failures_total{uuid=\"LVM-daemon\"}"), 0.0);
 }
 
 /// The whole HTTP answer of the metrics endpoint at `addr`.
