@@ -16,6 +16,9 @@ _dmlogd() {
             ",$1")
                 cmd="dmlogd"
                 ;;
+            dmlogd,force-new-cluster)
+                cmd="dmlogd__subcmd__force__subcmd__new__subcmd__cluster"
+                ;;
             dmlogd,wake-read)
                 cmd="dmlogd__subcmd__wake__subcmd__read"
                 ;;
@@ -26,7 +29,7 @@ _dmlogd() {
 
     case "${cmd}" in
         dmlogd)
-            opts="-h -V --config --cluster --id --data-dir --listen --member --kernel --fence --admin-socket --metrics --incarnation --check-config --json --help --version wake-read"
+            opts="-h -V --config --cluster --id --data-dir --listen --member --kernel --fence --admin-socket --metrics --incarnation --check-config --json --help --version wake-read force-new-cluster"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -76,6 +79,20 @@ _dmlogd() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        dmlogd__subcmd__force__subcmd__new__subcmd__cluster)
+            opts="-h --force --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 *)
                     COMPREPLY=()
                     ;;

@@ -40,4 +40,7 @@ complete -c dmlogd -n "__fish_dmlogd_needs_command" -l json -d 'Log as JSON line
 complete -c dmlogd -n "__fish_dmlogd_needs_command" -s h -l help -d 'Print help'
 complete -c dmlogd -n "__fish_dmlogd_needs_command" -s V -l version -d 'Print version'
 complete -c dmlogd -n "__fish_dmlogd_needs_command" -f -a "wake-read" -d 'Read the last 4 KiB of a mirror with O_DIRECT, to wake its idle recovery (run by the daemon itself, as a separate process)'
+complete -c dmlogd -n "__fish_dmlogd_needs_command" -f -a "force-new-cluster" -d 'Recover from a lost majority: with this node\'s daemon stopped, make it the only voter of its cluster (the others are added back later as new, empty nodes). Every other member must be gone for good or wiped first; without --force it only says what it would do'
 complete -c dmlogd -n "__fish_dmlogd_using_subcommand wake-read" -s h -l help -d 'Print help'
+complete -c dmlogd -n "__fish_dmlogd_using_subcommand force-new-cluster" -l force -d 'Do it: the other members are down and will not start again with their current data directories'
+complete -c dmlogd -n "__fish_dmlogd_using_subcommand force-new-cluster" -s h -l help -d 'Print help'

@@ -48,6 +48,13 @@ _arguments "${_arguments_options[@]}" : \
 ':device:_files' \
 && ret=0
 ;;
+(force-new-cluster)
+_arguments "${_arguments_options[@]}" : \
+'--force[Do it\: the other members are down and will not start again with their current data directories]' \
+'-h[Print help]' \
+'--help[Print help]' \
+&& ret=0
+;;
         esac
     ;;
 esac
@@ -57,8 +64,14 @@ esac
 _dmlogd_commands() {
     local commands; commands=(
 'wake-read:Read the last 4 KiB of a mirror with O_DIRECT, to wake its idle recovery (run by the daemon itself, as a separate process)' \
+'force-new-cluster:Recover from a lost majority\: with this node'\''s daemon stopped, make it the only voter of its cluster (the others are added back later as new, empty nodes). Every other member must be gone for good or wiped first; without --force it only says what it would do' \
     )
     _describe -t commands 'dmlogd commands' commands "$@"
+}
+(( $+functions[_dmlogd__subcmd__force-new-cluster_commands] )) ||
+_dmlogd__subcmd__force-new-cluster_commands() {
+    local commands; commands=()
+    _describe -t commands 'dmlogd force-new-cluster commands' commands "$@"
 }
 (( $+functions[_dmlogd__subcmd__wake-read_commands] )) ||
 _dmlogd__subcmd__wake-read_commands() {

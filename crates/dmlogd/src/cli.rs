@@ -65,6 +65,16 @@ pub enum DaemonCmd {
     /// recovery (run by the daemon itself, as a separate process).
     #[command(hide = true)]
     WakeRead { device: PathBuf },
+    /// Recover from a lost majority: with this node's daemon stopped, make
+    /// it the only voter of its cluster (the others are added back later
+    /// as new, empty nodes). Every other member must be gone for good or
+    /// wiped first; without --force it only says what it would do.
+    ForceNewCluster {
+        /// Do it: the other members are down and will not start again
+        /// with their current data directories.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Status and administration of a dmlogd cluster.

@@ -385,7 +385,15 @@ mod tests {
             (2, include_str!("../../../deploy/config/node2.toml")),
             (3, include_str!("../../../deploy/config/node3.toml")),
         ] {
-            let c = Config::build(Some(text), &Overrides::default()).unwrap_or_else(|e| panic!("node{n}.toml: {e}"));
+            // Their [tls] files, where the samples expect them.
+            let dir = tempfile::tempdir().unwrap();
+            for f in ["ca.pem", &format!("node{n}.pem"), &format!("node{n}.key")] {
+                std::fs::write(dir.path().join(f), "pem").unwrap();
+            }
+            assert!(text.contains("\n[tls]\n"), "node{n}.toml without TLS");
+            let text = text.replace("/etc/dmlogd/tls/", &format!("{}/", dir.path().display()));
+            let c = Config::build(Some(&text), &Overrides::default()).unwrap_or_else(|e| panic!("node{n}.toml: {e}"));
+            assert!(c.tls.is_some());
             assert_eq!((c.id, c.members.len(), c.kernel, c.cluster.as_str()), (n, 3, Kernel::Netlink, "san-a"));
             assert_eq!(c.listen, c.members[&n]);
             assert_eq!(c.timing, node::liveness::Timing::default());

@@ -209,6 +209,18 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>, log: LogCon
     }
     tracing::info!(id = config.id, listen = %config.listen, members = ?config.members, "starting");
 
+    // systemd (Type=notify): ready once the node has joined, which is when
+    // its lease starts; units ordered after dmlogd (LVM activation) wait
+    // for that, not for the process.
+    let ready = {
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            while gate.quorum().age.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("joined the cluster")]);
+        })
+    };
     let logging = log.logging.clone();
     let signals = {
         let replica = replica.clone();
@@ -226,6 +238,8 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>, log: LogCon
         }
     };
     let exit = host.run(signals).await;
+    ready.abort();
+    notify(&[sd_notify::NotifyState::Stopping]);
     if let Some(l) = &logging {
         l.stopping();
     }
@@ -235,6 +249,16 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>, log: LogCon
     match exit {
         Exit::Stopped => Ok(()),
         Exit::TransportFailed(why) => Err(format!("the kernel transport failed: {why}; fenced")),
+    }
+}
+
+/// Tells systemd, when it runs the daemon as `Type=notify` (nothing
+/// otherwise).
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(false, state)
+    {
+        tracing::warn!(error = %e, "could not notify systemd");
     }
 }
 

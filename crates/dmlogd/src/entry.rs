@@ -41,6 +41,9 @@ pub fn main_with(args: Daemon) -> ! {
         Ok(c) => c,
         Err(e) => fail(&e),
     };
+    if let Some(DaemonCmd::ForceNewCluster { force }) = &args.command {
+        force_new_cluster(&config, *force);
+    }
     if args.check_config {
         println!("dmlogd: configuration ok: node {} of {} members", config.id, config.members.len());
         std::process::exit(0);
@@ -60,6 +63,59 @@ pub fn main_with(args: Daemon) -> ! {
         Err(e) if e.starts_with("the kernel transport failed") => {
             eprintln!("dmlogd: {e}");
             std::process::exit(1);
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `dmlogd force-new-cluster`: see [`replication::recovery`].
+fn force_new_cluster(config: &Config, force: bool) -> ! {
+    let lock_path = config.data_dir.join("dmlogd.lock");
+    let lock = match std::fs::File::create(&lock_path) {
+        Ok(l) => l,
+        Err(e) => fail(&format!("{}: {e}", lock_path.display())),
+    };
+    if lock.try_lock().is_err() {
+        fail(&format!(
+            "dmlogd is running on {} (it holds {}): stop it first",
+            config.data_dir.display(),
+            lock_path.display()
+        ));
+    }
+    let store = config.data_dir.join("raft.redb");
+    if !store.exists() {
+        fail(&format!("{}: no Raft store: nothing to recover", store.display()));
+    }
+    if !force {
+        eprintln!(
+            "dmlogd: force-new-cluster makes node {} the only voter of cluster {:?}, from {}.\n\
+             Only for a cluster that lost its majority for good. Before you run it with --force:\n\
+             * choose the survivor with the highest log index (`dmlogctl status` showed it) and\n\
+             * make sure no other member starts again with its data directory (wipe it): one\n\
+               that did could elect a second leader with another old member.\n\
+             Then start this node and add the other hosts back as new nodes with empty data\n\
+             directories (`dmlogctl members add`). Nothing was changed.",
+            config.id,
+            config.cluster,
+            store.display()
+        );
+        std::process::exit(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => fail(&format!("runtime: {e}")),
+    };
+    match runtime.block_on(replication::recovery::force_sole_voter(&store, regions::NodeId(config.id))) {
+        Ok(f) => {
+            println!(
+                "dmlogd: node {} is now the only voter (it was one of {:?}); new membership at log index {} term {}. \
+                 Start it, then add the other hosts back as new nodes with empty data directories.",
+                config.id,
+                f.old_voters.iter().map(|n| n.0).collect::<Vec<_>>(),
+                f.entry.index,
+                f.entry.leader_id.term
+            );
+            std::process::exit(0);
         }
         Err(e) => fail(&e),
     }

@@ -19,7 +19,8 @@ fn certificates(dir: &Path, prefix: &str) {
     p.distinguished_name.push(DnType::CommonName, format!("{prefix} CA"));
     let ca = p.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
-    let node = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+    let names = vec!["127.0.0.1".to_owned(), replication::grpc::node_name(regions::NodeId(1))];
+    let node = CertificateParams::new(names).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
     std::fs::write(dir.join(format!("{prefix}ca.pem")), ca.pem()).unwrap();
     std::fs::write(dir.join(format!("{prefix}node.pem")), node.pem()).unwrap();
     std::fs::write(dir.join(format!("{prefix}node.key")), key.serialize_pem()).unwrap();

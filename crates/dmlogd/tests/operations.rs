@@ -290,8 +290,7 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
     for prefix in ["dmlogd_", "process_"] {
         let mut rest = text;
         while let Some(at) = rest.find(prefix) {
-            let name: String =
-                rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let name: String = rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             out.insert(name.clone());
             rest = &rest[at + name.len()..];
         }
@@ -319,4 +318,67 @@ fn scrape_value(addr: &str, prefix: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {prefix} in {body}"))
+}
+
+#[test]
+fn a_cluster_that_lost_its_majority_is_recovered_from_one_survivor() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let conf = |i: usize| format!("listen = \"127.0.0.1:{}\"\n{}", ports[i], members(&ports));
+    let mut one = Daemon::start(dir.path(), 1, &conf(0));
+    let two = Daemon::start(dir.path(), 2, &conf(1));
+    let three = Daemon::start(dir.path(), 3, &conf(2));
+    let before = one.wait_status("healthy", |s| s["healthy"] == true && s["last_applied"].as_u64() > Some(3));
+    let applied = before["last_applied"].as_u64().unwrap();
+    // Two of three hosts are lost for good.
+    drop(two);
+    drop(three);
+    one.wait_status("without quorum", |s| s["quorum"] == false);
+    one.signal("-TERM");
+    one.child.wait().unwrap();
+    let force = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dmlogd"))
+            .arg("--config")
+            .arg(one.dir.join("dmlogd.toml"))
+            .arg("force-new-cluster")
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Refused unless asked for explicitly; nothing changed.
+    let (code, _, err) = force(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("Nothing was changed"), "{err}");
+    let (code, out, err) = force(&["--force"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("node 1 is now the only voter") && out.contains("[1, 2, 3]"), "{out}");
+    // Started again it leads alone, with everything it had.
+    let one = Daemon::start(dir.path(), 1, &conf(0));
+    let s = one.wait_status("healthy alone", |s| s["healthy"] == true);
+    assert_eq!(s["members"].as_array().unwrap().len(), 1, "{s}");
+    assert!(s["last_applied"].as_u64().unwrap() > applied, "{s}");
+    // While it runs the tool refuses to touch its store.
+    let (code, _, err) = force(&["--force"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("stop it first"), "{err}");
+    // Host 2 comes back wiped, configured with the current members, and
+    // is added as a node again.
+    std::fs::remove_dir_all(dir.path().join("n2")).unwrap();
+    let two_conf = format!(
+        "listen = \"127.0.0.1:{}\"\n[members]\n1 = \"127.0.0.1:{}\"\n2 = \"127.0.0.1:{}\"\n",
+        ports[1], ports[0], ports[1]
+    );
+    let _two = Daemon::start(dir.path(), 2, &two_conf);
+    let (code, out, err) = one.ctl(&["members", "add", "2", &format!("127.0.0.1:{}", ports[1])]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let s = one.wait_status("two voters", |s| {
+        s["healthy"] == true
+            && s["members"].as_array().is_some_and(|m| m.len() == 2 && m.iter().all(|m| m["voter"] == true))
+    });
+    assert_eq!(s["leader"], 1, "{s}");
 }

@@ -282,6 +282,9 @@ async fn receive_loop<T: Transport, L: LeaderLink>(
     replies: mpsc::UnboundedSender<(Vec<u8>, T::Peer)>,
     metrics: Arc<Metrics>,
 ) -> io::Error {
+    // A kernel that sends garbage sends it with every request: one line a
+    // minute (the count is in dmlogd_malformed_datagrams_total).
+    let malformed = crate::quiet::Quiet::new(Duration::from_secs(60));
     loop {
         let (datagram, peer) = match transport.recv().await {
             Ok(got) => got,
@@ -295,7 +298,9 @@ async fn receive_loop<T: Transport, L: LeaderLink>(
             }
             Incoming::Malformed { reply, why } => {
                 metrics.malformed.inc();
-                tracing::warn!(error = %why, "answered a malformed request with EINVAL");
+                if let Some(n) = malformed.hit() {
+                    tracing::warn!(error = %why, malformed = n, "answered a malformed request with EINVAL");
+                }
                 let _ = replies.send((reply, peer));
             }
             Incoming::Dropped => {

@@ -48,5 +48,6 @@ pub mod metrics;
 pub mod netlink;
 pub mod own_marks;
 pub mod pipeline;
+pub mod quiet;
 pub mod router;
 pub mod transport;

@@ -72,6 +72,8 @@ pub struct NetlinkTransport {
     program: std::path::PathBuf,
     /// Overflows of the receive queue, and when one was last logged.
     overruns: Mutex<(u64, Option<Instant>)>,
+    /// Datagrams from senders other than the kernel, for the log.
+    strangers: crate::quiet::Quiet,
 }
 
 /// Whether a receive error only means datagrams were lost to an overflow
@@ -100,7 +102,12 @@ impl NetlinkTransport {
                 tracing::warn!(error = %e, "could not raise the netlink receive buffer");
             }
         }
-        Ok(NetlinkTransport { socket, program: program.to_owned(), overruns: Mutex::new((0, None)) })
+        Ok(NetlinkTransport {
+            socket,
+            program: program.to_owned(),
+            overruns: Mutex::new((0, None)),
+            strangers: crate::quiet::Quiet::new(Duration::from_secs(60)),
+        })
     }
 
     /// Counts an overflow and logs it, at most once a minute.
@@ -139,7 +146,13 @@ impl Transport for NetlinkTransport {
             if from_kernel(from.port_number()) {
                 return Ok((bytes, ()));
             }
-            tracing::warn!(port = from.port_number(), "dropped a connector message that is not from the kernel");
+            if let Some(n) = self.strangers.hit() {
+                tracing::warn!(
+                    port = from.port_number(),
+                    dropped = n,
+                    "dropped connector messages that are not from the kernel (one line a minute at most)"
+                );
+            }
         }
     }
 

@@ -411,8 +411,8 @@ impl<L: LeaderLink> Router<L> {
                     match self.replica.read(r.clone(), Instant::now() + ATTEMPT).await {
                         Ok(a) => return Some(a),
                         Err(ReplicaError::Timeout) => tracing::warn!("no quorum for a read; waiting"),
-                        Err(ReplicaError::Fatal(e)) => {
-                            tracing::error!(error = %e, "raft stopped");
+                        Err(ReplicaError::Fatal(e) | ReplicaError::Refused(e)) => {
+                            tracing::error!(error = %e, "read not served");
                             return None;
                         }
                     }
@@ -672,6 +672,12 @@ async fn propose_loop<L: LeaderLink>(
                 Err(ReplicaError::Timeout) => tracing::warn!(commands = batch.len(), "no quorum; proposing again"),
                 Err(ReplicaError::Fatal(e)) => {
                     tracing::error!(error = %e, "raft stopped");
+                    break None;
+                }
+                // A command this node may not originate: a bug here, never
+                // committed; the kernel's re-send meets the same refusal.
+                Err(ReplicaError::Refused(e)) => {
+                    tracing::error!(error = %e, "the leader refused a batch");
                     break None;
                 }
             }

@@ -141,6 +141,47 @@ pub enum Command {
     },
 }
 
+/// Who may put a command into the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Only this node itself: what its own kernel asked, its own join,
+    /// renewal, rejoin hints and disk writes. A peer that forwards it to the
+    /// leader must be this node.
+    Node(NodeId),
+    /// Only the leader, on its own Raft (evictions and removals): never
+    /// forwarded by a peer.
+    Leader,
+    /// Any member (an administrator's full resync, asked on any node).
+    Anyone,
+}
+
+impl Command {
+    /// Who may originate this command. A leader takes a forwarded
+    /// proposal only if every command in it may come from the forwarding
+    /// peer, so a member cannot speak for another (register, mark or clear
+    /// on its behalf, report its disk writes) or evict anyone.
+    pub fn origin(&self) -> Origin {
+        match self {
+            Command::Kernel { instance, .. } => Origin::Node(instance.node),
+            Command::NodeJoined { node, .. }
+            | Command::Renew { node, .. }
+            | Command::StaleHints { node }
+            | Command::DiskLogWritten { node, .. } => Origin::Node(*node),
+            Command::NodeEvicted { .. } | Command::NodeRetired { .. } | Command::NodeExpired { .. } => Origin::Leader,
+            Command::Resync { .. } => Origin::Anyone,
+        }
+    }
+
+    /// Whether peer `from` may forward this command to the leader.
+    pub fn may_come_from(&self, from: NodeId) -> bool {
+        match self.origin() {
+            Origin::Node(n) => n == from,
+            Origin::Leader => false,
+            Origin::Anyone => true,
+        }
+    }
+}
+
 /// The state-changing kernel requests (spec §3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KernelOp {
@@ -353,6 +394,37 @@ impl Refusal {
             | Refusal::BadCtr(_)
             | Refusal::GeometryMismatch { .. }
             | Refusal::StaleEviction(_) => Errno::EINVAL,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_may_forward_only_what_it_originates() {
+        let (me, other) = (NodeId(2), NodeId(3));
+        let uuid = Uuid::new("LVM-o").unwrap_or_else(|| unreachable!());
+        let mine = Instance { node: me, luid: wire::Luid(1) };
+        let theirs = Instance { node: other, luid: wire::Luid(1) };
+        let kernel = |instance| Command::Kernel { uuid: uuid.clone(), instance, op: KernelOp::Clear(Vec::new()) };
+        let disk = |node| Command::DiskLogWritten { uuid: uuid.clone(), node, version: 1, failed: false };
+        for (c, ok) in [
+            (kernel(mine), true),
+            (kernel(theirs), false),
+            (Command::NodeJoined { node: me, incarnation: 1 }, true),
+            (Command::NodeJoined { node: other, incarnation: 1 }, false),
+            (Command::Renew { node: other, incarnation: 1, applied: 0 }, false),
+            (Command::StaleHints { node: other }, false),
+            (disk(me), true),
+            (disk(other), false),
+            (Command::NodeEvicted { node: other }, false),
+            (Command::NodeExpired { node: other, joined: 1 }, false),
+            (Command::NodeRetired { node: me }, false),
+            (Command::Resync { uuid: uuid.clone() }, true),
+        ] {
+            assert_eq!(c.may_come_from(me), ok, "{c:?}");
         }
     }
 }

@@ -67,7 +67,7 @@ mod log;
 mod machine;
 
 pub use bitmap::Bitmap;
-pub use command::{Applied, Command, Effect, Instance, KernelOp, NodeId, Query, Refusal};
+pub use command::{Applied, Command, Effect, Instance, KernelOp, NodeId, Origin, Query, Refusal};
 pub use ctr::{CtrArgs, CtrError, LogType, SyncMode};
 pub use disk::DiskImage;
 pub use invariants::Violation;

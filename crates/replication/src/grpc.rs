@@ -44,6 +44,25 @@ pub const CHUNK_DEADLINE: Duration = Duration::from_secs(10);
 /// Deadline of a forwarded proposal or read (the caller's own deadline
 /// also bounds it).
 pub const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
+/// The largest snapshot a node accepts from a peer. The region state of
+/// even very large mirrors is a few bitmaps per log (32 Mi regions of a
+/// 16 TiB mirror make 4 MiB each); a peer announcing more is refused before
+/// anything is buffered.
+pub const MAX_SNAPSHOT: u64 = 1 << 30;
+
+/// The DNS name a node's certificate carries (as a subject alternative
+/// name, beside its address) to speak as node `id`: `dmlogd-node-<id>`.
+/// With TLS on, a peer call is answered only if the caller's certificate
+/// names the node the call says it comes from.
+pub fn node_name(id: NodeId) -> String {
+    format!("dmlogd-node-{}", id.0)
+}
+
+/// Whether the certificate `der` names node `id` ([`node_name`]).
+pub fn certificate_names(der: &rustls_pki_types::CertificateDer<'_>, id: NodeId) -> bool {
+    let Ok(name) = rustls_pki_types::ServerName::try_from(node_name(id)) else { return false };
+    webpki::EndEntityCert::try_from(der).is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
+}
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEPALIVE: Duration = Duration::from_secs(5);
 
@@ -82,6 +101,25 @@ impl PeerTls {
     /// callers otherwise, e.g. by token).
     pub fn server_for_tools(&self) -> ServerTlsConfig {
         ServerTlsConfig::new().identity(Identity::from_pem(&self.cert, &self.key))
+    }
+
+    /// Checks that this node's certificate names node `id`
+    /// ([`node_name`]): its peers answer nothing else.
+    pub fn check_names(&self, id: NodeId) -> Result<(), String> {
+        use rustls_pki_types::pem::PemObject;
+        let first = rustls_pki_types::CertificateDer::pem_slice_iter(&self.cert)
+            .next()
+            .ok_or("the certificate file holds no certificate")?
+            .map_err(|e| format!("the certificate: {e}"))?;
+        if certificate_names(&first, id) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the certificate does not name node {id} (it needs the DNS name {} among its subject \
+                 alternative names; peers refuse a node's calls otherwise)",
+                node_name(id)
+            ))
+        }
     }
 
     /// The server side: present our certificate, require a client
@@ -344,12 +382,30 @@ impl LeaderLink for GrpcLeaderLink {
 pub struct PeerService {
     replica: Arc<Replica<GrpcLeaderLink>>,
     cluster: String,
+    /// One warning per kind of refusal per minute, with a count.
+    refusals: Mutex<HashMap<&'static str, (std::time::Instant, u64)>>,
 }
+
+/// The client certificates of a call (TLS only).
+type PeerCerts = Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>;
 
 impl PeerService {
     /// Serves `replica`'s node, a member of `cluster`.
     pub fn new(replica: Arc<Replica<GrpcLeaderLink>>, cluster: &str) -> PeerService {
-        PeerService { replica, cluster: cluster.to_owned() }
+        PeerService { replica, cluster: cluster.to_owned(), refusals: Mutex::default() }
+    }
+
+    /// Logs a refused call: the first of its kind at once, then at most one
+    /// line a minute with the number refused meanwhile.
+    fn warn_refused(&self, kind: &'static str, from: u64, why: &str) {
+        let now = std::time::Instant::now();
+        let mut seen = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = seen.entry(kind).or_insert((now - Duration::from_secs(3600), 0));
+        entry.1 += 1;
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            tracing::warn!(from, refused = entry.1, "refused a peer call ({kind}): {why}");
+            *entry = (now, 0);
+        }
     }
 
     /// The tonic service, with raised message limits.
@@ -357,13 +413,27 @@ impl PeerService {
         PeerServer::new(self).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE)
     }
 
-    fn open<T: DeserializeOwned>(&self, env: &Envelope) -> Result<T, Status> {
+    fn open<T: DeserializeOwned>(&self, env: &Envelope, certs: &PeerCerts) -> Result<T, Status> {
         if env.cluster != self.cluster {
-            tracing::warn!(from = env.from, cluster = %env.cluster, "refused a call from another cluster");
-            return Err(Status::permission_denied(format!(
+            let why = format!(
                 "this is node {} of cluster {:?}; node {} of cluster {:?} may not call it",
                 self.replica.id, self.cluster, env.from, env.cluster
-            )));
+            );
+            self.warn_refused("another cluster", env.from, &why);
+            return Err(Status::permission_denied(why));
+        }
+        // With TLS, the caller is who its certificate names, not who the
+        // envelope says.
+        if let Some(certs) = certs
+            && !certs.first().is_some_and(|c| certificate_names(c, NodeId(env.from)))
+        {
+            let why = format!(
+                "the caller's certificate does not name node {} (DNS name {}): a node may only speak as itself",
+                env.from,
+                node_name(NodeId(env.from))
+            );
+            self.warn_refused("certificate of another node", env.from, &why);
+            return Err(Status::permission_denied(why));
         }
         if NodeId(env.to) != self.replica.id {
             return Err(Status::failed_precondition(format!(
@@ -387,26 +457,34 @@ impl PeerService {
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn vote(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let certs = request.peer_certs();
         let env = request.into_inner();
-        let req: VoteRequest<NodeId> = self.open(&env)?;
+        let req: VoteRequest<NodeId> = self.open(&env, &certs)?;
         let out = self.raft().vote(req).await;
         self.seal(NodeId(env.from), &out)
     }
 
     async fn append_entries(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let certs = request.peer_certs();
         let env = request.into_inner();
-        let req: AppendEntriesRequest<TypeConfig> = self.open(&env)?;
+        let req: AppendEntriesRequest<TypeConfig> = self.open(&env, &certs)?;
         let out = self.replica.accept_append_entries(req).await;
         self.seal(NodeId(env.from), &out)
     }
 
     async fn install_snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<Envelope>, Status> {
+        let certs = request.peer_certs();
         let mut stream = request.into_inner();
         let first = stream.message().await?.and_then(|c| c.kind);
         let Some(snapshot_chunk::Kind::Meta(env)) = first else {
             return Err(Status::invalid_argument("a snapshot stream starts with its metadata"));
         };
-        let head: SnapshotHead = self.open(&env)?;
+        let head: SnapshotHead = self.open(&env, &certs)?;
+        if head.len > MAX_SNAPSHOT {
+            let why = format!("a snapshot of {} bytes is over the {MAX_SNAPSHOT}-byte bound", head.len);
+            self.warn_refused("snapshot too large", env.from, &why);
+            return Err(Status::resource_exhausted(why));
+        }
         let mut data = Vec::new();
         while let Some(chunk) = stream.message().await? {
             match chunk.kind {
@@ -426,29 +504,37 @@ impl Peer for PeerService {
     }
 
     async fn propose(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let certs = request.peer_certs();
         let env = request.into_inner();
-        let p: Proposal = self.open(&env)?;
+        let p: Proposal = self.open(&env, &certs)?;
+        if let Err(why) = p.check_forwarded_by(NodeId(env.from)) {
+            self.warn_refused("a command the peer may not originate", env.from, &why);
+            return self.seal(NodeId(env.from), &Err::<Outcomes, _>(ForwardError::Refused(why)));
+        }
         let out = self.replica.propose_here(p).await.map_err(ForwardError::from);
         self.seal(NodeId(env.from), &out)
     }
 
     async fn read(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let certs = request.peer_certs();
         let env = request.into_inner();
-        let r: ReadRequest = self.open(&env)?;
+        let r: ReadRequest = self.open(&env, &certs)?;
         let out = read_local(self.raft(), &self.replica.state, &r).await.map_err(ForwardError::from);
         self.seal(NodeId(env.from), &out)
     }
 
     async fn campaign(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let certs = request.peer_certs();
         let env = request.into_inner();
-        let order: Campaign = self.open(&env)?;
+        let order: Campaign = self.open(&env, &certs)?;
         let out = self.replica.obey(order).await;
         self.seal(NodeId(env.from), &out)
     }
 
     async fn pre_vote(&self, request: Request<Envelope>) -> Result<Response<Envelope>, Status> {
+        let certs = request.peer_certs();
         let env = request.into_inner();
-        let last_log: Option<LogId> = self.open(&env)?;
+        let last_log: Option<LogId> = self.open(&env, &certs)?;
         let out: Result<bool, ForwardError> = Ok(self.replica.answer_pre_vote(last_log).await);
         self.seal(NodeId(env.from), &out)
     }

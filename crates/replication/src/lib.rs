@@ -30,6 +30,7 @@ mod log_store;
 pub mod membership;
 pub mod memnet;
 pub mod node;
+pub mod recovery;
 mod replica;
 pub mod runtime;
 mod state_machine;

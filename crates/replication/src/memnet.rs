@@ -306,6 +306,8 @@ impl RaftNetwork<TypeConfig> for MemLink {
 impl LeaderLink for MemLink {
     async fn propose(&self, leader: NodeId, p: Proposal) -> Result<Outcomes, ForwardError> {
         let ((raft, _), fate) = self.target(leader).await.map_err(|_| ForwardError::Unreachable(leader))?;
+        // The leader's check of who may forward what, as over gRPC.
+        p.check_forwarded_by(self.from).map_err(ForwardError::Refused)?;
         let out = propose_local(&raft, p).await.map_err(ForwardError::from)?;
         if fate == Fate::DropReply {
             // Committed, but the follower never hears: it retries, and the

@@ -114,6 +114,9 @@ impl GrpcNode {
         initial: Option<&BTreeMap<NodeId, String>>,
     ) -> Result<GrpcNode, StartError> {
         let id = id.into();
+        if let Some(tls) = &settings.tls {
+            tls.check_names(id).map_err(StartError::Tls)?;
+        }
         let (log, db) = LogStore::open(path)?;
         let (tx, effects) = mpsc::unbounded_channel();
         let sm = StateMachine::open(db).map_err(StartError::Raft)?.with_effects(tx);

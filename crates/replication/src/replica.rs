@@ -45,6 +45,10 @@ pub enum ForwardError {
     /// The Raft core stopped.
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// The leader refused the forwarded proposal: it holds a command the
+    /// forwarding node may not originate ([`regions::Command::origin`]).
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 /// Why a proposal or a read did not complete.
@@ -57,6 +61,10 @@ pub enum ReplicaError {
     /// The Raft core stopped.
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// The leader refused the proposal for coming from this node (a bug,
+    /// or a node speaking for another): retrying would not help.
+    #[error("refused by the leader: {0}")]
+    Refused(String),
 }
 
 /// A campaign order, for leadership transfer (openraft 0.9 has none).
@@ -395,8 +403,10 @@ impl<L: LeaderLink> Replica<L> {
                         // 6783: a deferred CLEAR committed unbeknown to its
                         // lane, which then acknowledged a MARK of the
                         // region from memory, I1).
-                        out = forward(leader) => if let Ok(v) = out {
-                            return Ok(Some(v));
+                        out = forward(leader) => match out {
+                            Ok(v) => return Ok(Some(v)),
+                            Err(ForwardError::Refused(why)) => return Err(ReplicaError::Refused(why)),
+                            Err(_) => {}
                         },
                         () = moved => {}
                     }

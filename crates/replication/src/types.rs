@@ -53,6 +53,19 @@ pub struct Proposal {
     pub commands: Vec<regions::Command>,
 }
 
+impl Proposal {
+    /// Whether peer `from` may forward this proposal to the leader: every
+    /// command in it must be one that node may originate
+    /// ([`regions::Command::may_come_from`]); the error names the first
+    /// that is not.
+    pub fn check_forwarded_by(&self, from: NodeId) -> Result<(), String> {
+        match self.commands.iter().find(|c| !c.may_come_from(from)) {
+            None => Ok(()),
+            Some(c) => Err(format!("node {from} may not propose {c:?}")),
+        }
+    }
+}
+
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "proposal of {} commands", self.commands.len())

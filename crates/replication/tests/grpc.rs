@@ -82,8 +82,10 @@ impl Cluster {
         }
     }
 
-    async fn join(&self, via: u64, node: u64) {
-        let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(node), incarnation: 1 }] };
+    /// Node `via` (re)registers its kernel as boot `incarnation`, through
+    /// its own replica (a node may propose only for itself): one entry.
+    async fn join(&self, via: u64, incarnation: u64) {
+        let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(via), incarnation }] };
         let out = self.nodes[&via].replica.propose(p, deadline()).await.unwrap();
         assert_eq!(out.0.len(), 1);
         assert!(out.0[0].answer.is_ok(), "{:?}", out.0[0]);
@@ -103,12 +105,16 @@ async fn proposals_and_reads_are_forwarded_to_the_leader() {
     c.join(follower, 7).await;
     // A read through the follower is linearizable: it sees the join.
     let uuid = Uuid::new("LVM-grpc").unwrap();
-    let r =
-        ReadRequest { uuid, instance: regions::Instance { node: Rn(7), luid: Luid(1) }, query: Query::GetSyncCount };
+    let r = ReadRequest {
+        uuid,
+        instance: regions::Instance { node: Rn(follower), luid: Luid(1) },
+        query: Query::GetSyncCount,
+    };
     let answer = c.nodes[&follower].replica.read(r, deadline()).await.unwrap();
     // No such log yet: the read reaches the machine and is refused there.
     assert!(answer.is_err(), "{answer:?}");
-    assert!(c.nodes[&leader].replica.state.read(|m| m.members().contains_key(&Rn(7))));
+    let incarnation = c.nodes[&leader].replica.state.read(|m| m.members().get(&Rn(follower)).map(|m| m.incarnation));
+    assert_eq!(incarnation, Some(7));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,6 +218,10 @@ async fn a_joiner_that_never_answers_is_refused_and_the_cluster_keeps_its_majori
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_voter_is_removed_while_a_majority_lives() {
     let mut c = Cluster::start(3).await;
+    // A leader that has committed in its term (the first election may
+    // still be settling right after the start).
+    let first = c.leader().await;
+    c.join(first, 1).await;
     let leader = c.leader().await;
     let dead = c.nodes.keys().copied().find(|id| *id != leader).unwrap();
     c.nodes.remove(&dead).unwrap().shutdown().await;

@@ -1,6 +1,7 @@
 //! Mutual TLS between nodes: a cluster whose nodes hold certificates of
 //! its CA replicates; a peer without a certificate, or with one from
-//! another cluster's CA, is refused.
+//! another cluster's CA, is refused; a peer may speak only as the node its
+//! certificate names, and may forward only commands that node originates.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -34,11 +35,12 @@ impl Ca {
         Ca { cert: p.self_signed(&key).unwrap(), key }
     }
 
-    /// A node certificate for 127.0.0.1, signed by this CA.
-    fn node(&self, name: &str) -> PeerTls {
+    /// The certificate of node `id` at 127.0.0.1, signed by this CA.
+    fn node(&self, id: u64) -> PeerTls {
         let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
+        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned(), replication::grpc::node_name(Rn(id))];
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, format!("node {id}"));
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
         PeerTls {
             ca: self.cert.pem().into_bytes(),
@@ -84,7 +86,7 @@ async fn nodes_with_the_clusters_certificates_replicate_and_strangers_are_refuse
     }
     let mut nodes = BTreeMap::new();
     for (id, l) in listeners {
-        let s = settings(ca.node(&format!("node {id}")));
+        let s = settings(ca.node(id));
         let n = GrpcNode::start(id, &dir.path().join(format!("{id}.redb")), l, s, Some(&members)).await.unwrap();
         nodes.insert(id, n);
     }
@@ -92,7 +94,7 @@ async fn nodes_with_the_clusters_certificates_replicate_and_strangers_are_refuse
     // and reaches every node.
     let lead = leader(&nodes).await;
     let follower = *nodes.keys().find(|id| **id != lead).unwrap();
-    let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(9), incarnation: 1 }] };
+    let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(follower), incarnation: 1 }] };
     let out = nodes[&follower].replica.propose(p, Instant::now() + Duration::from_secs(30)).await.unwrap();
     assert!(out.0[0].answer.is_ok(), "{:?}", out.0[0]);
 
@@ -106,7 +108,7 @@ async fn nodes_with_the_clusters_certificates_replicate_and_strangers_are_refuse
     }
     // TLS trusting the node, but with a certificate of another cluster's
     // CA: the handshake is refused.
-    let other = Ca::new("cluster B").node("intruder");
+    let other = Ca::new("cluster B").node(9);
     let stranger = PeerTls { ca: ca.cert.pem().into_bytes(), ..other };
     let ep = Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(stranger.client()).unwrap();
     // (A connect error is the handshake refusing it at once.)
@@ -114,12 +116,61 @@ async fn nodes_with_the_clusters_certificates_replicate_and_strangers_are_refuse
         let answered = PeerClient::new(ch).campaign(envelope()).await;
         assert!(answered.is_err(), "a certificate of another CA was accepted: {answered:?}");
     }
-    // The same call with a certificate of the cluster's CA is answered.
-    let friend = ca.node("dmlogctl test");
+    // The same call with a certificate of the cluster's CA for node 9 is
+    // answered.
+    let friend = ca.node(9);
     let ep = Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(friend.client()).unwrap();
     let mut c = PeerClient::new(ep.connect().await.unwrap());
     let ok = c.campaign(Envelope { to: 1, ..envelope() }).await;
     assert!(ok.is_ok(), "{ok:?}");
+    // With node 9's certificate, a call that says it comes from node 2 is
+    // refused: a node speaks only as itself.
+    let e = c.campaign(Envelope { from: 2, ..envelope() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("does not name node 2"), "{e}");
+
+    // Node 2, as itself, forwards to the leader a proposal that speaks for
+    // node 3 (registers it, renews its lease) or evicts: refused, nothing
+    // committed.
+    let lead_addr = &members[&Rn(lead)];
+    let two = ca.node(2);
+    let ep = Endpoint::from_shared(format!("https://{lead_addr}")).unwrap().tls_config(two.client()).unwrap();
+    let mut c = PeerClient::new(ep.connect().await.unwrap());
+    for cmd in [
+        Command::NodeJoined { node: Rn(3), incarnation: 77 },
+        Command::Renew { node: Rn(3), incarnation: 1, applied: 0 },
+        Command::NodeEvicted { node: Rn(3) },
+        Command::NodeRetired { node: Rn(1) },
+    ] {
+        let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(2), incarnation: 5 }, cmd.clone()] };
+        let env = Envelope {
+            from: 2,
+            to: lead,
+            payload: replication::types::encode(&p).unwrap(),
+            cluster: DEFAULT_CLUSTER.into(),
+        };
+        let reply = c.propose(env).await.unwrap().into_inner();
+        let out: Result<replication::types::Outcomes, replication::ForwardError> =
+            replication::types::decode(&reply.payload).unwrap();
+        assert!(
+            matches!(&out, Err(replication::ForwardError::Refused(why)) if why.contains("node 2 may not")),
+            "{cmd:?}: {out:?}"
+        );
+    }
+    let incarnation = nodes[&lead].replica.state.read(|m| m.members().get(&Rn(2)).map(|m| m.incarnation));
+    assert_ne!(incarnation, Some(5), "a refused proposal was applied in part");
+    // Its own commands it may forward.
+    let p = Proposal { commands: vec![Command::Resync { uuid: wire::Uuid::new("LVM-none").unwrap() }] };
+    let env = Envelope {
+        from: 2,
+        to: lead,
+        payload: replication::types::encode(&p).unwrap(),
+        cluster: DEFAULT_CLUSTER.into(),
+    };
+    let reply = c.propose(env).await.unwrap().into_inner();
+    let out: Result<replication::types::Outcomes, replication::ForwardError> =
+        replication::types::decode(&reply.payload).unwrap();
+    assert!(out.is_ok(), "{out:?}");
     for n in nodes.into_values() {
         n.shutdown().await;
     }
