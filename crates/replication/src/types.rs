@@ -61,7 +61,7 @@ impl Proposal {
     pub fn check_forwarded_by(&self, from: NodeId) -> Result<(), String> {
         match self.commands.iter().find(|c| !c.may_come_from(from)) {
             None => Ok(()),
-            Some(c) => Err(format!("node {from} may not propose {c:?}")),
+            Some(c) => Err(format!("node {} may not propose {c:?}", from.0)),
         }
     }
 }

@@ -159,18 +159,30 @@ async fn nodes_with_the_clusters_certificates_replicate_and_strangers_are_refuse
     }
     let incarnation = nodes[&lead].replica.state.read(|m| m.members().get(&Rn(2)).map(|m| m.incarnation));
     assert_ne!(incarnation, Some(5), "a refused proposal was applied in part");
-    // Its own commands it may forward.
+    // Its own commands it may forward (to whoever leads by then: the
+    // campaign order above may have moved the leadership).
     let p = Proposal { commands: vec![Command::Resync { uuid: wire::Uuid::new("LVM-none").unwrap() }] };
-    let env = Envelope {
-        from: 2,
-        to: lead,
-        payload: replication::types::encode(&p).unwrap(),
-        cluster: DEFAULT_CLUSTER.into(),
-    };
-    let reply = c.propose(env).await.unwrap().into_inner();
-    let out: Result<replication::types::Outcomes, replication::ForwardError> =
-        replication::types::decode(&reply.payload).unwrap();
-    assert!(out.is_ok(), "{out:?}");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now_leading = leader(&nodes).await;
+        let ep = Endpoint::from_shared(format!("https://{}", members[&Rn(now_leading)]))
+            .unwrap()
+            .tls_config(two.client())
+            .unwrap();
+        let mut c = PeerClient::new(ep.connect().await.unwrap());
+        let payload = replication::types::encode(&p).unwrap();
+        let env = Envelope { from: 2, to: now_leading, payload, cluster: DEFAULT_CLUSTER.into() };
+        let reply = c.propose(env).await.unwrap().into_inner();
+        let out: Result<replication::types::Outcomes, replication::ForwardError> =
+            replication::types::decode(&reply.payload).unwrap();
+        match out {
+            Ok(_) => break,
+            Err(replication::ForwardError::NotLeader) if Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("node 2's own command: {other:?}"),
+        }
+    }
     for n in nodes.into_values() {
         n.shutdown().await;
     }
