@@ -1,7 +1,8 @@
 //! What an administrator meets in the first week, against real `dmlogd`
 //! processes: a typo in `members add`, a cluster that lost its quorum (in
 //! `dmlogctl status`, its JSON, `/metrics` and the OCF monitor), SIGHUP
-//! and its log file, and a scrape that `promtool` accepts.
+//! and its log file, systemd's readiness notice, and a scrape that
+//! `promtool` accepts.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -23,6 +24,11 @@ impl Daemon {
     /// Starts node `id` with the configuration `toml` (written to
     /// `dir/node<id>.toml`; its kernel socket and data dir are added).
     fn start(dir: &Path, id: u64, toml: &str) -> Daemon {
+        Daemon::start_with(dir, id, toml, &[])
+    }
+
+    /// As `start`, with these environment variables set.
+    fn start_with(dir: &Path, id: u64, toml: &str, env: &[(&str, &Path)]) -> Daemon {
         let node = dir.join(format!("n{id}"));
         std::fs::create_dir_all(&node).unwrap();
         let config = node.join("dmlogd.toml");
@@ -34,6 +40,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_dmlogd"))
             .arg("--config")
             .arg(&config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(node.join("stderr")).unwrap())
             .spawn()
@@ -211,6 +218,36 @@ fn sighup_reopens_the_log_file_and_rereads_the_level_and_sigterm_exits_cleanly()
     assert_eq!(errors.len(), 1, "only the bad level: {errors:?}");
     assert!(errors[0].contains("log level not re-read"), "{errors:?}");
     assert!(all.contains("stopping"), "{all}");
+}
+
+/// systemd's `Type=notify`: READY=1 only once the node has joined (a
+/// node alone of three never does), STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_hears_ready_after_the_join_and_stopping_at_the_end() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let systemd = UnixDatagram::bind(&path).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let conf = |i: usize| format!("listen = \"127.0.0.1:{}\"\n{}", ports[i], members(&ports));
+    let mut one = Daemon::start_with(dir.path(), 1, &conf(0), &[("NOTIFY_SOCKET", &path)]);
+    let mut buf = [0u8; 512];
+    let heard = |systemd: &UnixDatagram, buf: &mut [u8]| {
+        systemd.recv(buf).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    // Alone of three: no quorum, no join, not ready.
+    let early = heard(&systemd, &mut buf);
+    assert!(early.is_err(), "ready before the join: {early:?}");
+    let _two = Daemon::start(dir.path(), 2, &conf(1));
+    systemd.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let ready = heard(&systemd, &mut buf).unwrap();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert_eq!(one.status()["quorum"], true);
+    one.signal("-TERM");
+    let stopping = heard(&systemd, &mut buf).unwrap();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    assert_eq!(one.child.wait().unwrap().code(), Some(0));
 }
 
 #[test]

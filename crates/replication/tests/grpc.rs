@@ -255,3 +255,39 @@ async fn a_call_meant_for_another_node_is_refused() {
     let ok = client.campaign(Envelope { from: 9, to: 1, payload, cluster: ours() }).await;
     assert!(ok.is_ok(), "{ok:?}");
 }
+
+/// A snapshot stream announcing more than `MAX_SNAPSHOT` bytes is refused
+/// at its first message, before anything is buffered; one announcing what
+/// it then overruns is refused at the overrun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_snapshot_is_refused_before_it_is_buffered() {
+    use replication::grpc::MAX_SNAPSHOT;
+    use replication::pb::peer::{SnapshotChunk, snapshot_chunk};
+    use replication::types::{SnapshotMeta, Vote};
+
+    let c = Cluster::start(1).await;
+    let addr = c.nodes[&1].addr;
+    let mut client = PeerClient::connect(format!("http://{addr}")).await.unwrap();
+    let cluster = replication::node::DEFAULT_CLUSTER.to_owned();
+    // The head is (vote, meta, announced length), as postcard lays out the
+    // daemon's private struct of those three fields.
+    let head = |len: u64| {
+        let payload = replication::types::encode(&(Vote::default(), SnapshotMeta::default(), len)).unwrap();
+        let env = Envelope { from: 2, to: 1, payload, cluster: cluster.clone() };
+        SnapshotChunk { kind: Some(snapshot_chunk::Kind::Meta(env)) }
+    };
+    let data = |n: usize| SnapshotChunk { kind: Some(snapshot_chunk::Kind::Data(vec![0; n])) };
+
+    let huge = tokio_stream::iter(vec![head(MAX_SNAPSHOT + 1), data(16)]);
+    let e = client.install_snapshot(huge).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("bound"), "{e}");
+
+    let overrun = tokio_stream::iter(vec![head(8), data(4), data(8)]);
+    let e = client.install_snapshot(overrun).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("longer than announced"), "{e}");
+
+    // The node is unharmed: it still commits.
+    c.join(1, 1).await;
+}
