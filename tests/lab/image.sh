@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds the lab's guest: Debian's cloud kernel (unpacked, not installed)
 # and an initramfs with busybox, the device-mapper and virtio modules,
-# dmsetup, the given dmlogd/dmlogctl binaries and the lab's write load.
+# dmsetup, the given dmlogd/dmlogctl binaries and the lab's write load; and
+# for the iSCSI scenarios the kernel's LIO target modules, the iSCSI
+# initiator modules and open-iscsi's iscsid and iscsiadm.
 #
 #   tests/lab/image.sh <out dir> <dmlogd> <dmlogctl> [<lab-writer>]
 #
-# Writes <out dir>/vmlinuz and <out dir>/initrd.gz. The kernel package is
-# cached in <out dir>/kernel; Debian packages the build needs are installed
-# with apt-get when missing (as root).
+# Writes <out dir>/vmlinuz and <out dir>/initrd.gz. The kernel and
+# open-iscsi packages are cached in <out dir>/kernel; Debian packages the
+# build needs are installed with apt-get when missing (as root).
 set -euo pipefail
 
 out=$1 dmlogd=$2 dmlogctl=$3 writer=${4:-}
@@ -48,6 +50,17 @@ if [ ! -d "$kdir/root/boot" ]; then
     mv "$kdir/root.tmp" "$kdir/root"
 fi
 kver=$(ls "$kdir/root/lib/modules" | head -1)
+# open-iscsi and the two libraries of its own (unpacked, not installed).
+idir=$kdir/iscsi
+if [ ! -x "$idir/root/sbin/iscsid" ]; then
+    rm -rf "$idir"
+    mkdir -p "$idir"
+    echo "lab: fetching open-iscsi" >&2
+    (cd "$idir" && apt-get download open-iscsi libopeniscsiusr libisns0 2>/dev/null)
+    for d in "$idir"/*.deb; do dpkg -x "$d" "$idir/root.tmp"; done
+    mv "$idir/root.tmp" "$idir/root"
+fi
+ilibs=$(find "$idir/root" -name '*.so*' -printf '%h\n' | sort -u | paste -sd:)
 cp "$kdir/root/boot/vmlinuz-$kver" "$out/vmlinuz"
 depmod -b "$kdir/root" "$kver"
 
@@ -60,7 +73,8 @@ cp "$busybox" "$stage/bin/busybox"
 for a in sh mount mkdir ln cat; do ln -sf busybox "$stage/bin/$a"; done
 
 # Modules: the ones the lab uses and what they depend on, at their paths.
-modules="dm-mirror dm-log-userspace dm-delay dm-flakey virtio_pci virtio_blk virtio_net virtio_console"
+modules="dm-mirror dm-log-userspace dm-delay dm-flakey virtio_pci virtio_blk virtio_net virtio_console
+    configfs target_core_iblock iscsi_target_mod iscsi_tcp sd_mod"
 for m in $modules; do
     modprobe -d "$kdir/root" -S "$kver" --show-depends "$m" | awk '$1 == "insmod" {print $2}'
 done | sort -u | while read -r ko; do
@@ -76,16 +90,19 @@ copy_prog() {
     local src=$1 dst=$2
     install -D -m 0755 "$src" "$stage/$dst"
     strip "$stage/$dst" 2>/dev/null || true
-    ldd "$src" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do
+    LD_LIBRARY_PATH=$ilibs ldd "$src" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do
         [ -n "$lib" ] && [ -e "$lib" ] || continue
-        mkdir -p "$stage/$(dirname "$lib")"
-        cp -L "$lib" "$stage/$lib"
+        local at=${lib#"$idir/root"}
+        mkdir -p "$stage/$(dirname "$at")"
+        cp -L "$lib" "$stage/$at"
     done
 }
 copy_prog "$dmsetup" /sbin/dmsetup
 copy_prog "$dmlogd" /bin/dmlogd
 copy_prog "$dmlogctl" /bin/dmlogctl
 if [ -n "$writer" ]; then copy_prog "$writer" /bin/lab-writer; fi
+copy_prog "$idir/root/sbin/iscsid" /sbin/iscsid
+copy_prog "$idir/root/sbin/iscsiadm" /sbin/iscsiadm
 # The loader at the path the binaries name.
 if [ -e /lib64/ld-linux-x86-64.so.2 ]; then cp -L /lib64/ld-linux-x86-64.so.2 "$stage/lib64/"; fi
 

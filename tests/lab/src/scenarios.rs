@@ -14,6 +14,9 @@ pub const ALL: &[(&str, Scenario, &[&str])] = &[
     ("single", single, &[]),
     ("three", three, &[]),
     ("crash", crash, &[]),
+    ("iscsi", iscsi, &[]),
+    // A dead target: the kernel logs its I/O errors and the failed leg.
+    ("leg-fail", leg_fail, &[]),
     // The frozen node's kernel times out the request it sent just before
     // the freeze (its clock jumps on thaw); `partition` checks that the
     // other consoles have no time-out.
@@ -50,6 +53,11 @@ fn boot(lab: &Lab, n: u32) -> Outcome<Vec<Guest>> {
     Ok(guests)
 }
 
+/// When the leader evicts a node it has not heard from: written into
+/// every guest's configuration (it is also dmlogd's default), so that the
+/// crash figures can be printed beside it.
+const DEAD_AFTER: Duration = Duration::from_millis(12_000);
+
 /// The TOML configuration of node `node` in an `n`-node cluster.
 fn config(node: u32, n: u32, fence: &str) -> String {
     let mut members = String::new();
@@ -57,7 +65,8 @@ fn config(node: u32, n: u32, fence: &str) -> String {
         members.push_str(&format!("{i} = \"192.0.2.{i}:7601\"\n"));
     }
     format!(
-        "id = {node}\ndata_dir = \"/data/dmlogd\"\nlisten = \"192.0.2.{node}:7601\"\nkernel = \"netlink\"\nfence = \"{fence}\"\nmetrics = \"127.0.0.1:9100\"\n[members]\n{members}"
+        "id = {node}\ndata_dir = \"/data/dmlogd\"\nlisten = \"192.0.2.{node}:7601\"\nkernel = \"netlink\"\nfence = \"{fence}\"\nmetrics = \"127.0.0.1:9100\"\n[members]\n{members}[timing]\ndead_after_ms = {}\n",
+        DEAD_AFTER.as_millis()
     )
 }
 
@@ -113,6 +122,11 @@ fn status(g: &mut Guest) -> Outcome<serde_json::Value> {
 /// (`integrated_flush`), `log` is the type and its device, `after` follow
 /// the region size (`nosync`); `leg1` may name another device for leg 1.
 fn table(uuid: &str, before: &[&str], log: &str, after: &[&str], leg1: &str) -> String {
+    table_on(uuid, before, log, after, LEG0, leg1)
+}
+
+/// `table` with both legs named.
+fn table_on(uuid: &str, before: &[&str], log: &str, after: &[&str], leg0: &str, leg1: &str) -> String {
     let args: Vec<&str> = [uuid]
         .into_iter()
         .chain(before.iter().copied())
@@ -120,13 +134,10 @@ fn table(uuid: &str, before: &[&str], log: &str, after: &[&str], leg1: &str) -> 
         .chain(["1024"])
         .chain(after.iter().copied())
         .collect();
-    format!(
-        "0 131072 mirror userspace {} {} 2 $(readlink -f /dev/lab/leg0) 0 {leg1} 0 1 handle_errors",
-        args.len(),
-        args.join(" ")
-    )
+    format!("0 131072 mirror userspace {} {} 2 {leg0} 0 {leg1} 0 1 handle_errors", args.len(), args.join(" "))
 }
 
+const LEG0: &str = "$(readlink -f /dev/lab/leg0)";
 const LEG1: &str = "$(readlink -f /dev/lab/leg1)";
 
 /// `dmsetup create <name>` with the table.
@@ -209,17 +220,17 @@ fn single(lab: &Lab) -> Outcome<()> {
 fn three_with_mirror(lab: &Lab, uuid: &str, log: &str, leg1_of: fn(u32) -> String, fence: &str) -> Outcome<Vec<Guest>> {
     let mut guests = boot(lab, 3)?;
     cluster_up(&mut guests, fence)?;
-    mirror_on_all(&mut guests, uuid, log, leg1_of, 60)?;
+    mirror_on_all(&mut guests, &|n| table(uuid, &[], log, &[], &leg1_of(n)), 60)?;
     Ok(guests)
 }
 
-/// Creates mirror `m` (log `uuid`) on every guest: node 1 first, which
-/// resyncs it fully; then the others, each waited for up to `secs`.
-fn mirror_on_all(guests: &mut [Guest], uuid: &str, log: &str, leg1_of: fn(u32) -> String, secs: u64) -> Outcome<()> {
+/// Creates mirror `m` on every guest (node n's table is `table_of(n)`):
+/// node 1 first, which resyncs it fully; then the others, each waited for
+/// up to `secs`.
+fn mirror_on_all(guests: &mut [Guest], table_of: &dyn Fn(u32) -> String, secs: u64) -> Outcome<()> {
     let started = Instant::now();
     for g in guests.iter_mut() {
-        let leg1 = leg1_of(g.node);
-        create(g, "m", &table(uuid, &[], log, &[], &leg1))?;
+        create(g, "m", &table_of(g.node))?;
         if g.node == 1 {
             wait_in_sync(g, "m", 300)?;
             println!("   node 1: mirror created and fully resynced in {:.1} s", started.elapsed().as_secs_f64());
@@ -260,37 +271,267 @@ fn three(lab: &Lab) -> Outcome<()> {
     lab.legs_identical()
 }
 
-/// Node 3's leg 1 goes through a dm-delay device (writes 300 ms late), so
-/// its crash leaves regions written on one leg only.
-fn slow_leg1_on_3(node: u32) -> String {
-    if node == 3 { "/dev/mapper/slow1".to_owned() } else { LEG1.to_owned() }
+/// Where a scenario's mirror legs live.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Storage {
+    /// The lab's shared virtio disks, attached to every guest.
+    Shared,
+    /// iSCSI LUNs: storage guest 4 exports `leg0` and guest 5 `leg1` with
+    /// the kernel's LIO target; the cluster's guests log in with
+    /// open-iscsi (`iscsi_export`, `iscsi_login` in `guest/lab.sh`).
+    Iscsi,
 }
 
-/// kill -9 of a node mid-write: the survivors evict it, resync the regions
-/// it left half written, keep writing; it reboots and rejoins.
+/// The storage guests: node number and the disk each exports.
+const TARGETS: [(u32, &str); 2] = [(4, "leg0"), (5, "leg1")];
+
+impl Storage {
+    /// Boots the storage guests and starts their targets (none for `Shared`).
+    fn boot(self, lab: &Lab) -> Outcome<Vec<Guest>> {
+        if self == Storage::Shared {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let mut targets = Vec::new();
+        for (n, _) in TARGETS {
+            lab.data_disk(n)?;
+            targets.push(Guest::start(lab, n)?);
+        }
+        for (g, (n, disk)) in targets.iter_mut().zip(TARGETS) {
+            g.ready(SECS(180))?;
+            g.sh(&format!("iscsi_export {disk} 192.0.2.{n}"))?;
+        }
+        println!("   iSCSI targets up (node 4: leg0, node 5: leg1) in {:.1} s", started.elapsed().as_secs_f64());
+        Ok(targets)
+    }
+
+    /// Makes the legs visible on a cluster guest: logs in to both targets.
+    fn attach(self, g: &mut Guest) -> Outcome<()> {
+        match self {
+            Storage::Shared => Ok(()),
+            Storage::Iscsi => g.run("iscsi_login 192.0.2.4 192.0.2.5", SECS(120)).map(|_| ()),
+        }
+    }
+
+    /// How the figures name it.
+    fn label(self) -> &'static str {
+        match self {
+            Storage::Shared => "shared virtio",
+            Storage::Iscsi => "iSCSI",
+        }
+    }
+
+    /// The legs' devices, as the guest's shell expands them.
+    fn legs(self) -> (&'static str, &'static str) {
+        match self {
+            Storage::Shared => (LEG0, LEG1),
+            Storage::Iscsi => ("$(readlink -f /dev/lab/ileg0)", "$(readlink -f /dev/lab/ileg1)"),
+        }
+    }
+}
+
+/// Creates node 3's slow leg 1 (writes 300 ms late), so that its crash
+/// leaves regions written on one leg only, over the storage's leg 1.
+fn make_slow_leg1(g: &mut Guest, storage: Storage) -> Outcome<()> {
+    let leg1 = storage.legs().1;
+    g.sh(&format!("dmsetup create slow1 --table \"0 131072 delay {leg1} 0 0 {leg1} 0 300\"")).map(|_| ())
+}
+
+/// The crash scenarios' mirror table on node `n` (node 3's leg 1 slow).
+fn crash_table(storage: Storage, n: u32) -> String {
+    let (leg0, leg1) = storage.legs();
+    let leg1 = if n == 3 { "/dev/mapper/slow1" } else { leg1 };
+    table_on("lab-crash", &[], "clustered-core", &[], leg0, leg1)
+}
+
+/// How long the survivors' steady writers run in each crash round, and
+/// how far into that node 3 dies.
+const CRASH_WRITE_SECS: u64 = 40;
+const CRASH_AFTER: Duration = Duration::from_secs(8);
+/// How often the survivors sample their mirror's sync count and node 3's
+/// membership during a crash round.
+const SAMPLE: Duration = Duration::from_millis(250);
+
+/// A node crash (qemu killed) mid-write, twice: node 3 dies first as a
+/// follower, then, rebooted and rejoined, as the leader. Each time the
+/// survivors evict it, resync the regions it left half written and keep
+/// writing; their steady writers give the longest write stall around the
+/// crash, and their samples the time until every region is in sync again
+/// (printed beside `dead_after`). The legs end identical.
 fn crash(lab: &Lab) -> Outcome<()> {
+    crash_on(lab, Storage::Shared)
+}
+
+/// `crash` with the mirror's legs on iSCSI LUNs of two storage guests.
+fn iscsi(lab: &Lab) -> Outcome<()> {
+    crash_on(lab, Storage::Iscsi)
+}
+
+fn crash_on(lab: &Lab, storage: Storage) -> Outcome<()> {
+    let _targets = storage.boot(lab)?;
     let mut guests = boot(lab, 3)?;
+    for g in guests.iter_mut() {
+        storage.attach(g)?;
+    }
     cluster_up(&mut guests, REBOOT)?;
-    guests[2].sh(&format!("dmsetup create slow1 --table \"0 131072 delay {LEG1} 0 0 {LEG1} 0 300\""))?;
-    mirror_on_all(&mut guests, "lab-crash", "clustered-core", slow_leg1_on_3, 120)?;
-    start_writers(&mut guests[0], "/dev/mapper/m", 300, 1)?;
-    start_writers(&mut guests[1], "/dev/mapper/m", 300, 1)?;
+    make_slow_leg1(&mut guests[2], storage)?;
+    mirror_on_all(&mut guests, &|n| crash_table(storage, n), 120)?;
+    let mut figures = Vec::new();
+    for (round, leads) in [(1, false), (2, true)] {
+        lead(&mut guests, leads)?;
+        figures.push(crash_round(lab, &mut guests, storage, round, leads)?);
+    }
+    guests[2].run("writes /dev/mapper/m 3 30", SECS(300))?;
+    for g in guests.iter_mut() {
+        wait_in_sync(g, "m", 120)?;
+    }
+    println!("   node 3 wrote again; all in sync");
+    for g in guests.iter_mut() {
+        g.sh("dmsetup remove m")?;
+    }
+    stop(guests);
+    lab.legs_identical()?;
+    for f in figures {
+        println!("   {f}");
+    }
+    Ok(())
+}
+
+/// Makes node 3 the leader (`leads`) or not, moving the leadership with
+/// `dmlogctl leader transfer` on the leader when needed, and waits until
+/// every node agrees.
+fn lead(guests: &mut [Guest], leads: bool) -> Outcome<()> {
+    let mut said = Vec::new();
+    for _ in 0..5 {
+        let leaders: Vec<Option<u64>> =
+            guests.iter_mut().map(|g| status(g).map(|s| s["leader"].as_u64())).collect::<Outcome<_>>()?;
+        let agreed = leaders.iter().all(|l| *l == leaders[0]);
+        let Some(leader) = leaders[0].filter(|_| agreed) else {
+            std::thread::sleep(SECS(1));
+            continue;
+        };
+        if (leader == 3) == leads {
+            return Ok(());
+        }
+        let want = if leads { 3 } else { 1 };
+        let g = guests.iter_mut().find(|g| u64::from(g.node) == leader).ok_or("no guest for the leader")?;
+        // The answer may be a refusal that a moment later is not.
+        let answer = g.sh(&format!("{ADMIN} leader transfer {want} 2>&1 || true"))?;
+        said.push(format!("leaders {leaders:?}: {}", answer.trim()));
+        std::thread::sleep(SECS(3));
+    }
+    Err(format!("node 3 did not {}become the leader: {}", if leads { "" } else { "stop to " }, said.join("; ")))
+}
+
+/// One round of `crash`: returns its figures as one line.
+fn crash_round(lab: &Lab, guests: &mut [Guest], storage: Storage, round: usize, leads: bool) -> Outcome<String> {
+    let role = if leads { "the leader" } else { "a follower" };
+    // Survivors: a steady writer (their own third of the blocks) and a
+    // sampler of the sync count and of node 3's kernel in the membership
+    // ("joined" is the last word of "not joined": evicted).
+    for g in guests[..2].iter_mut() {
+        let slot = g.node - 1;
+        g.sh(&format!(
+            "rm -f /tmp/lw.rc /tmp/sync.stop /tmp/crash_at\n\
+             (lab-writer /dev/mapper/m rand 4096 {CRASH_WRITE_SECS} {slot} 3 > /tmp/lw.out 2>&1; echo $? > /tmp/lw.rc) &\n\
+             (while [ ! -e /tmp/sync.stop ]; do echo \"$(cut -d' ' -f1 /proc/uptime) $(in_sync m) $({ADMIN} status 2> /dev/null | awk '$1 == 3 {{print $NF}}')\"; sleep {}; done > /tmp/sync.log 2>&1) &",
+            SAMPLE.as_secs_f64()
+        ))?;
+    }
     start_writers(&mut guests[2], "/dev/mapper/m", 100_000, 6)?;
-    std::thread::sleep(SECS(5));
+    std::thread::sleep(CRASH_AFTER);
     let progress = guests[2].sh("cat /tmp/w*.n 2>/dev/null | awk '{s += $1} END {print s + 0}'; cat /tmp/w*.log")?;
     guests[2].kill();
-    println!("   node 3 had finished {} writes", progress.trim());
-    let crashed_at = Instant::now();
-    let diff = lab.differing_regions()?;
-    println!("   node 3 killed mid-write; {} regions differ between the legs right after", diff.len());
     for g in guests[..2].iter_mut() {
-        writers_done(g, 1, 600)?;
+        g.sh("cut -d' ' -f1 /proc/uptime > /tmp/crash_at")?;
     }
-    println!("   survivors' writes finished {:.1} s after the crash", crashed_at.elapsed().as_secs_f64());
+    let diff = lab.differing_regions()?;
+    println!(
+        "   round {round}: node 3 ({role}) killed after {} writes; {} regions differ between the legs right after",
+        progress.trim(),
+        diff.len()
+    );
+    let mut stalls = Vec::new();
+    for g in guests[..2].iter_mut() {
+        let out = g.run(
+            "n=0; while [ ! -e /tmp/lw.rc ] && [ $n -lt 1200 ]; do sleep 0.5; n=$((n+1)); done; cat /tmp/lw.rc /tmp/lw.out",
+            SECS(CRASH_WRITE_SECS + 660),
+        )?;
+        if out.split_whitespace().next() != Some("0") {
+            return Err(format!("node {}: the writer failed or did not finish: {out}", g.node));
+        }
+        let field = |name: &str| writer_field(&out, name).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+        println!(
+            "   survivor node {}: {} writes, p50 {:.1} ms, longest {:.0} ms starting {:.1} s into the run (crash at ~{} s)",
+            g.node,
+            field("writes"),
+            field("p50_ms"),
+            field("max_ms"),
+            field("max_at_s"),
+            CRASH_AFTER.as_secs()
+        );
+        stalls.push(field("max_ms") / 1000.0);
+    }
     for g in guests[..2].iter_mut() {
         wait_in_sync(g, "m", 180)?;
     }
-    println!("   survivors in sync {:.1} s after the crash", crashed_at.elapsed().as_secs_f64());
+    // The samples: when node 3 was evicted, and when the last region was
+    // seen out of sync, both from the crash.
+    let (mut evicted, mut restored) = (f64::INFINITY, 0.0_f64);
+    for g in guests[..2].iter_mut() {
+        let out = g.sh("touch /tmp/sync.stop; sleep 1; cat /tmp/crash_at /tmp/sync.log")?;
+        let mut lines = out.lines();
+        let crash_at: f64 = lines.next().and_then(|l| l.trim().parse().ok()).ok_or(format!("crash_at: {out}"))?;
+        for l in lines {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let Some(t) = w.first().and_then(|t| t.parse::<f64>().ok()) else { continue };
+            if t < crash_at {
+                continue;
+            }
+            if w.get(2) == Some(&"joined") {
+                evicted = evicted.min(t - crash_at);
+            }
+            if let Some((a, b)) = w.get(1).and_then(|s| s.split_once('/'))
+                && a != b
+            {
+                restored = restored.max(t - crash_at + SAMPLE.as_secs_f64());
+            }
+        }
+    }
+    if !evicted.is_finite() {
+        return Err(format!("round {round}: no survivor saw node 3 evicted"));
+    }
+    let restored = restored.max(evicted);
+    let line = format!(
+        "crash of {role} ({} legs): survivors' longest write {:.2} s; node 3 evicted {evicted:.1} s and every region in sync {restored:.1} s after the crash (dead_after {:.0} s)",
+        storage.label(),
+        stalls.iter().copied().fold(0.0, f64::max),
+        DEAD_AFTER.as_secs_f64()
+    );
+    println!("   {line}");
+    check_eviction(guests, round)?;
+    lab.legs_identical()?;
+    println!("   legs identical after the survivors' resync");
+
+    // Node 3 reboots (same data disk), rejoins, and mirrors again.
+    let mut g3 = reboot(lab, 3, 3, REBOOT)?;
+    storage.attach(&mut g3)?;
+    make_slow_leg1(&mut g3, storage)?;
+    create(&mut g3, "m", &crash_table(storage, 3))?;
+    guests[2] = g3;
+    for g in guests.iter_mut() {
+        wait_in_sync(g, "m", 120)?;
+    }
+    println!("   node 3 rebooted and rejoined; all in sync");
+    Ok(line)
+}
+
+/// After `round` crashes of node 3: node 1 sees it evicted, the survivors
+/// logged `round` evictions, and their kernels were prompted (kicked or
+/// woken) at least `round` times: node 3 died holding marks, and those
+/// became resync work. Each survivor's metrics count at least what its
+/// log says it did.
+fn check_eviction(guests: &mut [Guest], round: usize) -> Outcome<()> {
     let st = status(&mut guests[0])?;
     let evicted = st["members"]
         .as_array()
@@ -299,50 +540,190 @@ fn crash(lab: &Lab) -> Outcome<()> {
     if !evicted {
         return Err(format!("node 3 is not evicted in node 1's view: {st}"));
     }
-    let consoles: String =
-        guests[..2].iter().map(|g| std::fs::read_to_string(&g.console).unwrap_or_default()).collect();
-    if !consoles.contains("evicted a node whose lease ran out node=3") {
-        return Err("no survivor logged node 3's eviction".into());
-    }
-    // A kick is needed only when the eviction put regions out of sync
-    // below a survivor's cached hint, a wake when a survivor's mirror was
-    // idle; the in-sync wait above is what shows the resync happened. Each
-    // survivor's metrics count at least what its log says it did, and
-    // between them they prompted their kernels at least once (node 3 died
-    // holding marks, and those became resync work).
+    let mut logged = 0;
     let mut prompted = 0.0;
     for g in guests[..2].iter_mut() {
         let console = std::fs::read_to_string(&g.console).unwrap_or_default();
+        logged += console.matches("evicted a node whose lease ran out node=3").count();
         let metrics = g.sh("wget -qO- http://127.0.0.1:9100/metrics")?;
         for (counter, line) in [("kicks", "kicked the kernel"), ("wakes", "woke the kernel")] {
             let counted = metric_sum(&metrics, &format!("dmlogd_{counter}_total"));
-            let logged = console.matches(line).count() as f64;
-            if counted < logged {
-                return Err(format!("node {}: {counter}_total is {counted}, its log says {logged}", g.node));
+            let said = console.matches(line).count() as f64;
+            if counted < said {
+                return Err(format!("node {}: {counter}_total is {counted}, its log says {said}", g.node));
             }
             prompted += counted;
-            println!("   node {}: {counter}_total {counted} (log lines {logged})", g.node);
         }
     }
-    if prompted < 1.0 {
-        return Err("no survivor kicked or woke its kernel after the eviction".into());
+    if logged < round {
+        return Err(format!("the survivors logged {logged} evictions of node 3 in {round} rounds"));
     }
-    lab.legs_identical()?;
-    println!("   legs identical after the survivors' resync");
+    if prompted < round as f64 {
+        return Err(format!("the survivors prompted their kernels {prompted} times in {round} rounds"));
+    }
+    Ok(())
+}
 
-    // Node 3 reboots (same data disk) and rejoins.
-    let mut g3 = reboot(lab, 3, 3, REBOOT)?;
-    create(&mut g3, "m", &table("lab-crash", &[], "clustered-core", &[], LEG1))?;
-    g3.run("writes /dev/mapper/m 3 100", SECS(300))?;
-    guests[2] = g3;
+/// How long every node writes in `leg-fail`, and when leg 1's target dies.
+const LEG_FAIL_WRITE_SECS: u64 = 45;
+const LEG_FAIL_AFTER: Duration = Duration::from_secs(5);
+
+/// Starts a steady writer on every node (random 4 KiB, its own third of
+/// the blocks), recording the last stamp of each block in `/tmp/lw.rec`.
+fn start_recorded_writers(guests: &mut [Guest], secs: u64) -> Outcome<()> {
     for g in guests.iter_mut() {
-        wait_in_sync(g, "m", 120)?;
+        g.sh(&format!(
+            "rm -f /tmp/lw.rc /tmp/lw.rec; (lab-writer --record /tmp/lw.rec /dev/mapper/m rand 4096 {secs} {} 3 > /tmp/lw.out 2>&1; echo $? > /tmp/lw.rc) &",
+            g.node - 1
+        ))?;
     }
-    println!("   node 3 rebooted, rejoined and wrote; all in sync");
+    Ok(())
+}
+
+/// Waits for every node's recorded writer; fails if one failed.
+fn recorded_writers_done(guests: &mut [Guest], secs: u64) -> Outcome<()> {
+    for g in guests.iter_mut() {
+        let out = g.run(
+            "n=0; while [ ! -e /tmp/lw.rc ] && [ $n -lt 1200 ]; do sleep 0.5; n=$((n+1)); done; cat /tmp/lw.rc /tmp/lw.out",
+            SECS(secs + 660),
+        )?;
+        if out.split_whitespace().next() != Some("0") {
+            return Err(format!("node {}: the writer failed or did not finish: {out}", g.node));
+        }
+        println!("   node {}: {}", g.node, out.lines().nth(1).unwrap_or("").trim());
+    }
+    Ok(())
+}
+
+/// Every node reads back, through its mirror, every block any node's
+/// recorded writer wrote, and finds the stamp last written there.
+fn check_reads(guests: &mut [Guest], when: &str) -> Outcome<()> {
+    let mut records = Vec::new();
+    for g in guests.iter_mut() {
+        records.push((g.node, g.sh("cat /tmp/lw.rec")?));
+    }
+    for g in guests.iter_mut() {
+        let mut script = String::new();
+        for (n, text) in &records {
+            if *n != g.node {
+                script.push_str(&format!("cat > /tmp/lw{n}.rec <<'REC'\n{text}\nREC\n"));
+            }
+        }
+        let files: Vec<String> = records
+            .iter()
+            .map(|(n, _)| if *n == g.node { "/tmp/lw.rec".into() } else { format!("/tmp/lw{n}.rec") })
+            .collect();
+        script.push_str(&format!("lab-writer check /dev/mapper/m 4096 {}", files.join(" ")));
+        let out = g.run(&script, SECS(300)).map_err(|e| format!("{when}: {e}"))?;
+        println!("   node {} {when}: {}", g.node, out.trim());
+    }
+    Ok(())
+}
+
+/// The regions `dmlogctl log` shows out of sync (`x`) or recovering (`R`)
+/// in its region map (one region per character for the lab's 128).
+fn out_of_sync_regions(g: &mut Guest, uuid: &str) -> Outcome<Vec<u64>> {
+    let text = g.sh(&format!("{ADMIN} log {uuid} --json"))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("log --json: {e}: {text}"))?;
+    if v["regions_per_char"].as_u64().unwrap_or(1) > 1 {
+        return Err(format!("the region map packs several regions per character: {text}"));
+    }
+    let map: String = v["region_map"].as_str().unwrap_or("").chars().filter(|c| !c.is_whitespace()).collect();
+    Ok(map.chars().enumerate().filter(|(_, c)| matches!(c, 'x' | 'R')).map(|(i, _)| i as u64).collect())
+}
+
+/// A storage target dies while every node writes. Each node's kernel
+/// fails leg 1 (`dmsetup status` health `AD`), marks the regions whose
+/// write failed out of sync (SET_REGION_SYNC(r, 0), cluster-wide) and,
+/// with `handle_errors`, holds the write. As LVM's repair would, every
+/// node then reloads the mirror without `handle_errors` (`suspend
+/// --noflush` requeues the held writes into the new table), and I/O
+/// continues: writes to out-of-sync regions go to leg 0 only, a recovery
+/// towards the dead leg fails once per region and is not retried until
+/// the next resume (dmlogd keeps such regions writable). When the target
+/// is back (the initiators log in again by themselves) the out-of-sync
+/// regions must be exactly those whose legs differ; every node reads back
+/// every block any node wrote and finds its last stamp; every node then
+/// reloads the mirror with `handle_errors`, the resume resyncs those
+/// regions, the reads are checked again and the legs end identical.
+fn leg_fail(lab: &Lab) -> Outcome<()> {
+    let storage = Storage::Iscsi;
+    let mut targets = storage.boot(lab)?;
+    let mut guests = boot(lab, 3)?;
+    for g in guests.iter_mut() {
+        storage.attach(g)?;
+    }
+    cluster_up(&mut guests, REBOOT)?;
+    let (leg0, leg1) = storage.legs();
+    let handled = table_on("lab-leg", &[], "clustered-core", &[], leg0, leg1);
+    let unhandled = handled.replace(" 1 handle_errors", " 0");
+    mirror_on_all(&mut guests, &|_| handled.clone(), 120)?;
+    start_recorded_writers(&mut guests, LEG_FAIL_WRITE_SECS)?;
+    std::thread::sleep(LEG_FAIL_AFTER);
+    targets[1].kill();
+    let died = Instant::now();
+    println!("   leg 1's target (node 5) killed {} s into the writes", LEG_FAIL_AFTER.as_secs());
+    for g in guests.iter_mut() {
+        g.run(
+            "n=0; until dmsetup status m | grep -q ' AD '; do [ $n -lt 900 ] || { dmsetup status m; exit 1; }; sleep 0.1; n=$((n+1)); done",
+            SECS(120),
+        )
+        .map_err(|e| format!("leg 1 never failed: {e}"))?;
+        println!("   node {}: leg 1 failed {:.1} s after its target died", g.node, died.elapsed().as_secs_f64());
+    }
+    for g in guests.iter_mut() {
+        g.sh(&format!("dmsetup suspend --noflush m && dmsetup reload m --table \"{unhandled}\" && dmsetup resume m"))?;
+    }
+    println!(
+        "   every node reloaded without handle_errors {:.1} s after the target died",
+        died.elapsed().as_secs_f64()
+    );
+    recorded_writers_done(&mut guests, LEG_FAIL_WRITE_SECS)?;
+    let status_now = guests[0].sh("dmsetup status m")?;
+    let oos = out_of_sync_regions(&mut guests[0], "lab-leg")?;
+    let diff = lab.differing_regions()?;
+    println!(
+        "   writers done; {} regions out of sync in the log, {} differ between the legs; node 1: {status_now}",
+        oos.len(),
+        diff.len()
+    );
+    if oos.is_empty() || oos != diff {
+        return Err(format!("out of sync in the log {oos:?}, differing on the legs {diff:?}"));
+    }
+    check_reads(&mut guests, "degraded")?;
+
+    // The target returns; the initiators log in again by themselves.
+    let mut back = Guest::start(lab, 5)?;
+    back.ready(SECS(180))?;
+    back.sh("iscsi_export leg1 192.0.2.5")?;
+    targets[1] = back;
+    for g in guests.iter_mut() {
+        g.run(
+            "n=0; until dd if=/dev/lab/ileg1 of=/dev/null bs=4096 count=1 iflag=direct 2> /dev/null; do [ $n -lt 600 ] || exit 1; sleep 0.2; n=$((n+1)); done",
+            SECS(180),
+        )
+        .map_err(|e| format!("leg 1 did not come back: {e}"))?;
+    }
+    println!("   target back; every node reaches leg 1 again {:.1} s after it died", died.elapsed().as_secs_f64());
+    check_reads(&mut guests, "leg back, before the reload")?;
+    let reloaded = Instant::now();
+    for g in guests.iter_mut() {
+        g.sh(&format!("dmsetup suspend m && dmsetup reload m --table \"{handled}\" && dmsetup resume m"))?;
+    }
+    for g in guests.iter_mut() {
+        wait_in_sync(g, "m", 300)?;
+    }
+    println!(
+        "   reloaded with handle_errors; every node in sync {:.1} s later ({} regions resynced)",
+        reloaded.elapsed().as_secs_f64(),
+        oos.len()
+    );
+    check_reads(&mut guests, "resynced")?;
     for g in guests.iter_mut() {
         g.sh("dmsetup remove m")?;
     }
     stop(guests);
+    drop(targets);
     lab.legs_identical()
 }
 
@@ -769,7 +1150,8 @@ fn failover(lab: &Lab) -> Outcome<()> {
     let writers: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
     for &n in &writers {
         guests[n - 1].sh(&format!(
-            "rm -f /tmp/lw.rc; (lab-writer /dev/mapper/m seq 4096 {FAILOVER_WRITE_SECS} > /tmp/lw.out 2>&1; echo $? > /tmp/lw.rc) &"
+            "rm -f /tmp/lw.rc; (lab-writer /dev/mapper/m seq 4096 {FAILOVER_WRITE_SECS} {} 3 > /tmp/lw.out 2>&1; echo $? > /tmp/lw.rc) &",
+            n - 1
         ))?;
     }
     std::thread::sleep(FAILOVER_CRASH_AFTER);

@@ -7,9 +7,20 @@
 //! so that a process start per write (a shell loop of `dd`) does not hide
 //! the cost of the log.
 //!
-//! Usage: `lab-writer DEVICE seq|rand BLOCK_BYTES SECONDS`
+//! Usage: `lab-writer [--record FILE] DEVICE seq|rand BLOCK_BYTES SECONDS [SLOT SLOTS]`
+//! and `lab-writer check DEVICE BLOCK_BYTES FILE...`.
+//! With `SLOT SLOTS`, only blocks `b` with `b % SLOTS == SLOT` are written,
+//! so that writers on several nodes share regions but never a block (two
+//! nodes writing one block at once may leave the legs different, rightly).
 //! Prints: `writes N bytes B seconds S p50_ms X p99_ms Y max_ms Z max_at_s T`.
+//!
+//! Every block written starts with an 8-byte stamp that differs per write.
+//! `--record FILE` keeps the last stamp of each block written (lines
+//! `block stamp`); `check` reads those blocks back with O_DIRECT (through
+//! the mirror, which picks the leg) and fails if any holds another stamp:
+//! a read of data older than what was last written there.
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -35,9 +46,32 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<String, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let [device, pattern, block, seconds] = &args[..] else {
-        return Err("usage: lab-writer DEVICE seq|rand BLOCK_BYTES SECONDS".into());
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "check") {
+        return check(&args[1..]);
+    }
+    let record = if args.first().is_some_and(|a| a == "--record") {
+        if args.len() < 2 {
+            return Err("--record needs a file".into());
+        }
+        let file = args.remove(1);
+        args.remove(0);
+        Some(file)
+    } else {
+        None
+    };
+    let usage = "usage: lab-writer DEVICE seq|rand BLOCK_BYTES SECONDS [SLOT SLOTS]";
+    let (device, pattern, block, seconds, slot, slots) = match &args[..] {
+        [d, p, b, s] => (d, p, b, s, 0, 1),
+        [d, p, b, s, slot, slots] => {
+            let slot: u64 = slot.parse().map_err(|e| format!("slot {slot:?}: {e}"))?;
+            let slots: u64 = slots.parse().map_err(|e| format!("slots {slots:?}: {e}"))?;
+            if slot >= slots {
+                return Err(format!("slot {slot} of {slots}: {usage}"));
+            }
+            (d, p, b, s, slot, slots)
+        }
+        _ => return Err(usage.into()),
     };
     let random = match pattern.as_str() {
         "seq" => false,
@@ -53,9 +87,10 @@ fn run() -> Result<String, String> {
     let mut file =
         OpenOptions::new().write(true).custom_flags(O_DIRECT).open(device).map_err(|e| format!("{device}: {e}"))?;
     let size = file.seek(SeekFrom::End(0)).map_err(|e| format!("{device}: {e}"))?;
-    let blocks = size / block as u64;
+    // This writer's blocks are slot, slot + slots, slot + 2 slots, ...
+    let blocks = (size / block as u64).saturating_sub(slot) / slots;
     if blocks == 0 {
-        return Err(format!("{device}: {size} bytes, smaller than one block"));
+        return Err(format!("{device}: {size} bytes, too small for slot {slot} of {slots}"));
     }
     // An aligned buffer inside a larger one, filled with a pattern that
     // changes per write (the legs then hold data, not zeros).
@@ -66,13 +101,14 @@ fn run() -> Result<String, String> {
     let started = Instant::now();
     let mut writes: u64 = 0;
     let mut took: Vec<Duration> = Vec::new();
+    let mut last: BTreeMap<u64, u64> = BTreeMap::new();
     let (mut longest, mut longest_at) = (Duration::ZERO, Duration::ZERO);
     while started.elapsed() < limit {
         // xorshift64: offsets and contents, no dependency needed.
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let index = if random { state % blocks } else { writes % blocks };
+        let index = (if random { state % blocks } else { writes % blocks }) * slots + slot;
         buf[..8].copy_from_slice(&state.to_le_bytes());
         let at = started.elapsed();
         file.write_all_at(buf, index * block as u64).map_err(|e| format!("{device}: write {writes}: {e}"))?;
@@ -81,7 +117,14 @@ fn run() -> Result<String, String> {
             (longest, longest_at) = (one, at);
         }
         took.push(one);
+        if record.is_some() {
+            last.insert(index, state);
+        }
         writes += 1;
+    }
+    if let Some(path) = &record {
+        let text: String = last.iter().map(|(b, s)| format!("{b} {s}\n")).collect();
+        std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))?;
     }
     let elapsed = started.elapsed().as_secs_f64();
     took.sort_unstable();
@@ -97,4 +140,43 @@ fn run() -> Result<String, String> {
         longest.as_secs_f64() * 1000.0,
         longest_at.as_secs_f64()
     ))
+}
+
+/// `check DEVICE BLOCK_BYTES FILE...`: reads back every block the record
+/// files name and compares its stamp with the one last written there.
+fn check(args: &[String]) -> Result<String, String> {
+    let [device, block, files @ ..] = args else {
+        return Err("usage: lab-writer check DEVICE BLOCK_BYTES FILE...".into());
+    };
+    let block: usize = block.parse().map_err(|e| format!("block size {block:?}: {e}"))?;
+    if block == 0 || !block.is_multiple_of(ALIGN) {
+        return Err(format!("block size {block}: a positive multiple of {ALIGN}"));
+    }
+    let file =
+        OpenOptions::new().read(true).custom_flags(O_DIRECT).open(device).map_err(|e| format!("{device}: {e}"))?;
+    let mut backing = vec![0u8; block + ALIGN];
+    let skip = backing.as_ptr().align_offset(ALIGN);
+    let buf = backing.get_mut(skip..skip + block).ok_or("buffer alignment")?;
+    let (mut checked, mut stale) = (0u64, Vec::new());
+    for path in files {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        for line in text.lines() {
+            let mut w = line.split_whitespace().map(str::parse::<u64>);
+            let (Some(Ok(index)), Some(Ok(stamp))) = (w.next(), w.next()) else {
+                return Err(format!("{path}: not a record line: {line:?}"));
+            };
+            file.read_exact_at(buf, index * block as u64).map_err(|e| format!("{device}: read block {index}: {e}"))?;
+            let mut got = [0u8; 8];
+            got.copy_from_slice(&buf[..8]);
+            if u64::from_le_bytes(got) != stamp {
+                stale.push(index);
+            }
+            checked += 1;
+        }
+    }
+    if stale.is_empty() {
+        Ok(format!("checked {checked} stale 0"))
+    } else {
+        Err(format!("checked {checked} stale {}: blocks {:?}", stale.len(), &stale[..stale.len().min(20)]))
+    }
 }
