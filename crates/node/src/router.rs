@@ -74,6 +74,9 @@ pub struct Router<L: LeaderLink> {
     metrics: Arc<Metrics>,
     effects: Arc<Effects<L>>,
     scope: CancellationToken,
+    /// This node's kernel reporting failed leg writes: warned of at most
+    /// once a minute.
+    leg_failures: crate::quiet::Quiet,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,6 +108,7 @@ impl<L: LeaderLink> Router<L> {
             metrics,
             effects,
             scope,
+            leg_failures: crate::quiet::Quiet::new(Duration::from_secs(60)),
         })
     }
 
@@ -347,6 +351,20 @@ impl<L: LeaderLink> Router<L> {
                     Command::Kernel { op: KernelOp::SetRegionSync { region, in_sync: false }, .. } => Some(*region),
                     _ => None,
                 };
+                // Out of sync from a region the kernel was not handed to
+                // copy: a write failed on one of its legs, here.
+                if let Some(region) = failed
+                    && held.handed != Some(region)
+                    && let Some(n) = self.leg_failures.hit()
+                {
+                    tracing::warn!(
+                        uuid = %msg.uuid,
+                        region = region.0,
+                        failures = n,
+                        "this node's kernel failed a write on one leg of the mirror; with handle_errors the write \
+                         is held until the mirror is reconfigured (docs/operations.md, \"A failed leg\")"
+                    );
+                }
                 if let Some(rs) = &cleared {
                     held.proposing_clear(rs);
                 }
