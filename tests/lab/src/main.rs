@@ -6,9 +6,9 @@
 //! lab --image <dir with vmlinuz, initrd.gz> [--dir <run dir>] <scenario>...
 //! ```
 //!
-//! Scenarios: `single`, `three`, `crash`, `partition`, `partition-suspend`,
-//! `disk`, `daemon-kill`, `speed`, `failover`;
-//! `ci` is the first three, `all` every one. `tests/lab/run` builds the
+//! Scenarios: `single`, `three`, `crash`, `iscsi`, `leg-fail`, `path-fail`,
+//! `partition`, `partition-suspend`, `disk`, `daemon-kill`, `speed`,
+//! `failover`; `ci` is the first four, `all` every one. `tests/lab/run` builds the
 //! image and calls this. The run directory (disk images, consoles with
 //! dmlogd's log) is removed after a pass (unless `LAB_KEEP` is set) and
 //! kept after a failure. A console line showing the kernel giving up on
@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-const USAGE: &str = "usage: lab --image <dir> [--dir <run dir>] <single|three|crash|partition|partition-suspend|disk|daemon-kill|speed|failover|ci|all>...";
+const USAGE: &str = "usage: lab --image <dir> [--dir <run dir>] <single|three|crash|iscsi|leg-fail|path-fail|partition|partition-suspend|disk|daemon-kill|speed|failover|ci|all>...";
 
 fn main() -> ExitCode {
     let mut image = None;
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
-            "ci" => names.extend(["single", "three", "crash"].map(String::from)),
+            "ci" => names.extend(["single", "three", "crash", "iscsi"].map(String::from)),
             "all" => names.extend(scenarios::ALL.iter().map(|(n, _, _)| n.to_string())),
             other if scenarios::ALL.iter().any(|(n, _, _)| *n == other) => names.push(other.to_owned()),
             other => {

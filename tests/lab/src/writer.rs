@@ -7,7 +7,7 @@
 //! so that a process start per write (a shell loop of `dd`) does not hide
 //! the cost of the log.
 //!
-//! Usage: `lab-writer [--record FILE] DEVICE seq|rand BLOCK_BYTES SECONDS [SLOT SLOTS]`
+//! Usage: `lab-writer [--record FILE] [--span BLOCKS] DEVICE seq|rand BLOCK_BYTES SECONDS [SLOT SLOTS]`
 //! and `lab-writer check DEVICE BLOCK_BYTES FILE...`.
 //! With `SLOT SLOTS`, only blocks `b` with `b % SLOTS == SLOT` are written,
 //! so that writers on several nodes share regions but never a block (two
@@ -16,9 +16,11 @@
 //!
 //! Every block written starts with an 8-byte stamp that differs per write.
 //! `--record FILE` keeps the last stamp of each block written (lines
-//! `block stamp`); `check` reads those blocks back with O_DIRECT (through
+//! `block stamp`; on a failed write, the ones acknowledged before it, without
+//! the failed block); `check` reads those blocks back with O_DIRECT (through
 //! the mirror, which picks the leg) and fails if any holds another stamp:
-//! a read of data older than what was last written there.
+//! a read of data older than what was last written there. `--span BLOCKS`
+//! keeps the writes within the device's first BLOCKS blocks.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -50,17 +52,20 @@ fn run() -> Result<String, String> {
     if args.first().is_some_and(|a| a == "check") {
         return check(&args[1..]);
     }
-    let record = if args.first().is_some_and(|a| a == "--record") {
-        if args.len() < 2 {
-            return Err("--record needs a file".into());
+    let (mut record, mut span) = (None, None);
+    while args.first().is_some_and(|a| a.starts_with("--")) {
+        let flag = args.remove(0);
+        if args.is_empty() {
+            return Err(format!("{flag} needs a value"));
         }
-        let file = args.remove(1);
-        args.remove(0);
-        Some(file)
-    } else {
-        None
-    };
-    let usage = "usage: lab-writer DEVICE seq|rand BLOCK_BYTES SECONDS [SLOT SLOTS]";
+        let value = args.remove(0);
+        match flag.as_str() {
+            "--record" => record = Some(value),
+            "--span" => span = Some(value.parse::<u64>().map_err(|e| format!("--span {value:?}: {e}"))?),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    let usage = "usage: lab-writer [--record FILE] [--span BLOCKS] DEVICE seq|rand BLOCK_BYTES SECONDS [SLOT SLOTS]";
     let (device, pattern, block, seconds, slot, slots) = match &args[..] {
         [d, p, b, s] => (d, p, b, s, 0, 1),
         [d, p, b, s, slot, slots] => {
@@ -88,7 +93,7 @@ fn run() -> Result<String, String> {
         OpenOptions::new().write(true).custom_flags(O_DIRECT).open(device).map_err(|e| format!("{device}: {e}"))?;
     let size = file.seek(SeekFrom::End(0)).map_err(|e| format!("{device}: {e}"))?;
     // This writer's blocks are slot, slot + slots, slot + 2 slots, ...
-    let blocks = (size / block as u64).saturating_sub(slot) / slots;
+    let blocks = (size / block as u64).min(span.unwrap_or(u64::MAX)).saturating_sub(slot) / slots;
     if blocks == 0 {
         return Err(format!("{device}: {size} bytes, too small for slot {slot} of {slots}"));
     }
@@ -102,6 +107,7 @@ fn run() -> Result<String, String> {
     let mut writes: u64 = 0;
     let mut took: Vec<Duration> = Vec::new();
     let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut failed = None;
     let (mut longest, mut longest_at) = (Duration::ZERO, Duration::ZERO);
     while started.elapsed() < limit {
         // xorshift64: offsets and contents, no dependency needed.
@@ -111,7 +117,12 @@ fn run() -> Result<String, String> {
         let index = (if random { state % blocks } else { writes % blocks }) * slots + slot;
         buf[..8].copy_from_slice(&state.to_le_bytes());
         let at = started.elapsed();
-        file.write_all_at(buf, index * block as u64).map_err(|e| format!("{device}: write {writes}: {e}"))?;
+        if let Err(e) = file.write_all_at(buf, index * block as u64) {
+            // What the block holds now is either stamp: it is not checked.
+            last.remove(&index);
+            failed = Some(format!("{device}: write {writes}: {e}"));
+            break;
+        }
         let one = started.elapsed().saturating_sub(at);
         if one > longest {
             (longest, longest_at) = (one, at);
@@ -125,6 +136,10 @@ fn run() -> Result<String, String> {
     if let Some(path) = &record {
         let text: String = last.iter().map(|(b, s)| format!("{b} {s}\n")).collect();
         std::fs::write(path, text).map_err(|e| format!("{path}: {e}"))?;
+    }
+    // The record holds the writes acknowledged before a failure.
+    if let Some(why) = failed {
+        return Err(why);
     }
     let elapsed = started.elapsed().as_secs_f64();
     took.sort_unstable();
