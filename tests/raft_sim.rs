@@ -140,3 +140,9 @@ fn the_planted_bug_is_caught_as_an_i1_violation() {
     }
     panic!("20 seeds with marks dropped showed no I1 violation; other failures: {other:?}");
 }
+
+#[cfg(not(feature = "sim-canary"))]
+#[test]
+fn a_leader_answering_reads_under_its_lease_never_contradicts_a_failed_write_once_answered() {
+    scenario_seeds(Scenario::LeaseRead);
+}

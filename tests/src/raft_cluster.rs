@@ -211,6 +211,8 @@ struct Watch {
     /// seq, the node and region; and when each was answered.
     failures: Arc<Mutex<BTreeMap<u32, (u64, u64)>>>,
     failures_answered: Arc<Mutex<Vec<(u64, u64, u64)>>>,
+    /// When each IN_SYNC request was first sent, by node and seq (ms).
+    in_sync_sent: Arc<Mutex<BTreeMap<(u64, u32), u64>>>,
     start: Instant,
 }
 
@@ -247,6 +249,7 @@ impl Watch {
             last_death_ms: Arc::default(),
             failures: Arc::default(),
             failures_answered: Arc::default(),
+            in_sync_sent: Arc::default(),
             start,
         }
     }
@@ -297,9 +300,44 @@ impl Watch {
     fn delivered(&self, id: u64, request: Option<&wire::Request>, reply: &[u8]) {
         let at = ms_since(self.start);
         lock(&self.deliveries).entry(id).or_default().push(at);
-        let Ok(KernelReply::Full { error: 0, data, .. }) = KernelReply::parse(reply) else { return };
+        let Ok(KernelReply::Full { error: 0, data, seq, .. }) = KernelReply::parse(reply) else { return };
         if let (Some(wire::Request::GetResyncWork), Some(1)) = (request, word(&data, 0)) {
             self.handed_out(id, word(&data, 1).unwrap_or(u64::MAX), at);
+        }
+        if let Some(wire::Request::InSync(r)) = request {
+            self.told_in_sync(id, seq.0, r.0, word(&data, 0) == Some(1), at);
+        }
+    }
+
+    /// Node `id`'s kernel sends IN_SYNC with `seq` (a re-send keeps the
+    /// first time).
+    fn in_sync_sent(&self, id: u64, seq: u32) {
+        lock(&self.in_sync_sent).entry((id, seq)).or_insert_with(|| ms_since(self.start));
+    }
+
+    /// I5 for every IN_SYNC answer: a kernel that asked about `region`
+    /// after a failed write of it was answered is not told it is in sync
+    /// while the cluster (the most advanced replica that answers) still
+    /// answers 0 for it. A read asked before that answer may be ordered
+    /// before the failed write; one asked after may not.
+    fn told_in_sync(&self, id: u64, seq: u32, region: u64, in_sync: bool, at: u64) {
+        let Some(sent) = lock(&self.in_sync_sent).remove(&(id, seq)) else { return };
+        if !in_sync {
+            return;
+        }
+        let failed = lock(&self.failures_answered).iter().any(|&(_, r, t)| r == region && t < sent);
+        if !failed {
+            return;
+        }
+        let nodes = lock(&self.nodes).clone();
+        let Some(newest) = newest(&nodes) else { return };
+        let reg = wire::Region(region);
+        let zero = newest.replica.state.read(|m| m.logs().values().any(|l| !l.in_sync_answer(reg)));
+        if zero {
+            self.problem(format!(
+                "I5 violated at {at} ms: n{id}'s kernel, asking at {sent} ms, was told region {region} is in sync \
+                 after a failed write of it was answered, while the cluster has it out of sync"
+            ));
         }
     }
 
@@ -576,11 +614,15 @@ async fn pump(k: PumpOf) {
                 let requests = k.take_requests();
                 let listener = lock(&end).clone();
                 for datagram in requests {
-                    if trace_region().is_some()
-                        && let Ok(frame) = wire::Frame::parse(&datagram)
+                    if let Ok(frame) = wire::Frame::parse(&datagram)
                         && let Ok(msg) = frame.message()
                     {
-                        note_request(id, "->", &msg.request);
+                        if matches!(msg.request, wire::Request::InSync(_)) {
+                            watch.in_sync_sent(id, msg.header.seq.0);
+                        }
+                        if trace_region().is_some() {
+                            note_request(id, "->", &msg.request);
+                        }
                     }
                     let heard = listener.as_ref().is_some_and(|e| e.send(datagram.clone()));
                     if !heard {
@@ -1073,6 +1115,14 @@ impl RaftCluster {
         }
     }
 
+    /// A read by node `id` of `region` (its kernel asks IN_SYNC unless its
+    /// region hash holds the region).
+    pub fn read(&self, id: u64, region: u64) {
+        if let Some(n) = self.nodes.get(&id) {
+            lock(&n.kernel).read(n.mirror, region);
+        }
+    }
+
     /// The node (kernel and daemon) dies.
     pub async fn crash(&mut self, id: u64) {
         note(&format!("n{id} CRASH"));
@@ -1152,6 +1202,11 @@ impl RaftCluster {
                 Some((i.node.0, rs.len()))
             })
         })
+    }
+
+    /// How many reads node `id`'s replica answered under its leader lease.
+    pub fn lease_reads(&self, id: u64) -> u64 {
+        self.nodes.get(&id).map_or(0, |n| n.replica.lease_reads())
     }
 
     /// When node `id`'s current kernel last put a write on a leg.

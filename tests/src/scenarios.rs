@@ -78,11 +78,16 @@ pub enum Scenario {
     /// is answered only once no such node can still answer 1 for the
     /// region (I5).
     FailedWrite,
+    /// The leader answers IN_SYNC under its read lease, and then is cut
+    /// off or has its daemon restarted while another node's leg write of
+    /// the region fails: no kernel that asks after the failed write was
+    /// answered is told the region is in sync (I5).
+    LeaseRead,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::WriterCrash,
         Scenario::PartitionedMinority,
         Scenario::Rejoin,
@@ -96,6 +101,7 @@ impl Scenario {
         Scenario::MarkAckKill,
         Scenario::ClearsLost,
         Scenario::FailedWrite,
+        Scenario::LeaseRead,
     ];
 
     /// Its name on the command line.
@@ -114,6 +120,7 @@ impl Scenario {
             Scenario::MarkAckKill => "mark-ack-kill",
             Scenario::ClearsLost => "clears-lost",
             Scenario::FailedWrite => "failed-write",
+            Scenario::LeaseRead => "lease-read",
         }
     }
 
@@ -140,6 +147,7 @@ pub fn run(scenario: Scenario, seed: u64) -> Result<String, String> {
             Scenario::MarkAckKill => mark_ack_kill(seed).await,
             Scenario::ClearsLost => clears_lost(seed).await,
             Scenario::FailedWrite => failed_write(seed).await,
+            Scenario::LeaseRead => lease_read(seed).await,
         }
     };
     on_sim_runtime(seed, run).map_err(|e| format!("{} seed {seed}: {e}", scenario.name()))
@@ -847,5 +855,88 @@ async fn failed_write(seed: u64) -> Result<String, String> {
     finish(c, &BTreeMap::new()).await?;
     Ok(format!(
         "n{failing}'s write of region {region} failed at {at} ms while n{holder} wrote it (cut off: {cut}); answered at {answered}"
+    ))
+}
+
+/// Every node's kernel reads `region` (their IN_SYNC goes to the leader,
+/// which answers under its lease), for `rounds` rounds of 5 ms.
+async fn read_everywhere(c: &RaftCluster, region: u64, rounds: u64) {
+    for _ in 0..rounds {
+        for id in c.nodes.keys().copied().collect::<Vec<_>>() {
+            c.read(id, region);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn lease_read(seed: u64) -> Result<String, String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (timing, mut c) = start(&mut rng, "clustered-core 8 nosync", false).await?;
+    // Writes to the first 8 regions only: the region read below stays out
+    // of every kernel's region hash, so each read asks IN_SYNC.
+    churn(&c, &mut rng, 20..60, 8).await;
+    let region = rng.random_range(8..REGIONS);
+    let mut leader = None;
+    for _ in 0..300 {
+        leader = c.leader();
+        if leader.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let leader = leader.ok_or("no leader")?;
+    // Reads only, for longer than a deferred CLEAR waits: the leader's
+    // lane then has nothing of its own to commit, and its kernel's reads
+    // are answered at once (under its lease) even once it is cut off.
+    read_everywhere(&c, region, rng.random_range(300..400)).await;
+    let before = c.lease_reads(leader);
+    if before == 0 {
+        return Err(format!("n{leader} answered no read under its lease"));
+    }
+    let failing = (1..=3u64).filter(|&n| n != leader).nth(rng.random_range(0..2)).ok_or("no other node")?;
+    let restart = rng.random_bool(0.5);
+    if restart {
+        c.kill_daemon(leader).await;
+    } else {
+        c.net.isolate(regions::NodeId(leader));
+    }
+    let at = c.now_ms();
+    if !c.fail_write(failing, region) {
+        return Err(format!("n{failing}'s kernel could not send its failed write"));
+    }
+    // Everyone keeps reading the region until well after the failed write
+    // was answered; the old leader's daemon comes back meanwhile.
+    let limit = at + 3 * timing.dead_after_ms + 10_000;
+    let back_at = at + rng.random_range(0..2_000);
+    let mut answered = None;
+    let mut back = !restart;
+    while c.now_ms() < limit {
+        if !back && c.now_ms() >= back_at {
+            if !c.restart_daemon(leader, Duration::from_secs(30)).await {
+                return Err(format!("n{leader}'s daemon did not come back"));
+            }
+            back = true;
+        }
+        read_everywhere(&c, region, 2).await;
+        if answered.is_none() {
+            answered = c.failures_answered(failing).first().map(|&(_, t)| t);
+        }
+        if answered.is_some_and(|t| c.now_ms() > t + 1_000) && back {
+            break;
+        }
+    }
+    let answered = answered.ok_or(format!("n{failing}'s failed write of region {region} was never answered"))?;
+    // A restarted daemon counts from zero.
+    let under_lease = c.lease_reads(leader).saturating_sub(if restart { 0 } else { before });
+    // The leg is back and the admin reloads the table everywhere.
+    c.net.heal();
+    for id in 1..=3u64 {
+        c.reload(id);
+    }
+    churn(&c, &mut rng, 10..50, REGIONS).await;
+    finish(c, &BTreeMap::new()).await?;
+    Ok(format!(
+        "n{leader} led with {before} reads under its lease, then {}; n{failing}'s write of region {region} failed at {at} ms, answered at {answered}; {under_lease} more lease reads on n{leader}",
+        if restart { "its daemon restarted" } else { "was cut off" }
     ))
 }

@@ -19,6 +19,7 @@
 //! | `no-failure-barrier` | waiting, before a failed leg write is answered, for the other nodes that mark its region to apply it |
 //! | `plant-late-clear` | (a planted bug) a deferred CLEAR is committed after a later MARK of its region instead of being cancelled |
 //! | `plant-early-mark-ack` | (a planted bug) a MARK of a region not held is acknowledged before its commit |
+//! | `plant-long-lease` | (a planted bug) a leader's read lease lasts four upper election timeouts instead of half the lower one |
 //! | `plant-unheld-cancel` | (a planted bug) a MARK of a region whose CLEAR is deferred is acknowledged at once even when its mark was never committed |
 
 /// Whether the mechanism `name` is switched off: the one reader of

@@ -108,6 +108,9 @@ pub struct Metrics {
     peer_lag: Family<PeerLabel, Gauge>,
     build: Family<BuildLabel, Gauge>,
     last_leader: AtomicU64,
+    lease_reads: Counter,
+    /// The replica's lease-read count at the last render.
+    lease_reads_seen: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -147,6 +150,8 @@ impl Metrics {
             peer_lag: Family::default(),
             build: Family::default(),
             last_leader: AtomicU64::new(0),
+            lease_reads: Counter::default(),
+            lease_reads_seen: AtomicU64::new(0),
         };
         // Every request type from the start, so that a rate or an
         // increase() sees the first one.
@@ -168,6 +173,11 @@ impl Metrics {
             "local_answers",
             "Kernel requests answered without a Raft round (held marks, deferred clears, empty flushes)",
             m.local.clone(),
+        );
+        r.register(
+            "lease_reads",
+            "Reads this node answered as leader under its read lease, without a round to the followers",
+            m.lease_reads.clone(),
         );
         r.register("leader_changes", "Leader changes seen by this node", m.leader_changes.clone());
         r.register("evictions", "Nodes evicted by this node as leader", m.evictions.clone());
@@ -243,6 +253,9 @@ impl Metrics {
                     .set(i64::try_from(lag).unwrap_or(i64::MAX));
             }
         }
+        let reads = replica.lease_reads();
+        let seen = self.lease_reads_seen.swap(reads, std::sync::atomic::Ordering::Relaxed);
+        self.lease_reads.inc_by(reads.saturating_sub(seen));
         let q = gate.quorum();
         self.quorum.set(i64::from(q.holds()));
         self.quorum_age.set(q.age.map_or(-1.0, |a| a.as_secs_f64()));

@@ -30,7 +30,7 @@ use wire::{Answer, Errno};
 use crate::pb::peer::peer_client::PeerClient;
 use crate::pb::peer::peer_server::{Peer, PeerServer};
 use crate::pb::peer::{Envelope, SnapshotChunk, snapshot_chunk};
-use crate::replica::{Campaign, ForwardError, LeaderLink, ReadRequest, Replica, read_local};
+use crate::replica::{Campaign, ForwardError, LeaderLink, ReadRequest, Replica};
 use crate::types::{LogId, Node, NodeId, Outcomes, Proposal, Raft, SnapshotMeta, TypeConfig, Vote, decode, encode};
 
 /// Largest message either side accepts: far above one snapshot chunk and
@@ -519,7 +519,7 @@ impl Peer for PeerService {
         let certs = request.peer_certs();
         let env = request.into_inner();
         let r: ReadRequest = self.open(&env, &certs)?;
-        let out = read_local(self.raft(), &self.replica.state, &r).await.map_err(ForwardError::from);
+        let out = self.replica.read_here(&r).await.map_err(ForwardError::from);
         self.seal(NodeId(env.from), &out)
     }
 
@@ -527,7 +527,7 @@ impl Peer for PeerService {
         let certs = request.peer_certs();
         let env = request.into_inner();
         let order: Campaign = self.open(&env, &certs)?;
-        let out = self.replica.obey(order).await;
+        let out = self.replica.obey(order, NodeId(env.from)).await;
         self.seal(NodeId(env.from), &out)
     }
 

@@ -134,12 +134,28 @@ fn write_err(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Chang
 }
 
 impl<L: LeaderLink> Replica<L> {
-    /// Carries out a campaign order on this node.
-    pub async fn obey(&self, order: Campaign) -> Result<(), ForwardError> {
+    /// Carries out a campaign order from node `from` on this node.
+    ///
+    /// An order to stand is refused while this node follows another
+    /// leader than `from`: standing skips the pre-vote, and a leader that
+    /// was deposed in the middle of a transfer must not make this node
+    /// stand against the one that deposed it, which may be answering
+    /// reads under a lease that this node's acknowledgements gave it
+    /// (docs/architecture.md, "Lease reads").
+    pub async fn obey(&self, order: Campaign, from: NodeId) -> Result<(), ForwardError> {
         // A hold also stops pre-vote campaigns and pre-vote grants here.
         if let Campaign::Hold { millis } = order {
             let until = (millis > 0).then(|| Instant::now() + Duration::from_millis(millis));
             *self.held_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+        }
+        if order == Campaign::Elect {
+            let leader = self.raft.metrics().borrow().current_leader;
+            if let Some(l) = leader.filter(|l| *l != from && *l != self.id) {
+                return Err(ForwardError::Refused(format!(
+                    "node {} follows node {l}; node {from} may not make it stand",
+                    self.id
+                )));
+            }
         }
         obey(&self.raft, self.uses_own_election_timer(), order).await
     }
@@ -312,7 +328,7 @@ impl<L: LeaderLink> Replica<L> {
         for v in voters.iter().filter(|v| **v != to && **v != self.id) {
             let _ = self.link.campaign(*v, Campaign::Hold { millis: hold }).await;
         }
-        let _ = self.obey(Campaign::Hold { millis: hold }).await;
+        let _ = self.obey(Campaign::Hold { millis: hold }, self.id).await;
         // 3. Go quiet until the followers' lease on this leader has expired.
         self.raft.runtime_config().heartbeat(false);
         tokio::time::sleep(lease + beat).await;
@@ -335,7 +351,7 @@ impl<L: LeaderLink> Replica<L> {
         }
         // 5. Back to normal everywhere.
         self.raft.runtime_config().heartbeat(true);
-        let _ = self.obey(Campaign::Hold { millis: 0 }).await;
+        let _ = self.obey(Campaign::Hold { millis: 0 }, self.id).await;
         for v in voters.iter().filter(|v| **v != to && **v != self.id) {
             let _ = self.link.campaign(*v, Campaign::Hold { millis: 0 }).await;
         }

@@ -319,7 +319,13 @@ impl LeaderLink for MemLink {
 
     async fn read(&self, leader: NodeId, r: ReadRequest) -> Result<Result<Answer, Errno>, ForwardError> {
         let ((raft, state), fate) = self.target(leader).await.map_err(|_| ForwardError::Unreachable(leader))?;
-        let out = read_local(&raft, &state, &r).await.map_err(ForwardError::from)?;
+        // What the gRPC server does: the leader's replica answers, under
+        // its lease.
+        let out = match self.net.replica(leader) {
+            Some(replica) => replica.read_here(&r).await,
+            None => read_local(&raft, &state, &r).await,
+        }
+        .map_err(ForwardError::from)?;
         if fate == Fate::DropReply {
             return Err(ForwardError::Unreachable(leader));
         }
@@ -339,7 +345,7 @@ impl LeaderLink for MemLink {
     async fn campaign(&self, to: NodeId, order: Campaign) -> Result<(), ForwardError> {
         let ((raft, _), _) = self.target(to).await.map_err(|_| ForwardError::Unreachable(to))?;
         match self.net.replica(to) {
-            Some(r) => r.obey(order).await,
+            Some(r) => r.obey(order, self.from).await,
             None => crate::membership::obey(&raft, true, order).await,
         }
     }

@@ -10,7 +10,11 @@
 //! * [`Replica::read`] answers a query linearizably: the leader confirms
 //!   its leadership with a quorum (openraft's read index), waits until it
 //!   has applied up to that index, and answers from its state machine. A
-//!   follower forwards the read to the leader.
+//!   confirmation gives the leader a read lease: for half the lower
+//!   election timeout from when it asked, no other node can have been
+//!   elected, and it answers reads from its state without asking again
+//!   (docs/architecture.md, "Lease reads"). A follower forwards the read
+//!   to the leader.
 
 use std::future::Future;
 use std::time::Duration;
@@ -130,6 +134,20 @@ pub struct Replica<L: LeaderLink> {
     /// Until when this node neither stands for election nor grants a
     /// pre-vote (a leadership transfer to another node is under way).
     pub(crate) held_until: std::sync::Mutex<Option<Instant>>,
+    /// This node's read lease as leader, if it has one.
+    lease: std::sync::Arc<std::sync::Mutex<Option<ReadLease>>>,
+    /// A renewal of the lease is under way (one at a time).
+    renewing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Reads answered under the lease, without a round to the followers.
+    lease_reads: std::sync::atomic::AtomicU64,
+}
+
+/// A leader's read lease: until `until` this node, leading in `term`,
+/// answers reads from its own state (see [`Replica::lease_length`]).
+#[derive(Clone, Copy, Debug)]
+struct ReadLease {
+    term: u64,
+    until: Instant,
 }
 
 impl<L: LeaderLink> Replica<L> {
@@ -147,6 +165,9 @@ impl<L: LeaderLink> Replica<L> {
             last_campaign: std::sync::Mutex::new(None),
             prevote: std::sync::atomic::AtomicBool::new(false),
             held_until: std::sync::Mutex::new(None),
+            lease: std::sync::Arc::default(),
+            renewing: std::sync::Arc::default(),
+            lease_reads: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -355,12 +376,87 @@ impl<L: LeaderLink> Replica<L> {
 
     /// Answers `r` linearizably, forwarding to the leader.
     pub async fn read(&self, r: ReadRequest, deadline: Instant) -> Result<Result<Answer, Errno>, ReplicaError> {
-        self.with_leader(
-            deadline,
-            || read_local(&self.raft, &self.state, &r),
-            |leader| self.link.read(leader, r.clone()),
-        )
-        .await
+        self.with_leader(deadline, || self.read_here(&r), |leader| self.link.read(leader, r.clone())).await
+    }
+
+    /// How long a confirmation of this node's leadership, asked for at t,
+    /// lets it answer reads alone: until t + half the lower election
+    /// timeout. The followers that confirmed it answered AppendEntries
+    /// sent at or after t, and each of them then neither grants a pre-vote
+    /// nor stands for election for a full lower election timeout
+    /// ([`Replica::answer_pre_vote`], [`Replica::campaign_if_leaderless`]);
+    /// any election needs one of them, so no other node leads before t +
+    /// the lower timeout, by the followers' clocks. Half of it leaves the
+    /// rest for clock rates (1 % is assumed elsewhere) and scheduling.
+    /// Zero (no lease) while openraft's own election timer is in use:
+    /// openraft's vote lease does not bind a leader's own grant.
+    fn lease_length(&self) -> Duration {
+        if self.uses_own_election_timer() {
+            return Duration::ZERO;
+        }
+        let c = self.raft.config();
+        if regions::breaks::off("plant-long-lease") {
+            return Duration::from_millis(4 * c.election_timeout_max);
+        }
+        Duration::from_millis(c.election_timeout_min / 2)
+    }
+
+    /// Whether this node's lease lets it answer a read alone now: it still
+    /// leads in the lease's term, the lease has not run out, and no
+    /// leadership transfer is under way (the transfer's target stands
+    /// without a pre-vote).
+    fn lease_holds(&self) -> bool {
+        let Some(lease) = *self.lease.lock().unwrap_or_else(|e| e.into_inner()) else { return false };
+        if Instant::now() >= lease.until || self.held() {
+            return false;
+        }
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state.is_leader() && m.current_term == lease.term
+    }
+
+    /// A read on this node, if it leads: from its own state under its
+    /// lease (renewed in the background once half of it has passed),
+    /// otherwise after a confirmation of its leadership, which gives it a
+    /// new lease.
+    pub(crate) async fn read_here(&self, r: &ReadRequest) -> Result<Result<Answer, Errno>, Local> {
+        if self.lease_holds() {
+            self.lease_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.renew_lease_if_old();
+            return read_state(&self.raft, &self.state, r).await;
+        }
+        let asked = Instant::now();
+        let term = self.raft.metrics().borrow().current_term;
+        confirm_leader(&self.raft).await?;
+        grant_lease(&self.raft, &self.lease, term, asked + self.lease_length());
+        read_state(&self.raft, &self.state, r).await
+    }
+
+    /// How many reads this node answered under its lease.
+    pub fn lease_reads(&self) -> u64 {
+        self.lease_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts a confirmation that extends the lease when less than half
+    /// of it is left, so that a steady reader never waits for one.
+    fn renew_lease_if_old(&self) {
+        let length = self.lease_length();
+        let left = self.lease.lock().unwrap_or_else(|e| e.into_inner()).map(|l| l.until);
+        let old = left.is_some_and(|until| until.saturating_duration_since(Instant::now()) < length / 2);
+        if !old || self.renewing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let raft = self.raft.clone();
+        let lease = self.lease.clone();
+        let renewing = self.renewing.clone();
+        tokio::spawn(async move {
+            let asked = Instant::now();
+            let term = raft.metrics().borrow().current_term;
+            if confirm_leader(&raft).await.is_ok() {
+                grant_lease(&raft, &lease, term, asked + length);
+            }
+            renewing.store(false, std::sync::atomic::Ordering::SeqCst);
+        });
     }
 
     /// Tries `local`; if another node leads, tries `forward` there; with no
@@ -456,28 +552,55 @@ pub(crate) async fn propose_local(raft: &Raft, p: Proposal) -> Result<Outcomes, 
     }
 }
 
-/// A linearizable read on this node, if it is the leader.
+/// A linearizable read on this node, if it is the leader (no lease: for a
+/// node whose [`Replica`] is not at hand).
 pub(crate) async fn read_local(
     raft: &Raft,
     state: &StateReader,
     r: &ReadRequest,
 ) -> Result<Result<Answer, Errno>, Local> {
+    confirm_leader(raft).await?;
+    read_state(raft, state, r).await
+}
+
+/// Has a quorum confirm that this node leads (openraft's read index: a
+/// fresh AppendEntries round) and waits until it has applied what was
+/// committed before.
+async fn confirm_leader(raft: &Raft) -> Result<(), Local> {
     match raft.ensure_linearizable().await {
-        Ok(_) => {
-            let (term, floor) = state.read_floor();
-            let same_term = raft.metrics().borrow().current_term == term;
-            if same_term && state.last_applied().map_or(0, |l| l.index) < floor {
-                let waited =
-                    raft.wait(Some(FLOOR_WAIT)).applied_index_at_least(Some(floor), "read floor after restart").await;
-                if waited.is_err() {
-                    return Err(Local::Forward(None));
-                }
-            }
-            Ok(state.read(|m| m.read(&r.uuid, r.instance, &r.query).map_err(|e| e.errno())))
-        }
+        Ok(_) => Ok(()),
         Err(RaftError::Fatal(e)) => Err(Local::Fatal(e.to_string())),
         Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(Local::Forward(f.leader_id)),
         // Leadership not confirmed by a quorum: ask again later.
         Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(Local::Forward(None)),
     }
+}
+
+/// Records a lease until `until` for leadership confirmed in `term`, if
+/// this node still leads in that term (a confirmation that spanned a
+/// change of term proves nothing about the new one).
+fn grant_lease(raft: &Raft, lease: &std::sync::Mutex<Option<ReadLease>>, term: u64, until: Instant) {
+    let m = raft.metrics();
+    let m = m.borrow();
+    if !m.state.is_leader() || m.current_term != term {
+        return;
+    }
+    let mut l = lease.lock().unwrap_or_else(|e| e.into_inner());
+    if l.is_none_or(|old| old.term != term || old.until < until) {
+        *l = Some(ReadLease { term, until });
+    }
+}
+
+/// Answers `r` from this leader's state, once it has applied the entries a
+/// leader that restarted had in its log (the read floor).
+async fn read_state(raft: &Raft, state: &StateReader, r: &ReadRequest) -> Result<Result<Answer, Errno>, Local> {
+    let (term, floor) = state.read_floor();
+    let same_term = raft.metrics().borrow().current_term == term;
+    if same_term && state.last_applied().map_or(0, |l| l.index) < floor {
+        let waited = raft.wait(Some(FLOOR_WAIT)).applied_index_at_least(Some(floor), "read floor after restart").await;
+        if waited.is_err() {
+            return Err(Local::Forward(None));
+        }
+    }
+    Ok(state.read(|m| m.read(&r.uuid, r.instance, &r.query).map_err(|e| e.errno())))
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use openraft::{BasicNode, Config};
 use regions::{Command, Instance, KernelOp, NodeId as Rn, Query};
 use replication::memnet::{MemLink, MemNet};
-use replication::{LogStore, Proposal, Raft, ReadRequest, Replica, ReplicaError, StateMachine};
+use replication::{Campaign, ForwardError, LogStore, Proposal, Raft, ReadRequest, Replica, ReplicaError, StateMachine};
 use tempfile::TempDir;
 use tokio::time::Instant;
 use wire::{Answer, Luid, Region, Uuid};
@@ -208,4 +208,50 @@ async fn a_full_restart_recovers_the_state_from_disk() {
     nodes[0].wait_for_leader(Duration::from_secs(10)).await.unwrap();
     assert_eq!(read(&nodes[1], 2, Query::IsClean(Region(7))).await, Answer::Bool(false));
     assert_eq!(read(&nodes[1], 2, Query::GetSyncCount).await, Answer::SyncCount(8));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pre_vote_a_cut_off_leader_reads_under_its_lease_only_for_half_the_lower_election_timeout() {
+    let dir = TempDir::new().unwrap();
+    let net = MemNet::new();
+    let nodes = cluster(dir.path(), &net).await;
+    for n in &nodes {
+        n.take_over_elections();
+    }
+    nodes[0].propose(bring_up(1), deadline()).await.unwrap();
+    let leader = nodes[0].leader().unwrap();
+    let l = &nodes[leader.0 as usize - 1];
+    let query =
+        || ReadRequest { uuid: uuid(), instance: Instance { node: Rn(1), luid: Luid(1) }, query: Query::GetSyncCount };
+    // A read-index round gives the lease; the next read needs no round.
+    let confirmed = Instant::now();
+    l.read(query(), deadline()).await.unwrap().unwrap();
+    assert_eq!(l.lease_reads(), 0);
+    net.isolate(leader);
+    let short = Instant::now() + Duration::from_millis(50);
+    l.read(query(), short).await.unwrap().unwrap();
+    assert_eq!(l.lease_reads(), 1, "answered under the lease, with the followers out of reach");
+    // Half of the lower election timeout (300 ms) later, it no longer may.
+    tokio::time::sleep_until(confirmed + Duration::from_millis(150)).await;
+    let short = Instant::now() + Duration::from_secs(1);
+    assert_eq!(l.read(query(), short).await, Err(ReplicaError::Timeout));
+    assert_eq!(l.lease_reads(), 1);
+    net.heal();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_to_stand_on_the_order_of_a_node_other_than_its_leader() {
+    let dir = TempDir::new().unwrap();
+    let net = MemNet::new();
+    let nodes = cluster(dir.path(), &net).await;
+    nodes[0].propose(bring_up(1), deadline()).await.unwrap();
+    let leader = nodes[0].leader().unwrap();
+    let follower = nodes.iter().find(|n| n.id != leader).unwrap();
+    let other = nodes.iter().find(|n| n.id != leader && n.id != follower.id).unwrap();
+    follower.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    let refused = follower.obey(Campaign::Elect, other.id).await;
+    assert!(matches!(refused, Err(ForwardError::Refused(_))), "{refused:?}");
+    assert_eq!(follower.leader(), Some(leader), "it did not stand");
+    // Its leader may make it stand.
+    follower.obey(Campaign::Elect, leader).await.unwrap();
 }

@@ -44,7 +44,7 @@ struct Args {
     /// A named liveness scenario of the Raft cluster simulation:
     /// writer-crash, partitioned-minority, rejoin, recoverer-dies, frozen,
     /// frozen-at-send, transport-dies, fence-fails, daemon-restart,
-    /// leader-change, mark-ack-kill, clears-lost, failed-write.
+    /// leader-change, mark-ack-kill, clears-lost, failed-write, lease-read.
     #[arg(long, value_parser = parse_scenario)]
     scenario: Option<Scenario>,
     /// Replay one seed of `--scenario`.
@@ -72,7 +72,14 @@ fn main() -> ExitCode {
         let (started, n) = (Instant::now(), seeds.end - seeds.start);
         for seed in seeds {
             match scenarios::run(scenario, seed) {
-                Ok(what) if n == 1 => println!("{} seed {seed}: {what}", scenario.name()),
+                Ok(what) if n == 1 => {
+                    // A traced replay shows its trace even when it passes.
+                    let trace = dmlogd_tests::raft_cluster::TRACE.lock().map(|t| t.join("\n")).unwrap_or_default();
+                    if !trace.is_empty() {
+                        println!("{trace}");
+                    }
+                    println!("{} seed {seed}: {what}", scenario.name())
+                }
                 Ok(_) => {}
                 Err(e) => {
                     let trace = dmlogd_tests::raft_cluster::TRACE.lock().map(|t| t.join("\n")).unwrap_or_default();
