@@ -587,11 +587,22 @@ fn note_request(id: u64, what: &str, request: &wire::Request) {
     }
 }
 
+/// Elections of 300-900 ms (the simulation's `election_max_ms` is 900),
+/// mapped to openraft's timeouts as the daemon maps them
+/// (`RaftSettings::config`): openraft's upper timeout, the followers' vote
+/// lease, a third of the way up the range.
 fn raft_config() -> Arc<openraft::Config> {
+    let settings = replication::node::RaftSettings {
+        heartbeat_ms: 50,
+        election_min_ms: 300,
+        election_max_ms: 900,
+        ..replication::node::RaftSettings::default()
+    };
+    let mapped = settings.config().unwrap_or_else(|e| panic!("raft config: {e}"));
     let c = openraft::Config {
-        heartbeat_interval: 50,
-        election_timeout_min: 300,
-        election_timeout_max: 900,
+        heartbeat_interval: mapped.heartbeat_interval,
+        election_timeout_min: mapped.election_timeout_min,
+        election_timeout_max: mapped.election_timeout_max,
         ..openraft::Config::default()
     };
     Arc::new(c.validate().unwrap_or_else(|e| panic!("raft config: {e}")))

@@ -176,11 +176,9 @@ impl<L: LeaderLink> LiveTask<L> {
         if self.config.prevote {
             self.replica.take_over_elections();
         }
-        let raft_config = self.replica.config().clone();
         let mut rng = SmallRng::seed_from_u64(self.config.seed);
-        let mut quiet = || {
-            Duration::from_millis(rng.gen_range(raft_config.election_timeout_min..=raft_config.election_timeout_max))
-        };
+        let replica = self.replica.clone();
+        let mut quiet = || replica.campaign_wait(rng.gen_range(0.0..=1.0));
         let mut wait = quiet();
         loop {
             tokio::time::sleep(tick).await;
@@ -283,8 +281,8 @@ pub async fn prevote_elections<L: LeaderLink>(replica: Arc<Replica<L>>, seed: u6
     replica.take_over_elections();
     let raft_config = replica.config().clone();
     let mut rng = SmallRng::seed_from_u64(seed);
-    let mut quiet =
-        || Duration::from_millis(rng.gen_range(raft_config.election_timeout_min..=raft_config.election_timeout_max));
+    let r = replica.clone();
+    let mut quiet = || r.campaign_wait(rng.gen_range(0.0..=1.0));
     let mut wait = quiet();
     loop {
         tokio::time::sleep(Duration::from_millis(raft_config.heartbeat_interval)).await;

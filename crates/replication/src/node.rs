@@ -22,8 +22,10 @@ pub struct RaftSettings {
     /// Leader heartbeat, ms. Must exceed the p99 of one append round trip
     /// including the follower's sync.
     pub heartbeat_ms: u64,
-    /// Election timeout range, ms. The upper bound is also the leader
-    /// lease a follower grants.
+    /// Election timing, ms: no node grants a pre-vote or stands until it
+    /// has had no contact with a leader for `election_min_ms`, and after a
+    /// leader's death an election starts within `election_max_ms`
+    /// (see [`RaftSettings::config`]).
     pub election_min_ms: u64,
     /// See `election_min_ms`.
     pub election_max_ms: u64,
@@ -57,13 +59,25 @@ impl Default for RaftSettings {
 }
 
 impl RaftSettings {
-    /// The validated openraft configuration.
+    /// The validated openraft configuration. openraft's upper election
+    /// timeout is also the lease a follower gives its leader: it refuses
+    /// every real vote for that long after the leader's last
+    /// AppendEntries. With elections through pre-vote, a candidate that
+    /// stands before that refusal ends loses the round and waits a whole
+    /// quiet period more (1.5-3 s after a leader's death on the real
+    /// kernel). So openraft's upper timeout is set to a third of the way
+    /// from `election_min_ms` to `election_max_ms` (1,000 ms with the
+    /// defaults), and campaigns wait between it and twice its distance
+    /// from the lower one (1,000-1,250 ms; `Replica::campaign_wait`):
+    /// the first round after a leader's death wins, within
+    /// `election_max_ms`.
     pub fn config(&self) -> Result<Arc<openraft::Config>, String> {
+        let vote_lease = self.election_min_ms + self.election_max_ms.saturating_sub(self.election_min_ms) / 3;
         let c = openraft::Config {
             cluster_name: "dmlogd".into(),
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_min_ms,
-            election_timeout_max: self.election_max_ms,
+            election_timeout_max: vote_lease.max(self.election_min_ms + 1),
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_behind_snapshot,
@@ -178,5 +192,27 @@ impl GrpcServer {
         }
         let _ = self.replica.raft.shutdown().await;
         let _ = (&mut self.server).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn followers_refuse_votes_for_a_third_of_the_election_range_past_its_lower_end() {
+        let c = RaftSettings::default().config().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.election_timeout_min, c.election_timeout_max), (750, 1_000));
+        // Campaigns wait 1,000-1,250 ms: past the refusal, within election_max_ms.
+        let c = RaftSettings { election_min_ms: 300, election_max_ms: 900, ..RaftSettings::default() }
+            .config()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.election_timeout_min, c.election_timeout_max), (300, 500));
+        // A range too narrow to split still gives openraft a valid one.
+        let c =
+            RaftSettings { heartbeat_ms: 50, election_min_ms: 300, election_max_ms: 301, ..RaftSettings::default() }
+                .config()
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.election_timeout_min, c.election_timeout_max), (300, 301));
     }
 }

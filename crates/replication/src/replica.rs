@@ -282,6 +282,18 @@ impl<L: LeaderLink> Replica<L> {
         !self.prevote.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// How long a node waits without contact with a leader before it
+    /// campaigns: from openraft's upper election timeout (the lease its
+    /// peers give their leader: a real vote asked sooner is refused) to
+    /// as far again above it as it is above the lower one; `pick` (in
+    /// 0..=1) chooses within.
+    pub fn campaign_wait(&self, pick: f64) -> Duration {
+        let c = self.raft.config();
+        let lo = c.election_timeout_max;
+        let spread = c.election_timeout_max.saturating_sub(c.election_timeout_min);
+        Duration::from_millis(lo + (spread as f64 * pick.clamp(0.0, 1.0)) as u64)
+    }
+
     /// Pre-vote (openraft 0.9 has none). If this node is not the leader and
     /// none of its proposals committed for `quiet`, it asks the other voters
     /// whether they too have lost their leader and would vote for its log;
@@ -304,9 +316,22 @@ impl<L: LeaderLink> Replica<L> {
         }
         let Ok(mine) = self.last_log_id() else { return false };
         let ask = Duration::from_millis(self.raft.config().election_timeout_min / 2);
-        let asks =
-            voters.iter().filter(|v| **v != self.id).map(|v| tokio::time::timeout(ask, self.link.pre_vote(*v, mine)));
-        let yes = 1 + futures_util::future::join_all(asks).await.iter().filter(|a| matches!(a, Ok(Ok(true)))).count();
+        let mut asks: futures_util::stream::FuturesUnordered<_> = voters
+            .iter()
+            .filter(|v| **v != self.id)
+            .map(|v| tokio::time::timeout(ask, self.link.pre_vote(*v, mine)))
+            .collect();
+        // A majority of yes is enough: a dead voter's answer is not waited
+        // for (that would add the whole `ask` to every failover).
+        let mut yes = 1;
+        while yes * 2 <= voters.len() {
+            match futures_util::StreamExt::next(&mut asks).await {
+                Some(Ok(Ok(true))) => yes += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        drop(asks);
         // Whatever the outcome, a full quiet period passes before the next try.
         *self.last_campaign.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         if yes * 2 > voters.len() {
