@@ -845,17 +845,22 @@ async fn failed_write(seed: u64) -> Result<String, String> {
         answered = c.failures_answered(failing).first().map(|&(_, t)| t);
     }
     let answered = answered.ok_or(format!("n{failing}'s failed write of region {region} was never answered"))?;
-    // The failed leg is back and the admin reloads the table everywhere:
-    // the kernels ask again, and the region is resynced.
+    reload_all_and_finish(c, &mut rng).await?;
+    Ok(format!(
+        "n{failing}'s write of region {region} failed at {at} ms while n{holder} wrote it (cut off: {cut}); answered at {answered}"
+    ))
+}
+
+/// After a failed leg write: the leg is back and the admin reloads the
+/// table everywhere, so the kernels ask again and the region is resynced;
+/// then the usual end checks.
+async fn reload_all_and_finish(c: RaftCluster, rng: &mut SmallRng) -> Result<(), String> {
     c.net.heal();
     for id in 1..=3u64 {
         c.reload(id);
     }
-    churn(&c, &mut rng, 10..50, REGIONS).await;
-    finish(c, &BTreeMap::new()).await?;
-    Ok(format!(
-        "n{failing}'s write of region {region} failed at {at} ms while n{holder} wrote it (cut off: {cut}); answered at {answered}"
-    ))
+    churn(&c, rng, 10..50, REGIONS).await;
+    finish(c, &BTreeMap::new()).await
 }
 
 /// Every node's kernel reads `region` (their IN_SYNC goes to the leader,
@@ -928,13 +933,7 @@ async fn lease_read(seed: u64) -> Result<String, String> {
     let answered = answered.ok_or(format!("n{failing}'s failed write of region {region} was never answered"))?;
     // A restarted daemon counts from zero.
     let under_lease = c.lease_reads(leader).saturating_sub(if restart { 0 } else { before });
-    // The leg is back and the admin reloads the table everywhere.
-    c.net.heal();
-    for id in 1..=3u64 {
-        c.reload(id);
-    }
-    churn(&c, &mut rng, 10..50, REGIONS).await;
-    finish(c, &BTreeMap::new()).await?;
+    reload_all_and_finish(c, &mut rng).await?;
     Ok(format!(
         "n{leader} led with {before} reads under its lease, then {}; n{failing}'s write of region {region} failed at {at} ms, answered at {answered}; {under_lease} more lease reads on n{leader}",
         if restart { "its daemon restarted" } else { "was cut off" }

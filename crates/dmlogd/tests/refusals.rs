@@ -59,8 +59,13 @@ fn a_bad_configuration_is_one_line_and_check_config_says_so() {
 #[test]
 fn an_unreachable_peer_is_named_in_one_line_at_start_and_sigterm_still_stops_it() {
     let dir = tempfile::tempdir().unwrap();
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let (me, gone) = (free(), free());
+    // Three distinct free ports: the listeners are held until all three
+    // are chosen (a port freed at once may be handed out again).
+    let held: Vec<std::net::TcpListener> =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+    drop(held);
+    let (me, gone, me2) = (ports[0], ports[1], ports[2]);
     let file = dir.path().join("dmlogd.toml");
     std::fs::write(
         &file,
@@ -68,7 +73,6 @@ fn an_unreachable_peer_is_named_in_one_line_at_start_and_sigterm_still_stops_it(
             "id = 1\ndata_dir = \"{d}/data\"\nlisten = \"127.0.0.1:{me}\"\nkernel = \"unix:{d}/k.sock\"\n\
              [members]\n1 = \"127.0.0.1:{me}\"\n2 = \"127.0.0.1:{gone}\"\n3 = \"127.0.0.1:{me2}\"\n",
             d = dir.path().display(),
-            me2 = free(),
         ),
     )
     .unwrap();
