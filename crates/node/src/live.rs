@@ -177,7 +177,7 @@ impl<L: LeaderLink> LiveTask<L> {
             self.replica.take_over_elections();
         }
         let mut rng = SmallRng::seed_from_u64(self.config.seed);
-        let replica = self.replica.clone();
+        let replica = &self.replica;
         let mut quiet = || replica.campaign_wait(rng.gen_range(0.0..=1.0));
         let mut wait = quiet();
         loop {
@@ -281,8 +281,7 @@ pub async fn prevote_elections<L: LeaderLink>(replica: Arc<Replica<L>>, seed: u6
     replica.take_over_elections();
     let raft_config = replica.config().clone();
     let mut rng = SmallRng::seed_from_u64(seed);
-    let r = replica.clone();
-    let mut quiet = || r.campaign_wait(rng.gen_range(0.0..=1.0));
+    let mut quiet = || replica.campaign_wait(rng.gen_range(0.0..=1.0));
     let mut wait = quiet();
     loop {
         tokio::time::sleep(Duration::from_millis(raft_config.heartbeat_interval)).await;

@@ -426,18 +426,18 @@ impl<L: LeaderLink> Replica<L> {
         Duration::from_millis(c.election_timeout_min / 2)
     }
 
-    /// Whether this node's lease lets it answer a read alone now: it still
-    /// leads in the lease's term, the lease has not run out, and no
-    /// leadership transfer is under way (the transfer's target stands
+    /// When this node's lease ends, if it lets it answer a read alone now:
+    /// it still leads in the lease's term, the lease has not run out, and
+    /// no leadership transfer is under way (the transfer's target stands
     /// without a pre-vote).
-    fn lease_holds(&self) -> bool {
-        let Some(lease) = *self.lease.lock().unwrap_or_else(|e| e.into_inner()) else { return false };
+    fn lease_until(&self) -> Option<Instant> {
+        let lease = (*self.lease.lock().unwrap_or_else(|e| e.into_inner()))?;
         if Instant::now() >= lease.until || self.held() {
-            return false;
+            return None;
         }
         let m = self.raft.metrics();
         let m = m.borrow();
-        m.state.is_leader() && m.current_term == lease.term
+        (m.state.is_leader() && m.current_term == lease.term).then_some(lease.until)
     }
 
     /// A read on this node, if it leads: from its own state under its
@@ -445,15 +445,12 @@ impl<L: LeaderLink> Replica<L> {
     /// otherwise after a confirmation of its leadership, which gives it a
     /// new lease.
     pub(crate) async fn read_here(&self, r: &ReadRequest) -> Result<Result<Answer, Errno>, Local> {
-        if self.lease_holds() {
+        if let Some(until) = self.lease_until() {
             self.lease_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.renew_lease_if_old();
+            self.renew_lease_if_old(until);
             return read_state(&self.raft, &self.state, r).await;
         }
-        let asked = Instant::now();
-        let term = self.raft.metrics().borrow().current_term;
-        confirm_leader(&self.raft).await?;
-        grant_lease(&self.raft, &self.lease, term, asked + self.lease_length());
+        confirm_and_grant(&self.raft, &self.lease, self.lease_length()).await?;
         read_state(&self.raft, &self.state, r).await
     }
 
@@ -462,12 +459,12 @@ impl<L: LeaderLink> Replica<L> {
         self.lease_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Starts a confirmation that extends the lease when less than half
-    /// of it is left, so that a steady reader never waits for one.
-    fn renew_lease_if_old(&self) {
+    /// Starts a confirmation that extends the lease (ending at `until`)
+    /// when less than half of it is left, so that a steady reader never
+    /// waits for one.
+    fn renew_lease_if_old(&self, until: Instant) {
         let length = self.lease_length();
-        let left = self.lease.lock().unwrap_or_else(|e| e.into_inner()).map(|l| l.until);
-        let old = left.is_some_and(|until| until.saturating_duration_since(Instant::now()) < length / 2);
+        let old = until.saturating_duration_since(Instant::now()) < length / 2;
         if !old || self.renewing.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
@@ -475,11 +472,7 @@ impl<L: LeaderLink> Replica<L> {
         let lease = self.lease.clone();
         let renewing = self.renewing.clone();
         tokio::spawn(async move {
-            let asked = Instant::now();
-            let term = raft.metrics().borrow().current_term;
-            if confirm_leader(&raft).await.is_ok() {
-                grant_lease(&raft, &lease, term, asked + length);
-            }
+            let _ = confirm_and_grant(&raft, &lease, length).await;
             renewing.store(false, std::sync::atomic::Ordering::SeqCst);
         });
     }
@@ -599,6 +592,20 @@ async fn confirm_leader(raft: &Raft) -> Result<(), Local> {
         // Leadership not confirmed by a quorum: ask again later.
         Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(Local::Forward(None)),
     }
+}
+
+/// Confirms this node's leadership and records a lease of `length` from
+/// when it asked.
+async fn confirm_and_grant(
+    raft: &Raft,
+    lease: &std::sync::Mutex<Option<ReadLease>>,
+    length: Duration,
+) -> Result<(), Local> {
+    let asked = Instant::now();
+    let term = raft.metrics().borrow().current_term;
+    confirm_leader(raft).await?;
+    grant_lease(raft, lease, term, asked + length);
+    Ok(())
 }
 
 /// Records a lease until `until` for leadership confirmed in `term`, if

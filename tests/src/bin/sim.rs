@@ -74,7 +74,7 @@ fn main() -> ExitCode {
             match scenarios::run(scenario, seed) {
                 Ok(what) if n == 1 => {
                     // A traced replay shows its trace even when it passes.
-                    let trace = dmlogd_tests::raft_cluster::TRACE.lock().map(|t| t.join("\n")).unwrap_or_default();
+                    let trace = trace();
                     if !trace.is_empty() {
                         println!("{trace}");
                     }
@@ -82,7 +82,7 @@ fn main() -> ExitCode {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let trace = dmlogd_tests::raft_cluster::TRACE.lock().map(|t| t.join("\n")).unwrap_or_default();
+                    let trace = trace();
                     eprintln!("{e}\n{trace}");
                     eprintln!(
                         "replay: cargo run --release -p dmlogd-tests --bin sim -- --scenario {} --scenario-seed {seed}",
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                let trace = dmlogd_tests::raft_cluster::TRACE.lock().map(|t| t.join("\n")).unwrap_or_default();
+                let trace = trace();
                 report(seed, Err(format!("{e}\n{trace}")))
             }
         };
@@ -268,4 +268,9 @@ fn demo(fast: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What the harness traced (`DMLOGD_TRACE_REGION`), one line each.
+fn trace() -> String {
+    dmlogd_tests::raft_cluster::TRACE.lock().map(|t| t.join("\n")).unwrap_or_default()
 }
