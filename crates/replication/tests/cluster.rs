@@ -134,9 +134,10 @@ async fn an_acknowledged_flush_survives_the_leaders_death() {
     let survivors: Vec<&Replica<MemLink>> = nodes.iter().filter(|n| n.id != leader).collect();
     // A survivor reads the mark: it was committed on a majority (I1).
     assert_eq!(read(survivors[0], survivors[0].id.0, Query::IsClean(Region(3))).await, Answer::Bool(false));
-    // And the cluster goes on taking proposals.
+    // And the cluster goes on taking proposals (the CLEAR from the node
+    // whose instance it is: a peer may forward only what it may originate).
     let clear = Proposal { commands: vec![kernel(follower, KernelOp::Clear(vec![Region(3)]))] };
-    survivors[1].propose(clear, deadline()).await.unwrap();
+    nodes[follower as usize - 1].propose(clear, deadline()).await.unwrap();
     assert_eq!(read(survivors[1], survivors[1].id.0, Query::IsClean(Region(3))).await, Answer::Bool(true));
     assert_ne!(survivors[0].leader(), Some(leader));
     converge(&survivors).await;
