@@ -287,6 +287,18 @@ enum Storage {
 const TARGETS: [(u32, &str); 2] = [(4, "leg0"), (5, "leg1")];
 
 impl Storage {
+    /// The storage guests with their targets, and three cluster guests
+    /// attached to the legs with a healthy cluster (reboot fence) on them.
+    fn cluster(self, lab: &Lab) -> Outcome<(Vec<Guest>, Vec<Guest>)> {
+        let targets = self.boot(lab)?;
+        let mut guests = boot(lab, 3)?;
+        for g in guests.iter_mut() {
+            self.attach(g)?;
+        }
+        cluster_up(&mut guests, REBOOT)?;
+        Ok((targets, guests))
+    }
+
     /// Boots the storage guests and starts their targets (none for `Shared`).
     fn boot(self, lab: &Lab) -> Outcome<Vec<Guest>> {
         if self == Storage::Shared {
@@ -369,12 +381,7 @@ fn iscsi(lab: &Lab) -> Outcome<()> {
 }
 
 fn crash_on(lab: &Lab, storage: Storage) -> Outcome<()> {
-    let _targets = storage.boot(lab)?;
-    let mut guests = boot(lab, 3)?;
-    for g in guests.iter_mut() {
-        storage.attach(g)?;
-    }
-    cluster_up(&mut guests, REBOOT)?;
+    let (_targets, mut guests) = storage.cluster(lab)?;
     make_slow_leg1(&mut guests[2], storage)?;
     mirror_on_all(&mut guests, &|n| crash_table(storage, n), 120)?;
     let mut figures = Vec::new();
@@ -659,12 +666,7 @@ fn out_of_sync_regions(g: &mut Guest, uuid: &str) -> Outcome<Vec<u64>> {
 /// regions, the reads are checked again and the legs end identical.
 fn leg_fail(lab: &Lab) -> Outcome<()> {
     let storage = Storage::Iscsi;
-    let mut targets = storage.boot(lab)?;
-    let mut guests = boot(lab, 3)?;
-    for g in guests.iter_mut() {
-        storage.attach(g)?;
-    }
-    cluster_up(&mut guests, REBOOT)?;
+    let (mut targets, mut guests) = storage.cluster(lab)?;
     let (leg0, leg1) = storage.legs();
     let handled = table_on("lab-leg", &[], "clustered-core", &[], leg0, leg1);
     let unhandled = handled.replace(" 1 handle_errors", " 0");
@@ -770,12 +772,7 @@ const PATH_FAIL_AFTER: Duration = Duration::from_secs(5);
 /// every acknowledged block of every node, and the legs end identical.
 fn path_fail(lab: &Lab) -> Outcome<()> {
     let storage = Storage::Iscsi;
-    let _targets = storage.boot(lab)?;
-    let mut guests = boot(lab, 3)?;
-    for g in guests.iter_mut() {
-        storage.attach(g)?;
-    }
-    cluster_up(&mut guests, REBOOT)?;
+    let (_targets, mut guests) = storage.cluster(lab)?;
     let (leg0, leg1) = storage.legs();
     let handled = table_on("lab-path", &[], "clustered-core", &[], leg0, leg1);
     mirror_on_all(&mut guests, &|_| handled.clone(), 120)?;
