@@ -185,6 +185,8 @@ pub struct RaftCluster {
     /// The fence action of these nodes fails (after stopping the mirror's
     /// writes, which the action did not report).
     failing_fences: Arc<Mutex<BTreeSet<u64>>>,
+    /// The region each node wrote last.
+    last_written: Mutex<BTreeMap<u64, u64>>,
 }
 
 /// Checks across nodes, from outside them:
@@ -371,7 +373,7 @@ impl Watch {
             if n != id
                 && w.answering()
                 && !passers.contains(&n)
-                && lock(&w.kernel).dirty_regions(MirrorId(0)).contains(&region)
+                && lock(&w.kernel).writable_dirty_regions(MirrorId(0)).contains(&region)
             {
                 self.problem(format!(
                     "{at} ms: n{id} was handed region {region} to copy while n{n}'s kernel holds it dirty"
@@ -693,6 +695,7 @@ impl RaftCluster {
             watch: Watch::new(start),
             violations: Arc::default(),
             failing_fences: Arc::default(),
+            last_written: Mutex::default(),
         };
         for id in 1..=n {
             c.boot(id, 1).await;
@@ -1123,6 +1126,26 @@ impl RaftCluster {
     pub fn write(&self, id: u64, region: u64) {
         if let Some(n) = self.nodes.get(&id) {
             lock(&n.kernel).write(n.mirror, region);
+            lock(&self.last_written).insert(id, region);
+        }
+    }
+
+    /// A region below `spread` that node `id`'s table does not have marked
+    /// in the most advanced replica (so a write to it sends a MARK that
+    /// takes a Raft round), if there is one.
+    pub fn unmarked_region(&self, id: u64, rng: &mut impl rand::Rng, spread: u64) -> u64 {
+        let marked = self.marked_by(id);
+        let free: Vec<u64> = (0..spread).filter(|r| !marked.contains(r)).collect();
+        if free.is_empty() { rng.random_range(0..spread) } else { free[rng.random_range(0..free.len())] }
+    }
+
+    /// A region for node `id`'s next write, below `spread`: half the time
+    /// the one after its last write (a sequential writer, which the
+    /// daemon marks ahead of), else any.
+    pub fn pick_region(&self, id: u64, rng: &mut impl rand::Rng, spread: u64) -> u64 {
+        match lock(&self.last_written).get(&id) {
+            Some(&last) if rng.random_bool(0.5) => (last + 1) % spread,
+            _ => rng.random_range(0..spread),
         }
     }
 

@@ -139,7 +139,8 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     for _ in 0..rng.random_range(50..150) {
         for id in c.nodes.keys().copied().collect::<Vec<_>>() {
             if rng.random_range(0..100) < 30 {
-                let r = if rng.random_bool(0.5) { rng.random_range(0..4) } else { rng.random_range(0..regions) };
+                let r =
+                    if rng.random_bool(0.4) { rng.random_range(0..4) } else { c.pick_region(id, &mut rng, regions) };
                 c.write(id, r);
             }
         }
@@ -243,7 +244,8 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
             if c.marking(victim) {
                 break;
             }
-            c.write(victim, rng.random_range(0..regions));
+            let r = c.unmarked_region(victim, &mut rng, regions);
+            c.write(victim, r);
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         c.kill_daemon(victim).await;
@@ -252,7 +254,8 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
         while c.now_ms() < until {
             for id in c.nodes.keys().copied().collect::<Vec<_>>() {
                 if rng.random_range(0..100) < 30 {
-                    c.write(id, rng.random_range(0..regions));
+                    let r = c.pick_region(id, &mut rng, regions);
+                    c.write(id, r);
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -282,7 +285,8 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
         for _ in 0..rng.random_range(10..60) {
             for id in c.nodes.keys().copied().collect::<Vec<_>>() {
                 if rng.random_range(0..100) < 30 {
-                    c.write(id, rng.random_range(0..regions));
+                    let r = c.pick_region(id, &mut rng, regions);
+                    c.write(id, r);
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

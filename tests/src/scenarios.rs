@@ -190,7 +190,8 @@ async fn churn_but(c: &RaftCluster, rng: &mut SmallRng, rounds: std::ops::Range<
         for id in c.nodes.keys().copied().collect::<Vec<_>>() {
             let frozen = c.nodes.get(&id).is_some_and(|n| n.frozen.load(std::sync::atomic::Ordering::SeqCst));
             if !frozen && Some(id) != quiet && rng.random_range(0..100) < 30 {
-                c.write(id, rng.random_range(0..spread));
+                let r = c.pick_region(id, rng, spread);
+                c.write(id, r);
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -718,10 +719,10 @@ async fn clears_lost(seed: u64) -> Result<String, String> {
     }
     // Its kernel goes quiet: the cluster's marks of it come down to what
     // the kernel holds dirty (its last CLEARs are committed within
-    // CLEAR_DELAY).
+    // CLEAR_DELAY, and so are regions marked ahead of it).
     let quiet = c.now_ms();
     let mut stale = BTreeSet::new();
-    while c.now_ms() < quiet + 5_000 {
+    while c.now_ms() < quiet + node::router::CLEAR_DELAY.as_millis() as u64 + 5_000 {
         churn_but(&c, &mut rng, 1..2, REGIONS, Some(victim)).await;
         stale = c.marked_by(victim).difference(&c.kernel_dirty(victim)).copied().collect();
         if stale.is_empty() && !c.writing(victim) && c.now_ms() > quiet + 2_000 {
@@ -753,7 +754,8 @@ async fn daemon_restart(seed: u64) -> Result<String, String> {
         if c.marking(victim) {
             break;
         }
-        c.write(victim, rng.random_range(0..8));
+        let r = c.unmarked_region(victim, &mut rng, REGIONS);
+        c.write(victim, r);
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     if !c.marking(victim) {

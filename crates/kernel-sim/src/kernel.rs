@@ -247,6 +247,19 @@ impl Kernel {
         })
     }
 
+    /// The regions mirror `m` holds dirty and may write without another
+    /// MARK: dirty, with their mark answered (a region whose MARK is still
+    /// on its way is written only after that MARK is committed).
+    pub fn writable_dirty_regions(&self, m: MirrorId) -> Vec<u64> {
+        self.mirrors.get(m.0).map_or_else(Vec::new, |x| {
+            x.hash
+                .iter()
+                .filter(|(r, e)| e.state == RState::Dirty && !x.unflushed.contains(r))
+                .map(|(r, _)| *r)
+                .collect()
+        })
+    }
+
     /// A view of one mirror.
     pub fn mirror(&self, m: MirrorId) -> Option<MirrorView> {
         let x = self.mirrors.get(m.0)?;
@@ -611,6 +624,7 @@ impl Kernel {
                             e.state = RState::Dirty;
                             m.clean_list.retain(|x| *x != r);
                             m.marks.insert(0, r);
+                            m.unflushed.insert(r);
                         }
                         m.batch.push((bio, list));
                     }
@@ -622,6 +636,7 @@ impl Kernel {
             }
             Step::Submit => {
                 for (bio, list) in std::mem::take(&mut m.batch) {
+                    m.unflushed.remove(&bio.region);
                     self.next_content += 1;
                     self.stats.last_write_ms = Some(now);
                     let both = list != RState::NoSync;

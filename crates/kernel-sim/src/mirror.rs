@@ -2,7 +2,7 @@
 //! clear lists, recovery, in-flight writes, and the kernel caches that shape
 //! what the daemon is asked (spec §3.3).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use wire::{Luid, Request, Uuid};
 
@@ -183,6 +183,10 @@ pub(crate) struct Mirror {
     pub hash: BTreeMap<u64, RegionEntry>,
     pub clean_list: Vec<u64>,
     pub marks: Vec<u64>,
+    /// Regions set dirty whose writes have not been submitted since: their
+    /// MARK is still on its way (queued, sent, or its FLUSH unanswered), so
+    /// the kernel cannot write them yet.
+    pub unflushed: BTreeSet<u64>,
     pub clears: Vec<u64>,
     /// The region being recovered, and once copying, (what was read, done_at).
     pub recovering: Option<(u64, Option<(crate::legs::Blocks, u64)>)>,
@@ -222,6 +226,7 @@ impl Mirror {
             hash: BTreeMap::new(),
             clean_list: Vec::new(),
             marks: Vec::new(),
+            unflushed: BTreeSet::new(),
             clears: Vec::new(),
             recovering: None,
             recovered: Vec::new(),

@@ -30,7 +30,7 @@
 //!   answer leaves ([`crate::own_marks`]): a restarted daemon and a rejoin
 //!   know what the kernel may write.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -179,7 +179,7 @@ impl<L: LeaderLink> Router<L> {
     /// Commits the CLEARs the lane acknowledged and has not proposed yet
     /// (when their delay ran out and nothing carried them along).
     async fn commit_clears(&self, uuid: &Uuid, luid: Luid, held: &mut Held) {
-        let clears = held.take_clears();
+        let clears = held.take_clears(Some(Instant::now()));
         if clears.is_empty() {
             return;
         }
@@ -220,7 +220,7 @@ impl<L: LeaderLink> Router<L> {
                 Some(Ok(wire::Answer::Done))
             }
             Q::ClearRegion(rs) if in_range(rs) => {
-                held.defer(rs);
+                held.defer(rs, Instant::now());
                 Some(Ok(wire::Answer::Done))
             }
             // Resync work from this instance's claims (see [`Held::handed`]).
@@ -334,7 +334,14 @@ impl<L: LeaderLink> Router<L> {
                 if !late {
                     held.cancel(&marks);
                 }
-                let clears = held.take_clears();
+                // A mark or a flush carries only the CLEARs that are due: a
+                // region written again within [`CLEAR_DELAY`] stays held.
+                // Anything else carries them all, as before it.
+                let routine = matches!(
+                    &c,
+                    Command::Kernel { op: KernelOp::Mark(_) | KernelOp::Flush { .. } | KernelOp::Clear(_), .. }
+                );
+                let clears = held.take_clears(routine.then(Instant::now));
                 let clear = (!clears.is_empty()).then(|| Command::Kernel {
                     uuid,
                     instance,
@@ -481,9 +488,13 @@ fn marks_of(c: &Command) -> Vec<Region> {
 /// its own table's last command before it asks the leader instead.
 const LOCAL_WAIT: Duration = Duration::from_millis(500);
 
-/// How long an acknowledged CLEAR may wait before it is committed, unless a
-/// later command of its table carries it along sooner.
-pub const CLEAR_DELAY: Duration = Duration::from_secs(1);
+/// How long a region this table no longer writes stays held: an
+/// acknowledged CLEAR is committed once its region has been idle this
+/// long, unless a command other than a MARK or FLUSH carries it along
+/// sooner. A write to the region within that time costs no Raft round; a
+/// crash of the node resyncs the regions it wrote within it (the trade
+/// md's write-intent bitmap makes with its lazy clearing).
+pub const CLEAR_DELAY: Duration = Duration::from_secs(5);
 
 /// What a table's lane knows of its own marks, which lets it answer the
 /// requests of a steady writer without a Raft round:
@@ -516,10 +527,9 @@ struct Held {
     epoch: u64,
     /// Regions durably marked by this table.
     marked: BTreeSet<Region>,
-    /// CLEARs acknowledged and not proposed yet.
-    clears: BTreeSet<Region>,
-    /// When the oldest of `clears` is due.
-    due: Option<Instant>,
+    /// CLEARs acknowledged and not proposed yet, each with the time since
+    /// which its region has been idle.
+    clears: BTreeMap<Region, Instant>,
     /// The highest log index of this table's committed commands.
     seen: u64,
     /// The region this table's kernel is copying: the last GET_RESYNC_WORK
@@ -551,7 +561,7 @@ impl Held {
     fn holds(&self, rs: &[Region]) -> bool {
         !rs.is_empty()
             && rs.iter().all(|r| {
-                self.marked.contains(r) || (crate::breaks::off("plant-unheld-cancel") && self.clears.contains(r))
+                self.marked.contains(r) || (crate::breaks::off("plant-unheld-cancel") && self.clears.contains_key(r))
             })
     }
 
@@ -559,20 +569,32 @@ impl Held {
         for r in rs {
             self.clears.remove(r);
         }
-        if self.clears.is_empty() {
-            self.due = None;
+    }
+
+    /// `rs` idle since `now`: cleared once due, unless marked again.
+    fn defer(&mut self, rs: &[Region], now: Instant) {
+        for r in rs {
+            self.clears.entry(*r).or_insert(now);
         }
     }
 
-    fn defer(&mut self, rs: &[Region]) {
-        self.clears.extend(rs.iter().copied());
-        self.due.get_or_insert_with(|| Instant::now() + CLEAR_DELAY);
+    /// When the oldest deferred CLEAR is due.
+    fn due(&self) -> Option<Instant> {
+        self.clears.values().min().map(|&t| t + CLEAR_DELAY)
     }
 
-    /// The deferred CLEARs, to be proposed now.
-    fn take_clears(&mut self) -> Vec<Region> {
-        self.due = None;
-        let clears: Vec<Region> = std::mem::take(&mut self.clears).into_iter().collect();
+    /// The deferred CLEARs due at `now` (all of them if `None`), to be
+    /// proposed now.
+    fn take_clears(&mut self, now: Option<Instant>) -> Vec<Region> {
+        let clears: Vec<Region> = self
+            .clears
+            .iter()
+            .filter(|&(_, &since)| now.is_none_or(|now| since + CLEAR_DELAY <= now))
+            .map(|(&r, _)| r)
+            .collect();
+        for r in &clears {
+            self.clears.remove(r);
+        }
         self.proposing_clear(&clears);
         clears
     }
@@ -607,7 +629,7 @@ async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedRece
     let mut held = Held { epoch: router.gate.epoch(), ..Held::default() };
     let mut table: Option<(Uuid, Luid)> = None;
     loop {
-        let job = match (held.due, &table) {
+        let job = match (held.due(), &table) {
             (Some(due), Some((uuid, luid))) => {
                 tokio::select! {
                     j = rx.recv() => j,
@@ -740,11 +762,11 @@ mod tests {
         let mut held = Held::default();
         held.committed(&[Region(3), Region(4)], &done(7));
         assert!(held.holds(&[Region(3)]));
-        held.defer(&[Region(3)]);
+        held.defer(&[Region(3)], Instant::now());
         assert!(held.holds(&[Region(3)]), "a deferred CLEAR is cancelled by a MARK of its region");
         // The CLEAR goes to the proposer and its outcome never comes back:
         // it may have committed, so a MARK of region 3 must take a Raft round.
-        let proposed = held.take_clears();
+        let proposed = held.take_clears(None);
         assert_eq!(proposed, vec![Region(3)]);
         assert!(!held.holds(&[Region(3)]));
         assert!(held.holds(&[Region(4)]));

@@ -10,6 +10,7 @@
 //! | name | what is switched off |
 //! |---|---|
 //! | `no-claim-release` | releasing resync claims: of an instance that suspends, is destroyed or evicted, and of regions that an eviction or a stale-hints rejoin makes unsafe to copy |
+//! | `no-evicted-marks` | a stale-hints rejoin counting the regions its node's eviction put out of sync that it does not mark again (deferred CLEARs) |
 
 /// Whether the mechanism `name` is switched off.
 #[cfg(feature = "fault-injection")]

@@ -17,6 +17,9 @@ impl Log {
     /// (I10). Returns the regions that were in sync and no longer are.
     pub(crate) fn evict_instance(&mut self, i: Instance) -> Vec<Region> {
         let rs = self.marked_by(i);
+        if !crate::breaks::off("no-evicted-marks") {
+            self.evicted_marks.entry(i.node).or_default().extend(rs.iter().copied());
+        }
         let mut changed = Vec::new();
         for &r in &rs {
             if let Some(set) = self.marks.get_mut(&r) {
@@ -152,12 +155,19 @@ impl Log {
     /// it went away are below the hint it last got (I7): it asks about
     /// them and gets the true answer, so they are left alone (counting
     /// them as unsettled would tell it and the survivors IN_SYNC = 1 for
-    /// regions whose legs may differ in old data).
+    /// regions whose legs may differ in old data). The regions its own
+    /// evictions put out of sync count whether it marks them again or not
+    /// (see [`Log::evicted_marks`]).
     pub(crate) fn disown_behind_stale_hint(&mut self, n: NodeId) -> Vec<Region> {
         let mut regions: BTreeSet<Region> = self.unsettled.clone();
         for (r, who) in &self.marks {
             if who.iter().any(|i| i.node == n) && !self.sync.get(r.0) {
                 regions.insert(*r);
+            }
+        }
+        for r in self.evicted_marks.remove(&n).unwrap_or_default() {
+            if !self.sync.get(r.0) {
+                regions.insert(r);
             }
         }
         let regions: Vec<Region> = regions.into_iter().collect();
