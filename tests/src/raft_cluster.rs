@@ -1132,11 +1132,12 @@ impl RaftCluster {
 
     /// A region below `spread` that node `id`'s table does not have marked
     /// in the most advanced replica (so a write to it sends a MARK that
-    /// takes a Raft round), if there is one.
-    pub fn unmarked_region(&self, id: u64, rng: &mut impl rand::Rng, spread: u64) -> u64 {
+    /// takes a Raft round), if there is one (held regions are cleared once
+    /// idle for the router's CLEAR_DELAY).
+    pub fn unmarked_region(&self, id: u64, rng: &mut impl rand::Rng, spread: u64) -> Option<u64> {
         let marked = self.marked_by(id);
         let free: Vec<u64> = (0..spread).filter(|r| !marked.contains(r)).collect();
-        if free.is_empty() { rng.random_range(0..spread) } else { free[rng.random_range(0..free.len())] }
+        (!free.is_empty()).then(|| free[rng.random_range(0..free.len())])
     }
 
     /// A region for node `id`'s next write, below `spread`: half the time

@@ -240,12 +240,13 @@ async fn scenario(seed: u64) -> Result<SimSummary, String> {
     // find nobody (it reconnects when the daemon is back).
     if rng.random_bool(0.2) {
         let victim = rng.random_range(1..=3u64);
-        for _ in 0..500 {
+        for _ in 0..6_000 {
             if c.marking(victim) {
                 break;
             }
-            let r = c.unmarked_region(victim, &mut rng, regions);
-            c.write(victim, r);
+            if let Some(r) = c.unmarked_region(victim, &mut rng, regions) {
+                c.write(victim, r);
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         c.kill_daemon(victim).await;

@@ -750,12 +750,14 @@ async fn daemon_restart(seed: u64) -> Result<String, String> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let timing = restart_timing(&mut rng)?;
     let (mut rng, timing, mut c, victim) = opening_with(rng, true, timing).await?;
-    for _ in 0..2_000 {
+    // Up to CLEAR_DELAY and more: its held regions are cleared once idle.
+    for _ in 0..10_000 {
         if c.marking(victim) {
             break;
         }
-        let r = c.unmarked_region(victim, &mut rng, REGIONS);
-        c.write(victim, r);
+        if let Some(r) = c.unmarked_region(victim, &mut rng, REGIONS) {
+            c.write(victim, r);
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     if !c.marking(victim) {

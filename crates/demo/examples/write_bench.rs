@@ -9,9 +9,10 @@
 //!   loopback), each with a simulated kernel sending the kernel's real
 //!   requests per write (IN_SYNC, MARK, FLUSH, later CLEAR and FLUSH)
 //!   through the in-memory transport. Writes one at a time, each waited
-//!   for: to the same region again, and to a new region each time, from a
-//!   kernel on the leader and from one on a follower; p50/p99 and their
-//!   ratio to the floor.
+//!   for: to the same region again, to a new region each time (never next
+//!   to the last), and to the next region each time (a sequential writer,
+//!   marked ahead), from a kernel on the leader and from one on a follower;
+//!   p50/p99 and their ratio to the floor.
 //! * One locally answered request (an empty FLUSH) through the Unix
 //!   transport, to a one-node daemon.
 //! * 64 mirrors at once over the three hosts: aggregate kernel requests
@@ -377,14 +378,27 @@ async fn main() -> Result<(), Error> {
         };
         let (p50, p99) = report(&format!("write to the same region again, kernel on the {name}"), &same);
         ratio(p50, p99, f);
+        // Never next to the last one, so nothing is marked ahead: each
+        // write costs one commit.
         let fresh: Vec<Duration> = {
             let mut v = Vec::new();
             for i in 0..n as u64 {
-                v.push(write(&node.sim, m, 100 + i).await);
+                v.push(write(&node.sim, m, 100 + (i * 37) % 4000).await);
             }
             v
         };
         let (p50, p99) = report(&format!("write to a new region each time, kernel on the {name}"), &fresh);
+        ratio(p50, p99, f);
+        // A sequential writer moving to the next region each write: one
+        // commit per MARK_AHEAD regions.
+        let next: Vec<Duration> = {
+            let mut v = Vec::new();
+            for i in 0..n as u64 {
+                v.push(write(&node.sim, m, 4100 + i).await);
+            }
+            v
+        };
+        let (p50, p99) = report(&format!("write to the next region each time, kernel on the {name}"), &next);
         ratio(p50, p99, f);
     }
 

@@ -20,6 +20,8 @@
 //! | `plant-late-clear` | (a planted bug) a deferred CLEAR is committed after a later MARK of its region instead of being cancelled |
 //! | `plant-early-mark-ack` | (a planted bug) a MARK of a region not held is acknowledged before its commit |
 //! | `plant-long-lease` | (a planted bug) a leader's read lease lasts four upper election timeouts instead of half the lower one |
+//! | `no-mark-ahead` | marking ahead of a sequential writer (a speed mechanism: switched off, only the figures change) |
+//! | `plant-ahead-unmarked` | (a planted bug) regions marked ahead of a sequential writer are counted held but left out of the committed entry |
 //! | `plant-unheld-cancel` | (a planted bug) a MARK of a region whose CLEAR is deferred is acknowledged at once even when its mark was never committed |
 
 /// Whether the mechanism `name` is switched off: the one reader of

@@ -210,6 +210,7 @@ impl<L: LeaderLink> Router<L> {
             Q::Flush { marks } if marks.is_empty() && in_range(&[]) => Some(Ok(wire::Answer::Done)),
             Q::MarkRegion(rs) | Q::Flush { marks: rs } if held.holds(rs) && in_range(rs) => {
                 held.cancel(rs);
+                held.last_mark = rs.iter().max().copied();
                 Some(Ok(wire::Answer::Done))
             }
             // The planted bug: a MARK of a region not held is acknowledged
@@ -323,7 +324,17 @@ impl<L: LeaderLink> Router<L> {
                 // other deferred CLEARs go first, in the same order the
                 // kernel sent them (a CLEAR committed after a later MARK of
                 // its region would drop a mark the kernel writes under).
-                let marks = marks_of(&c);
+                let mut marks = marks_of(&c);
+                // A sequential writer's next regions are marked with this
+                // one (see [`MARK_AHEAD`]).
+                let ahead = self.ahead_of(held, &c, &marks);
+                held.last_mark = marks.iter().max().copied().or(held.last_mark);
+                if !ahead.is_empty()
+                    && !crate::breaks::off("plant-ahead-unmarked")
+                    && let Command::Kernel { op: KernelOp::Mark(rs) | KernelOp::Flush { marks: rs }, .. } = &mut c
+                {
+                    rs.extend(ahead.iter().copied());
+                }
                 let cleared = match &c {
                     Command::Kernel { op: KernelOp::Clear(rs), .. } => Some(rs.clone()),
                     _ => None,
@@ -407,7 +418,11 @@ impl<L: LeaderLink> Router<L> {
                 if outcome.answer.is_err() {
                     return Some(outcome.answer);
                 }
+                marks.extend(ahead.iter().copied());
                 held.committed(&marks, &outcome);
+                // Marked before the kernel asked: cleared once idle for
+                // CLEAR_DELAY, unless the kernel marks them meanwhile.
+                held.defer(&ahead, Instant::now());
                 // A CLEAR that took this path (the table not known here yet)
                 // unmarked its regions all the same.
                 if let Some(cleared) = &cleared {
@@ -448,6 +463,31 @@ impl<L: LeaderLink> Router<L> {
 }
 
 impl<L: LeaderLink> Router<L> {
+    /// The regions to mark ahead of the MARK or FLUSH `c`, which marks
+    /// `marks` (not all held): when its lowest region follows the table's
+    /// newest mark (a sequential writer), the next [`MARK_AHEAD`] regions
+    /// past its highest that this table does not hold and that are in sync
+    /// on this node's replica, for a `clustered-core` log.
+    fn ahead_of(&self, held: &Held, c: &Command, marks: &[Region]) -> Vec<Region> {
+        let (Some(lo), Some(hi)) = (marks.iter().min(), marks.iter().max()) else { return Vec::new() };
+        let Command::Kernel { uuid, instance, .. } = c else { return Vec::new() };
+        if lo.0 == 0 || held.last_mark != Some(Region(lo.0 - 1)) || crate::breaks::off("no-mark-ahead") {
+            return Vec::new();
+        }
+        self.replica.state.read(|m| {
+            let Some(count) = m.log(uuid).filter(|_| m.empty_flush_is_noop(uuid, *instance)).map(|l| l.region_count())
+            else {
+                return Vec::new();
+            };
+            let in_sync =
+                |r: Region| matches!(m.read(uuid, *instance, &regions::Query::InSync(r)), Ok(wire::Answer::Bool(true)));
+            (hi.0 + 1..count.min(hi.0 + 1 + MARK_AHEAD))
+                .map(Region)
+                .filter(|r| !held.marked.contains(r) && !marks.contains(r) && in_sync(*r))
+                .collect()
+        })
+    }
+
     /// After a failed leg write of `region` committed at `index`: waits
     /// until every other node that marks the region (and so may answer
     /// IN_SYNC of it from its own replica, see [`Held`]) has said in a
@@ -496,6 +536,12 @@ const LOCAL_WAIT: Duration = Duration::from_millis(500);
 /// md's write-intent bitmap makes with its lazy clearing).
 pub const CLEAR_DELAY: Duration = Duration::from_secs(5);
 
+/// How many regions past a sequential writer's newest mark are marked with
+/// it: such a writer pays one Raft commit per `MARK_AHEAD` regions instead
+/// of one per region. Regions it does not reach are cleared once idle for
+/// [`CLEAR_DELAY`]; a crash of the node meanwhile resyncs them.
+pub const MARK_AHEAD: u64 = 16;
+
 /// What a table's lane knows of its own marks, which lets it answer the
 /// requests of a steady writer without a Raft round:
 ///
@@ -530,6 +576,8 @@ struct Held {
     /// CLEARs acknowledged and not proposed yet, each with the time since
     /// which its region has been idle.
     clears: BTreeMap<Region, Instant>,
+    /// The highest region of this table's newest MARK (or FLUSH with marks).
+    last_mark: Option<Region>,
     /// The highest log index of this table's committed commands.
     seen: u64,
     /// The region this table's kernel is copying: the last GET_RESYNC_WORK
