@@ -849,6 +849,7 @@ impl RaftCluster {
             clock_start: self.start,
             disk_handover: Duration::from_millis(100),
             disk_delay: Duration::ZERO,
+            clear_after: node::router::CLEAR_AFTER,
         };
         let host = Host::new(replica.clone(), Arc::new(transport), applied, own, fence, config, Arc::default());
         let gate = host.gate();
@@ -1133,7 +1134,7 @@ impl RaftCluster {
     /// A region below `spread` that node `id`'s table does not have marked
     /// in the most advanced replica (so a write to it sends a MARK that
     /// takes a Raft round), if there is one (held regions are cleared once
-    /// idle for the router's CLEAR_DELAY).
+    /// idle for the router's CLEAR_AFTER).
     pub fn unmarked_region(&self, id: u64, rng: &mut impl rand::Rng, spread: u64) -> Option<u64> {
         let marked = self.marked_by(id);
         let free: Vec<u64> = (0..spread).filter(|r| !marked.contains(r)).collect();

@@ -719,10 +719,10 @@ async fn clears_lost(seed: u64) -> Result<String, String> {
     }
     // Its kernel goes quiet: the cluster's marks of it come down to what
     // the kernel holds dirty (its last CLEARs are committed within
-    // CLEAR_DELAY, and so are regions marked ahead of it).
+    // CLEAR_AFTER, and so are regions marked ahead of it).
     let quiet = c.now_ms();
     let mut stale = BTreeSet::new();
-    while c.now_ms() < quiet + node::router::CLEAR_DELAY.as_millis() as u64 + 5_000 {
+    while c.now_ms() < quiet + node::router::CLEAR_AFTER.as_millis() as u64 + 5_000 {
         churn_but(&c, &mut rng, 1..2, REGIONS, Some(victim)).await;
         stale = c.marked_by(victim).difference(&c.kernel_dirty(victim)).copied().collect();
         if stale.is_empty() && !c.writing(victim) && c.now_ms() > quiet + 2_000 {
@@ -750,7 +750,7 @@ async fn daemon_restart(seed: u64) -> Result<String, String> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let timing = restart_timing(&mut rng)?;
     let (mut rng, timing, mut c, victim) = opening_with(rng, true, timing).await?;
-    // Up to CLEAR_DELAY and more: its held regions are cleared once idle.
+    // Up to CLEAR_AFTER and more: its held regions are cleared once idle.
     for _ in 0..10_000 {
         if c.marking(victim) {
             break;

@@ -201,6 +201,7 @@ fn host_config(id: u64) -> HostConfig {
         clock_start: tokio::time::Instant::now(),
         disk_handover: Duration::from_secs(1),
         disk_delay: Duration::ZERO,
+        clear_after: node::router::CLEAR_AFTER,
     }
 }
 

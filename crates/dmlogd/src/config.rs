@@ -66,6 +66,9 @@ pub struct File {
     pub admin_token_file: Option<PathBuf>,
     /// The daemon's own log.
     pub log: Option<LogTable>,
+    /// How long a region this node's kernel no longer writes stays marked
+    /// in the cluster, in milliseconds.
+    pub clear_after_ms: Option<u64>,
 }
 
 /// The `[log]` table.
@@ -108,6 +111,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// The longest `clear_after_ms` accepted (ten minutes).
+pub const MAX_CLEAR_AFTER_MS: u64 = 600_000;
+
 /// The checked configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -140,6 +146,11 @@ pub struct Config {
     pub incarnation: Option<u64>,
     /// The daemon's log.
     pub log: crate::logging::LogSettings,
+    /// How long a region this node's kernel no longer writes stays marked
+    /// (`clear_after_ms`): writes that come back to it within that time
+    /// need no Raft round; a crash of this node resyncs what it wrote
+    /// within it.
+    pub clear_after: std::time::Duration,
 }
 
 /// Overrides from the command line.
@@ -227,6 +238,16 @@ impl Config {
         let fence = fence.parse().map_err(|e: node::fence::FenceError| e.to_string())?;
         let timing = f.timing.unwrap_or_default();
         timing.validate().map_err(|e| e.to_string())?;
+        let clear_after = match f.clear_after_ms {
+            None => node::router::CLEAR_AFTER,
+            Some(ms) if ms <= MAX_CLEAR_AFTER_MS => std::time::Duration::from_millis(ms),
+            Some(ms) => {
+                return Err(format!(
+                    "config: clear_after_ms = {ms} is more than {MAX_CLEAR_AFTER_MS} (a region idle that long \
+                     should be clean: a crash of this node resyncs every region it wrote within it)"
+                ));
+            }
+        };
         let data_dir = o.data_dir.clone().or(f.data_dir).unwrap_or_else(|| PathBuf::from("dmlogd-data"));
         let admin_socket = o.admin_socket.clone().or(f.admin_socket).unwrap_or_else(|| data_dir.join("admin.sock"));
         let metrics = match o.metrics.clone().or(f.metrics) {
@@ -299,6 +320,7 @@ impl Config {
             kernel,
             fence,
             timing,
+            clear_after,
             admin_socket,
             metrics,
             incarnation: o.incarnation,
@@ -468,6 +490,14 @@ mod tests {
         assert!(bad("cluster = \"\"", Overrides::default()).contains("must be 1 to 64"));
         assert!(bad("colour = 3", Overrides::default()).contains("unknown field"));
         assert!(bad("kernel = \"tcp\"", Overrides::default()).contains("expected netlink or unix"));
+        assert!(
+            bad("clear_after_ms = 600001", Overrides::default())
+                .contains("clear_after_ms = 600001 is more than 600000")
+        );
+        let c = Config::build(Some("clear_after_ms = 0"), &Overrides::default()).unwrap();
+        assert_eq!(c.clear_after, std::time::Duration::ZERO);
+        let c = Config::build(None, &Overrides::default()).unwrap();
+        assert_eq!(c.clear_after, node::router::CLEAR_AFTER);
         assert!(bad("id = 4\n[members]\n1 = \"a:1\"", Overrides::default()).contains("not among the members"));
         let timing = "[timing]\nrenew_every_ms = 500\ntick_ms = 100\nfence_after_ms = 8000\nfence_action_max_ms = 2000\ndead_after_ms = 9000\nclock_drift_ppm = 10000\nelection_max_ms = 1500";
         let e = bad(timing, Overrides::default());

@@ -164,6 +164,7 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>, log: LogCon
         // A write the previous writer had in flight gets this long to land.
         disk_handover: Duration::from_millis(config.timing.fence_action_max_ms.max(1_000)),
         disk_delay: Duration::ZERO,
+        clear_after: config.clear_after,
     };
     let fence = Arc::new(DaemonFence {
         action: config.fence.clone(),

@@ -80,6 +80,9 @@ pub struct HostConfig {
     /// Extra time every log-device write takes: a slow device, for tests
     /// (zero in the daemon).
     pub disk_delay: Duration,
+    /// How long a region its kernel no longer writes stays marked
+    /// ([`crate::router::CLEAR_AFTER`] by default).
+    pub clear_after: Duration,
 }
 
 /// What a fence action did.
@@ -215,7 +218,15 @@ impl<T: Transport, L: LeaderLink> Host<T, L> {
 
         // 2. The parts that run from now on.
         let effects = Effects::new(replica.clone(), transport.clone(), metrics.clone());
-        let router = Router::new(replica.clone(), gate.clone(), own, metrics.clone(), effects.clone(), scope.clone());
+        let router = Router::new(
+            replica.clone(),
+            gate.clone(),
+            own,
+            metrics.clone(),
+            effects.clone(),
+            scope.clone(),
+            config.clear_after,
+        );
         spawn_in(&scope, {
             let effects = effects.clone();
             async move {

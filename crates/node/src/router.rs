@@ -77,6 +77,8 @@ pub struct Router<L: LeaderLink> {
     /// This node's kernel reporting failed leg writes: warned of at most
     /// once a minute.
     leg_failures: crate::quiet::Quiet,
+    /// How long a region no longer written stays held ([`CLEAR_AFTER`]).
+    clear_after: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -94,6 +96,7 @@ impl<L: LeaderLink> Router<L> {
         metrics: Arc<Metrics>,
         effects: Arc<Effects<L>>,
         scope: CancellationToken,
+        clear_after: Duration,
     ) -> Arc<Router<L>> {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(scope.clone().run_until_cancelled_owned(propose_loop(replica.clone(), rx, metrics.clone())));
@@ -109,6 +112,7 @@ impl<L: LeaderLink> Router<L> {
             effects,
             scope,
             leg_failures: crate::quiet::Quiet::new(Duration::from_secs(60)),
+            clear_after,
         })
     }
 
@@ -276,7 +280,7 @@ impl<L: LeaderLink> Router<L> {
             }
             Q::InSync(r) if held.holds(&[*r]) && in_range(&[*r]) => {
                 self.settle_syncs(held, *r).await;
-                if !self.caught_up(held).await {
+                if !self.applied_to(held.seen_for(*r)).await {
                     return None;
                 }
                 let query = regions::Query::InSync(*r);
@@ -292,9 +296,10 @@ impl<L: LeaderLink> Router<L> {
         if !held.syncing.iter().any(|(s, _)| *s == r) || crate::breaks::off("no-sync-read-wait") {
             return;
         }
-        for (_, rx) in std::mem::take(&mut held.syncing) {
+        for (s, rx) in std::mem::take(&mut held.syncing) {
             if let Ok(o) = rx.await {
                 held.seen = held.seen.max(o.index);
+                held.touched(s, o.index);
             }
         }
     }
@@ -302,8 +307,14 @@ impl<L: LeaderLink> Router<L> {
     /// Whether this node's replica has applied the table's last committed
     /// command (waiting up to [`LOCAL_WAIT`] for it).
     async fn caught_up(&self, held: &Held) -> bool {
+        self.applied_to(held.seen).await
+    }
+
+    /// Whether this node's replica has applied log index `index` (waiting
+    /// up to [`LOCAL_WAIT`] for it).
+    async fn applied_to(&self, index: u64) -> bool {
         let applied = self.replica.state.last_applied().map_or(0, |l| l.index);
-        applied >= held.seen || self.replica.wait_applied(held.seen, LOCAL_WAIT).await
+        applied >= index || self.replica.wait_applied(index, LOCAL_WAIT).await
     }
 
     /// One request, to its answer through Raft. `None` when Raft stopped.
@@ -346,7 +357,7 @@ impl<L: LeaderLink> Router<L> {
                     held.cancel(&marks);
                 }
                 // A mark or a flush carries only the CLEARs that are due: a
-                // region written again within [`CLEAR_DELAY`] stays held.
+                // region written again within `clear_after` stays held.
                 // Anything else carries them all, as before it.
                 let routine = matches!(
                     &c,
@@ -386,6 +397,7 @@ impl<L: LeaderLink> Router<L> {
                 if let Some(rs) = &cleared {
                     held.proposing_clear(rs);
                 }
+                let scope = Scope::of(&c);
                 let rx = self.propose(c)?;
                 if let (true, Some(cc)) = (late, clear) {
                     carried = Some(self.propose(cc)?);
@@ -420,8 +432,13 @@ impl<L: LeaderLink> Router<L> {
                 }
                 marks.extend(ahead.iter().copied());
                 held.committed(&marks, &outcome);
+                match scope {
+                    Scope::Region(r) => held.touched(r, outcome.index),
+                    Scope::Marks => {}
+                    Scope::Broad => held.seen_broad = held.seen_broad.max(outcome.index),
+                }
                 // Marked before the kernel asked: cleared once idle for
-                // CLEAR_DELAY, unless the kernel marks them meanwhile.
+                // clear_after, unless the kernel marks them meanwhile.
                 held.defer(&ahead, Instant::now());
                 // A CLEAR that took this path (the table not known here yet)
                 // unmarked its regions all the same.
@@ -429,7 +446,7 @@ impl<L: LeaderLink> Router<L> {
                     held.cleared(cleared, &outcome);
                 }
                 if is_dtr {
-                    *held = Held { epoch: held.epoch, ..Held::default() };
+                    *held = Held::new(held.epoch, held.clear_after);
                 }
                 if let Some(region) = failed
                     && !self.failure_seen(&msg.uuid, region, outcome.index).await
@@ -516,6 +533,36 @@ impl<L: LeaderLink> Router<L> {
     }
 }
 
+/// Which regions' IN_SYNC answers a table's own command may change.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// Its marks' only (or none): a MARK, FLUSH, CLEAR, GET_RESYNC_WORK,
+    /// IS_REMOTE_RECOVERING.
+    Marks,
+    /// One region's: a SET_REGION_SYNC.
+    Region(Region),
+    /// Any region's: a CTR, RESUME, suspend, DTR.
+    Broad,
+}
+
+impl Scope {
+    fn of(c: &Command) -> Scope {
+        match c {
+            Command::Kernel { op: KernelOp::SetRegionSync { region, .. }, .. } => Scope::Region(*region),
+            Command::Kernel {
+                op:
+                    KernelOp::Mark(_)
+                    | KernelOp::Flush { .. }
+                    | KernelOp::Clear(_)
+                    | KernelOp::GetResyncWork
+                    | KernelOp::IsRemoteRecovering(_),
+                ..
+            } => Scope::Marks,
+            _ => Scope::Broad,
+        }
+    }
+}
+
 /// The regions a MARK or a FLUSH command marks.
 fn marks_of(c: &Command) -> Vec<Region> {
     match c {
@@ -528,25 +575,26 @@ fn marks_of(c: &Command) -> Vec<Region> {
 /// its own table's last command before it asks the leader instead.
 const LOCAL_WAIT: Duration = Duration::from_millis(500);
 
-/// How long a region this table no longer writes stays held: an
-/// acknowledged CLEAR is committed once its region has been idle this
-/// long, unless a command other than a MARK or FLUSH carries it along
-/// sooner. A write to the region within that time costs no Raft round; a
-/// crash of the node resyncs the regions it wrote within it (the trade
-/// md's write-intent bitmap makes with its lazy clearing).
-pub const CLEAR_DELAY: Duration = Duration::from_secs(5);
+/// How long a region this table no longer writes stays held, by default
+/// (`clear_after_ms` in the daemon's configuration): an acknowledged CLEAR
+/// is committed once its region has been idle this long, unless a command
+/// other than a MARK or FLUSH carries it along sooner. A write to the
+/// region within that time costs no Raft round; a crash of the node
+/// resyncs the regions it wrote within it (the trade md's write-intent
+/// bitmap makes with its lazy clearing).
+pub const CLEAR_AFTER: Duration = Duration::from_secs(5);
 
 /// How many regions past a sequential writer's newest mark are marked with
 /// it: such a writer pays one Raft commit per `MARK_AHEAD` regions instead
 /// of one per region. Regions it does not reach are cleared once idle for
-/// [`CLEAR_DELAY`]; a crash of the node meanwhile resyncs them.
+/// `clear_after`; a crash of the node meanwhile resyncs them.
 pub const MARK_AHEAD: u64 = 16;
 
 /// What a table's lane knows of its own marks, which lets it answer the
 /// requests of a steady writer without a Raft round:
 ///
 /// * A CLEAR is acknowledged at once and committed later (after
-///   [`CLEAR_DELAY`], or with the table's next command, before it): a
+///   `clear_after`, or with the table's next command, before it): a
 ///   region whose CLEAR is late only stays marked a little longer, which
 ///   is what a lost CLEAR costs anyway (spec §3.4). The journal has the
 ///   CLEAR, so a daemon restart does not lose it ([`KernelOp::Remark`]).
@@ -571,6 +619,8 @@ pub const MARK_AHEAD: u64 = 16;
 struct Held {
     /// The gate epoch this knowledge belongs to.
     epoch: u64,
+    /// How long a region no longer written stays held.
+    clear_after: Duration,
     /// Regions durably marked by this table.
     marked: BTreeSet<Region>,
     /// CLEARs acknowledged and not proposed yet, each with the time since
@@ -580,6 +630,17 @@ struct Held {
     last_mark: Option<Region>,
     /// The highest log index of this table's committed commands.
     seen: u64,
+    /// The highest log index of this table's committed commands that may
+    /// change the IN_SYNC answer of any region (a RESUME settles the
+    /// regions an eviction left unsettled; a CTR, suspend or DTR).
+    seen_broad: u64,
+    /// Per region, the highest log index of this table's committed
+    /// commands that mark it or set its sync state. A local IN_SYNC of a
+    /// held region needs the replica to have applied this and
+    /// `seen_broad`, not every later command of the table: nothing else of
+    /// this table changes that region's answer, and no other node may
+    /// bring a region this table marks into sync (see the type's notes).
+    region_seen: BTreeMap<Region, u64>,
     /// The region this table's kernel is copying: the last GET_RESYNC_WORK
     /// answer, until its SET_REGION_SYNC. The kernel copies one region at a
     /// time, so while none is handed out the next GET_RESYNC_WORK is
@@ -606,6 +667,10 @@ struct Held {
 }
 
 impl Held {
+    fn new(epoch: u64, clear_after: Duration) -> Held {
+        Held { epoch, clear_after, ..Held::default() }
+    }
+
     fn holds(&self, rs: &[Region]) -> bool {
         !rs.is_empty()
             && rs.iter().all(|r| {
@@ -628,7 +693,7 @@ impl Held {
 
     /// When the oldest deferred CLEAR is due.
     fn due(&self) -> Option<Instant> {
-        self.clears.values().min().map(|&t| t + CLEAR_DELAY)
+        self.clears.values().min().map(|&t| t + self.clear_after)
     }
 
     /// The deferred CLEARs due at `now` (all of them if `None`), to be
@@ -637,7 +702,7 @@ impl Held {
         let clears: Vec<Region> = self
             .clears
             .iter()
-            .filter(|&(_, &since)| now.is_none_or(|now| since + CLEAR_DELAY <= now))
+            .filter(|&(_, &since)| now.is_none_or(|now| since + self.clear_after <= now))
             .map(|(&r, _)| r)
             .collect();
         for r in &clears {
@@ -656,6 +721,17 @@ impl Held {
         }
     }
 
+    /// A command of this table concerning region `r` committed at `index`.
+    fn touched(&mut self, r: Region, index: u64) {
+        let e = self.region_seen.entry(r).or_default();
+        *e = (*e).max(index);
+    }
+
+    /// The log index a local IN_SYNC of `r` needs applied first.
+    fn seen_for(&self, r: Region) -> u64 {
+        self.seen_broad.max(self.region_seen.get(&r).copied().unwrap_or(0))
+    }
+
     /// A CLEAR of `rs` committed with `outcome`.
     fn cleared(&mut self, rs: &[Region], outcome: &Outcome) {
         self.seen = self.seen.max(outcome.index);
@@ -665,6 +741,9 @@ impl Held {
     /// A command marking `rs` committed with `outcome`.
     fn committed(&mut self, rs: &[Region], outcome: &Outcome) {
         self.seen = self.seen.max(outcome.index);
+        for &r in rs {
+            self.touched(r, outcome.index);
+        }
         if outcome.answer.is_ok() {
             self.marked.extend(rs.iter().copied());
         }
@@ -674,7 +753,7 @@ impl Held {
 /// A table's lane: its requests one at a time, in order, and its deferred
 /// CLEARs committed when they are due.
 async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut held = Held { epoch: router.gate.epoch(), ..Held::default() };
+    let mut held = Held::new(router.gate.epoch(), router.clear_after);
     let mut table: Option<(Uuid, Luid)> = None;
     loop {
         let job = match (held.due(), &table) {
@@ -685,7 +764,7 @@ async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedRece
                         if router.gate.epoch() == held.epoch {
                             router.commit_clears(uuid, *luid, &mut held).await;
                         } else {
-                            held = Held { epoch: router.gate.epoch(), ..Held::default() };
+                            held = Held::new(router.gate.epoch(), router.clear_after);
                         }
                         continue;
                     }
@@ -698,7 +777,7 @@ async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedRece
         let epoch = router.gate.epoch();
         if epoch != held.epoch {
             // The node fenced: what it knew of its marks may be gone.
-            held = Held { epoch, ..Held::default() };
+            held = Held::new(epoch, router.clear_after);
         }
         let result = match router.local(&mut held, &job.msg).await {
             Some(r) => {
@@ -807,7 +886,7 @@ mod tests {
 
     #[test]
     fn a_region_whose_clear_was_proposed_is_not_held_even_if_its_outcome_is_lost() {
-        let mut held = Held::default();
+        let mut held = Held::new(0, CLEAR_AFTER);
         held.committed(&[Region(3), Region(4)], &done(7));
         assert!(held.holds(&[Region(3)]));
         held.defer(&[Region(3)], Instant::now());

@@ -140,8 +140,14 @@ async fn daemon_with(
     let own = OwnMarksStore::open(Box::new(disk.journal.clone()), 1).unwrap();
     let fences: Shared<u32> = Arc::default();
     let fence = Arc::new(TestFence { calls: fences.clone(), outcome });
-    let config =
-        HostConfig { incarnation: 1, live, clock_start: Instant::now(), disk_handover: Duration::ZERO, disk_delay };
+    let config = HostConfig {
+        incarnation: 1,
+        live,
+        clock_start: Instant::now(),
+        disk_handover: Duration::ZERO,
+        disk_delay,
+        clear_after: node::router::CLEAR_AFTER,
+    };
     let host = Host::new(replica.clone(), Arc::new(transport), applied, own, fence, config, Arc::default());
     let gate = host.gate();
     let task = tokio::spawn(host.run(std::future::pending()));
@@ -503,6 +509,7 @@ async fn a_kernel_in_another_socket_is_served_over_the_unix_transport() {
         clock_start: Instant::now(),
         disk_handover: Duration::ZERO,
         disk_delay: Duration::ZERO,
+        clear_after: node::router::CLEAR_AFTER,
     };
     let host = Host::new(replica, transport, applied, OwnMarksStore::in_memory(1), fence, hc, Arc::default());
     let server = tokio::spawn(host.run(std::future::pending()));
