@@ -280,7 +280,7 @@ impl<L: LeaderLink> Router<L> {
             }
             Q::InSync(r) if held.holds(&[*r]) && in_range(&[*r]) => {
                 self.settle_syncs(held, *r).await;
-                if !self.applied_to(held.seen_for(*r)).await {
+                if !self.caught_up(held).await {
                     return None;
                 }
                 let query = regions::Query::InSync(*r);
@@ -296,10 +296,9 @@ impl<L: LeaderLink> Router<L> {
         if !held.syncing.iter().any(|(s, _)| *s == r) || crate::breaks::off("no-sync-read-wait") {
             return;
         }
-        for (s, rx) in std::mem::take(&mut held.syncing) {
+        for (_, rx) in std::mem::take(&mut held.syncing) {
             if let Ok(o) = rx.await {
                 held.seen = held.seen.max(o.index);
-                held.touched(s, o.index);
             }
         }
     }
@@ -307,14 +306,8 @@ impl<L: LeaderLink> Router<L> {
     /// Whether this node's replica has applied the table's last committed
     /// command (waiting up to [`LOCAL_WAIT`] for it).
     async fn caught_up(&self, held: &Held) -> bool {
-        self.applied_to(held.seen).await
-    }
-
-    /// Whether this node's replica has applied log index `index` (waiting
-    /// up to [`LOCAL_WAIT`] for it).
-    async fn applied_to(&self, index: u64) -> bool {
         let applied = self.replica.state.last_applied().map_or(0, |l| l.index);
-        applied >= index || self.replica.wait_applied(index, LOCAL_WAIT).await
+        applied >= held.seen || self.replica.wait_applied(held.seen, LOCAL_WAIT).await
     }
 
     /// One request, to its answer through Raft. `None` when Raft stopped.
@@ -397,7 +390,6 @@ impl<L: LeaderLink> Router<L> {
                 if let Some(rs) = &cleared {
                     held.proposing_clear(rs);
                 }
-                let scope = Scope::of(&c);
                 let rx = self.propose(c)?;
                 if let (true, Some(cc)) = (late, clear) {
                     carried = Some(self.propose(cc)?);
@@ -432,11 +424,6 @@ impl<L: LeaderLink> Router<L> {
                 }
                 marks.extend(ahead.iter().copied());
                 held.committed(&marks, &outcome);
-                match scope {
-                    Scope::Region(r) => held.touched(r, outcome.index),
-                    Scope::Marks => {}
-                    Scope::Broad => held.seen_broad = held.seen_broad.max(outcome.index),
-                }
                 // Marked before the kernel asked: cleared once idle for
                 // clear_after, unless the kernel marks them meanwhile.
                 held.defer(&ahead, Instant::now());
@@ -533,36 +520,6 @@ impl<L: LeaderLink> Router<L> {
     }
 }
 
-/// Which regions' IN_SYNC answers a table's own command may change.
-#[derive(Clone, Copy)]
-enum Scope {
-    /// Its marks' only (or none): a MARK, FLUSH, CLEAR, GET_RESYNC_WORK,
-    /// IS_REMOTE_RECOVERING.
-    Marks,
-    /// One region's: a SET_REGION_SYNC.
-    Region(Region),
-    /// Any region's: a CTR, RESUME, suspend, DTR.
-    Broad,
-}
-
-impl Scope {
-    fn of(c: &Command) -> Scope {
-        match c {
-            Command::Kernel { op: KernelOp::SetRegionSync { region, .. }, .. } => Scope::Region(*region),
-            Command::Kernel {
-                op:
-                    KernelOp::Mark(_)
-                    | KernelOp::Flush { .. }
-                    | KernelOp::Clear(_)
-                    | KernelOp::GetResyncWork
-                    | KernelOp::IsRemoteRecovering(_),
-                ..
-            } => Scope::Marks,
-            _ => Scope::Broad,
-        }
-    }
-}
-
 /// The regions a MARK or a FLUSH command marks.
 fn marks_of(c: &Command) -> Vec<Region> {
     match c {
@@ -582,7 +539,7 @@ const LOCAL_WAIT: Duration = Duration::from_millis(500);
 /// region within that time costs no Raft round; a crash of the node
 /// resyncs the regions it wrote within it (the trade md's write-intent
 /// bitmap makes with its lazy clearing).
-pub const CLEAR_AFTER: Duration = Duration::from_secs(5);
+pub const CLEAR_AFTER: Duration = Duration::from_secs(1);
 
 /// How many regions past a sequential writer's newest mark are marked with
 /// it: such a writer pays one Raft commit per `MARK_AHEAD` regions instead
@@ -630,17 +587,6 @@ struct Held {
     last_mark: Option<Region>,
     /// The highest log index of this table's committed commands.
     seen: u64,
-    /// The highest log index of this table's committed commands that may
-    /// change the IN_SYNC answer of any region (a RESUME settles the
-    /// regions an eviction left unsettled; a CTR, suspend or DTR).
-    seen_broad: u64,
-    /// Per region, the highest log index of this table's committed
-    /// commands that mark it or set its sync state. A local IN_SYNC of a
-    /// held region needs the replica to have applied this and
-    /// `seen_broad`, not every later command of the table: nothing else of
-    /// this table changes that region's answer, and no other node may
-    /// bring a region this table marks into sync (see the type's notes).
-    region_seen: BTreeMap<Region, u64>,
     /// The region this table's kernel is copying: the last GET_RESYNC_WORK
     /// answer, until its SET_REGION_SYNC. The kernel copies one region at a
     /// time, so while none is handed out the next GET_RESYNC_WORK is
@@ -721,17 +667,6 @@ impl Held {
         }
     }
 
-    /// A command of this table concerning region `r` committed at `index`.
-    fn touched(&mut self, r: Region, index: u64) {
-        let e = self.region_seen.entry(r).or_default();
-        *e = (*e).max(index);
-    }
-
-    /// The log index a local IN_SYNC of `r` needs applied first.
-    fn seen_for(&self, r: Region) -> u64 {
-        self.seen_broad.max(self.region_seen.get(&r).copied().unwrap_or(0))
-    }
-
     /// A CLEAR of `rs` committed with `outcome`.
     fn cleared(&mut self, rs: &[Region], outcome: &Outcome) {
         self.seen = self.seen.max(outcome.index);
@@ -741,9 +676,6 @@ impl Held {
     /// A command marking `rs` committed with `outcome`.
     fn committed(&mut self, rs: &[Region], outcome: &Outcome) {
         self.seen = self.seen.max(outcome.index);
-        for &r in rs {
-            self.touched(r, outcome.index);
-        }
         if outcome.answer.is_ok() {
             self.marked.extend(rs.iter().copied());
         }

@@ -160,7 +160,8 @@ impl Machine {
                     if !log.active_nodes().contains(node) {
                         continue;
                     }
-                    let behind = log.disown_behind_stale_hint(*node);
+                    let incarnation = self.members.get(node).map(|m| m.incarnation);
+                    let behind = log.disown_behind_stale_hint(*node, incarnation);
                     if behind.is_empty() {
                         continue;
                     }
@@ -223,7 +224,7 @@ impl Machine {
             Some(_) => {
                 // The node's kernel rebooted: its old tables are gone and
                 // whatever they were writing must be resynced (I10).
-                effects = self.evict_instances(node);
+                effects = self.evict_instances(node, None);
             }
             None => {}
         }
@@ -233,21 +234,24 @@ impl Machine {
     }
 
     fn node_evicted(&mut self, node: NodeId) -> Applied {
-        self.members.remove(&node);
-        let effects = self.evict_instances(node);
+        let incarnation = self.members.remove(&node).map(|m| m.incarnation);
+        let effects = self.evict_instances(node, incarnation);
         Applied { outcome: Ok(Answer::Done), effects }
     }
 
     /// Drops every instance of `node`, turning its marks into out-of-sync
     /// regions. Logs keep their state even with no instance left, so the
     /// next activation resyncs exactly the regions that may differ.
-    fn evict_instances(&mut self, node: NodeId) -> Vec<Effect> {
+    /// `incarnation`: the kernel boot of the node being evicted, if it may
+    /// come back with that kernel (see [`Log::evicted_marks`]); `None` when
+    /// that kernel has rebooted.
+    fn evict_instances(&mut self, node: NodeId, incarnation: Option<u64>) -> Vec<Effect> {
         let mut effects = Vec::new();
         for (uuid, log) in &mut self.logs {
             let gone: Vec<Instance> = log.instances.keys().filter(|i| i.node == node).copied().collect();
             let mut changed = Vec::new();
             for i in gone {
-                changed.extend(log.evict_instance(i));
+                changed.extend(log.evict_instance(i, incarnation));
             }
             // A node that is gone will not resume.
             log.behind_next_resume.remove(&node);

@@ -15,10 +15,21 @@ impl Log {
     /// Eviction of `i` (its node died): every region it marked may differ
     /// between legs, so it goes out of sync for the survivors to resync
     /// (I10). Returns the regions that were in sync and no longer are.
-    pub(crate) fn evict_instance(&mut self, i: Instance) -> Vec<Region> {
+    /// `incarnation`: the kernel boot of its node if that kernel may come
+    /// back behind a stale hint (recorded in [`Log::evicted_marks`]).
+    pub(crate) fn evict_instance(&mut self, i: Instance, incarnation: Option<u64>) -> Vec<Region> {
         let rs = self.marked_by(i);
-        if !crate::breaks::off("no-evicted-marks") {
-            self.evicted_marks.entry(i.node).or_default().extend(rs.iter().copied());
+        match incarnation {
+            Some(inc) if !crate::breaks::off("no-evicted-marks") => {
+                let entry = self.evicted_marks.entry(i.node).or_insert_with(|| (inc, BTreeSet::new()));
+                if entry.0 != inc {
+                    *entry = (inc, BTreeSet::new());
+                }
+                entry.1.extend(rs.iter().copied());
+            }
+            _ => {
+                self.evicted_marks.remove(&i.node);
+            }
         }
         let mut changed = Vec::new();
         for &r in &rs {
@@ -158,17 +169,19 @@ impl Log {
     /// regions whose legs may differ in old data). The regions its own
     /// evictions put out of sync count whether it marks them again or not
     /// (see [`Log::evicted_marks`]).
-    pub(crate) fn disown_behind_stale_hint(&mut self, n: NodeId) -> Vec<Region> {
+    pub(crate) fn disown_behind_stale_hint(&mut self, n: NodeId, incarnation: Option<u64>) -> Vec<Region> {
         let mut regions: BTreeSet<Region> = self.unsettled.clone();
         for (r, who) in &self.marks {
             if who.iter().any(|i| i.node == n) && !self.sync.get(r.0) {
                 regions.insert(*r);
             }
         }
-        for r in self.evicted_marks.remove(&n).unwrap_or_default() {
-            if !self.sync.get(r.0) {
-                regions.insert(r);
-            }
+        // Only what the evictions of this same kernel boot left: a kernel
+        // that rebooted since has no stale hint about them.
+        if let Some((inc, evicted)) = self.evicted_marks.remove(&n)
+            && Some(inc) == incarnation
+        {
+            regions.extend(evicted.into_iter().filter(|r| !self.sync.get(r.0)));
         }
         let regions: Vec<Region> = regions.into_iter().collect();
         self.release_regions(&regions);

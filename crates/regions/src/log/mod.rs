@@ -167,13 +167,15 @@ pub struct Log {
     /// RESUME, delayed by an election across another node's eviction,
     /// left its kernel writing an out-of-sync region to one leg).
     pub(crate) behind_next_resume: BTreeMap<NodeId, BTreeSet<Region>>,
-    /// The regions each node's last evictions put out of sync (all it had
-    /// marked then), until that node's next stale-hints notice. Its kernel
-    /// counted them in sync: a mark whose CLEAR was acknowledged and not yet
+    /// The regions each node's evictions put out of sync (all it had
+    /// marked then), with the kernel boot they were evicted from, until
+    /// that node's next stale-hints notice (used only if it comes from the
+    /// same boot: a rebooted kernel has no stale hint). Its kernel counted
+    /// them in sync: a mark whose CLEAR was acknowledged and not yet
     /// committed at the eviction is out of sync now, but its rejoin does not
     /// mark it again (the kernel holds it clean), and behind a stale hint
     /// the kernel may write it to one leg without asking.
-    pub(crate) evicted_marks: BTreeMap<NodeId, BTreeSet<Region>>,
+    pub(crate) evicted_marks: BTreeMap<NodeId, (u64, BTreeSet<Region>)>,
 }
 
 impl Log {
