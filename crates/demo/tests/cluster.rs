@@ -131,7 +131,7 @@ async fn acknowledged_marks_survive_kill_9_of_every_daemon_and_the_mirror_still_
     }
     assert!(h.legs.lock().identical(), "legs differ in {:?}", h.legs.lock().differing());
     // The last CLEARs were acknowledged at once and are committed within
-    // router::CLEAR_DELAY of their regions' last write.
+    // router::CLEAR_AFTER of their regions' last write.
     let clean = wait_for!(h, Duration::from_secs(10), 0, "the last CLEARs committed", {
         h.log(1).await.ok().and_then(|l| l.summary).is_some_and(|s| s.dirty == 0)
     });
