@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `no-claim-release` | releasing resync claims: of an instance that suspends, is destroyed or evicted, and of regions that an eviction or a stale-hints rejoin makes unsafe to copy |
 //! | `no-evicted-marks` | a stale-hints rejoin counting the regions its node's eviction put out of sync that it does not mark again (deferred CLEARs) |
+//! | `no-pass-hint` | the in-sync hint of a presuspended kernel skipping the regions only it may copy (its halted passes) |
 
 /// Whether the mechanism `name` is switched off.
 #[cfg(feature = "fault-injection")]

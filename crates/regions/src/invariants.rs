@@ -13,7 +13,7 @@ use std::fmt;
 
 use wire::{Answer, Region, Uuid};
 
-use crate::command::{Instance, NodeId, Query};
+use crate::command::{Instance, Query};
 use crate::limits::{MAX_REGION_COUNT, MIN_REGION_SIZE};
 use crate::log::{Log, Phase};
 use crate::machine::Machine;
@@ -235,14 +235,21 @@ pub fn check_machine(machine: &Machine) -> Result<(), Violation> {
     i10_no_instances_of_departed_nodes(machine)
 }
 
-/// I7: the hint given to `node`'s kernel is at most the lowest region that
-/// is or could become resync work before that kernel's next RESUME, and
-/// equals the region count only when no such region remains. Unsettled
-/// regions cannot while it writes behind a stale hint: they wait for its
-/// resume (and I10 checks that they are not being recovered).
-pub fn i07_in_sync_hint(log: &Log, node: NodeId, hint: u64) -> Result<(), Violation> {
-    let skips_unsettled = log.writes_behind_stale_hint(node);
-    let low = log.sync.zeros_iter().find(|r| !(skips_unsettled && log.unsettled.contains(&Region(*r))));
+/// I7: the hint given to instance `i`'s kernel is at most the lowest
+/// region that is or could become resync work, or be answered
+/// "recovering" to it, before that kernel's next RESUME, and equals the
+/// region count only when no such region remains. Unsettled regions
+/// cannot while it writes behind a stale hint: they wait for its resume
+/// (and I10 checks that they are not being recovered). Nor can the regions
+/// a presuspended instance let writes through to: only its own copy, after
+/// a RESUME, ends that pass (see `Log::in_sync_hint_for`).
+pub fn i07_in_sync_hint(log: &Log, i: Instance, hint: u64) -> Result<(), Violation> {
+    let skips_unsettled = log.writes_behind_stale_hint(i.node);
+    let presuspended = log.instances.get(&i).is_some_and(|s| s.phase == Phase::Presuspended);
+    let low = log.sync.zeros_iter().find(|r| {
+        let r = Region(*r);
+        !(skips_unsettled && log.unsettled.contains(&r)) && !(presuspended && log.passed(r, i))
+    });
     match low {
         Some(low) if hint > low => fail("I7", log, Some(Region(low)), format!("hint {hint} above out-of-sync region")),
         None if hint > log.region_count() => fail("I7", log, None, format!("hint {hint} beyond region_count")),
@@ -321,7 +328,7 @@ pub fn check_answer(log: &Log, instance: Instance, query: Option<&Query>, answer
         (Some(Query::GetSyncCount), Answer::SyncCount(c)) => i08_sync_count_answer(log, *c),
         (Some(Query::GetRegionSize), Answer::RegionSize(s)) => i13_region_size_answer(log, *s),
         (Some(Query::IsRemoteRecovering(r)), Answer::RemoteRecovering { is_recovering, in_sync_hint }) => {
-            i07_in_sync_hint(log, instance.node, *in_sync_hint)?;
+            i07_in_sync_hint(log, instance, *in_sync_hint)?;
             i06_remote_recovering_answer(log, instance, *r, *is_recovering)
         }
         (None, Answer::ResyncWork(Some(r))) => i09_resync_answer(log, instance, *r),

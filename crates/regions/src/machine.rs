@@ -359,7 +359,7 @@ impl Machine {
                 log.check_region(*r)?;
                 Answer::RemoteRecovering {
                     is_recovering: log.remote_recovering(*r, instance),
-                    in_sync_hint: log.in_sync_hint_for(instance.node),
+                    in_sync_hint: log.in_sync_hint_for(instance),
                 }
             }
         })
@@ -508,7 +508,7 @@ fn log_op(log: &mut Log, i: Instance, op: &KernelOp) -> Applied {
                 return Applied::refuse(e);
             }
             let is_recovering = log.remote_recovering_for_write(*r, i);
-            Applied::answer(Answer::RemoteRecovering { is_recovering, in_sync_hint: log.in_sync_hint_for(i.node) })
+            Applied::answer(Answer::RemoteRecovering { is_recovering, in_sync_hint: log.in_sync_hint_for(i) })
         }
         KernelOp::SetRegionSync { region, in_sync } => {
             if let Err(e) = log.check_region(*region) {

@@ -141,25 +141,45 @@ impl Log {
         self.sync.next_zero(0).unwrap_or(self.region_count())
     }
 
-    /// The hint IS_REMOTE_RECOVERING gives `node`'s kernel: the lowest
-    /// out-of-sync region, but one that skips the unsettled regions while
-    /// the kernel still writes behind a stale hint. None of them can become
-    /// resync work before that kernel's next RESUME (which resets its hint):
-    /// they wait for every survivor's resume, its own included. And it is
-    /// told they are in sync and not recovering anyway, so a lower hint
-    /// only sends each of its writes above it through the kernel's
-    /// IS_REMOTE_RECOVERING throttle (one query per 250 ms per host): a
-    /// backlog that its kick's suspend must then drain at four writes a
-    /// second, while every other survivor's kick and the resync wait.
-    /// (One exception: a failed write's SET_REGION_SYNC(r, 0) takes r out
-    /// of the unsettled set at once; a kernel that keeps a hint above r
-    /// then writes r without asking, exposed as any kernel behind a stale
-    /// hint already is, until its kick. It needs a leg failing mid-kick.)
-    pub fn in_sync_hint_for(&self, node: NodeId) -> u64 {
-        if self.unsettled.is_empty() || !self.writes_behind_stale_hint(node) {
+    /// The hint IS_REMOTE_RECOVERING gives instance `i`'s kernel: the
+    /// lowest region for which that kernel might be told "recovering"
+    /// before its next RESUME (which resets the hint it caches, spec
+    /// §3.3). Every write at or above the hint asks, and the kernel's
+    /// throttle lets one question through per 250 ms per host, so a hint
+    /// lower than it must be turns a backlog of writes into a drain of four
+    /// a second. Two kinds of out-of-sync region are skipped:
+    /// * the unsettled regions, while the kernel still writes behind a
+    ///   stale hint. None of them can become resync work before that
+    ///   kernel's next RESUME: they wait for every survivor's resume, its
+    ///   own included, and it is told they are in sync and not recovering
+    ///   anyway. (One exception: a failed write's SET_REGION_SYNC(r, 0)
+    ///   takes r out of the unsettled set at once; a kernel that keeps a
+    ///   hint above r then writes r without asking, exposed as any kernel
+    ///   behind a stale hint already is, until its kick. It needs a leg
+    ///   failing mid-kick.)
+    /// * while `i` is presuspended (draining its writes, recovery
+    ///   stopped), the regions it let writes through to
+    ///   ([`Log::halted_passes`]). Its answer for them is "not recovering"
+    ///   ([`Log::remote_recovering`]) and stays so until its pass ends,
+    ///   which takes its own copy (after a RESUME, which resets the hint),
+    ///   its DTR (no I/O left) or its eviction (its node fenced first).
+    ///   Without the skip a kick's suspend drained a backlog behind such a
+    ///   region at four writes a second, and the copy that would have
+    ///   raised the hint waited for that suspend's resume (random seed 900
+    ///   of the simulation, which `no-pass-hint` brings back).
+    pub fn in_sync_hint_for(&self, i: Instance) -> u64 {
+        let skip_unsettled = !self.unsettled.is_empty() && self.writes_behind_stale_hint(i.node);
+        let skip_passed = self.instances.get(&i).is_some_and(|s| s.phase == Phase::Presuspended)
+            && self.halted_passes.contains_key(&i)
+            && !crate::breaks::off("no-pass-hint");
+        if !skip_unsettled && !skip_passed {
             return self.in_sync_hint();
         }
-        self.sync.zeros_iter().find(|r| !self.unsettled.contains(&Region(*r))).unwrap_or(self.region_count())
+        self.sync
+            .zeros_iter()
+            .map(Region)
+            .find(|r| !(skip_unsettled && self.unsettled.contains(r)) && !(skip_passed && self.passed(*r, i)))
+            .map_or(self.region_count(), |r| r.0)
     }
 
     /// Whether `node`'s kernel may still write unsettled regions behind a
