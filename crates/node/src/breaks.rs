@@ -21,6 +21,7 @@
 //! | `plant-early-mark-ack` | (a planted bug) a MARK of a region not held is acknowledged before its commit |
 //! | `plant-long-lease` | (a planted bug) a leader's read lease lasts four upper election timeouts instead of half the lower one |
 //! | `no-mark-ahead` | marking ahead of a sequential writer (a speed mechanism: switched off, only the figures change) |
+//! | `no-stale-drop` | the proposer dropping commands made before the node last fenced (instead of proposing them after its rejoin) |
 //! | `plant-ahead-unmarked` | (a planted bug) regions marked ahead of a sequential writer are counted held but left out of the committed entry |
 //! | `plant-unheld-cancel` | (a planted bug) a MARK of a region whose CLEAR is deferred is acknowledged at once even when its mark was never committed |
 

@@ -61,7 +61,7 @@ struct Job {
     arrived: Instant,
 }
 
-type Pending = (Command, oneshot::Sender<Outcome>);
+type Pending = (Command, oneshot::Sender<Outcome>, u64);
 
 /// The router of one node.
 pub struct Router<L: LeaderLink> {
@@ -99,7 +99,8 @@ impl<L: LeaderLink> Router<L> {
         clear_after: Duration,
     ) -> Arc<Router<L>> {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(scope.clone().run_until_cancelled_owned(propose_loop(replica.clone(), rx, metrics.clone())));
+        let proposer = propose_loop(replica.clone(), gate.clone(), rx, metrics.clone());
+        tokio::spawn(scope.clone().run_until_cancelled_owned(proposer));
         let node = replica.id;
         Arc::new(Router {
             replica,
@@ -176,24 +177,30 @@ impl<L: LeaderLink> Router<L> {
     /// Sends `c` to the proposer; its outcome comes on the receiver.
     fn propose(&self, c: Command) -> Option<oneshot::Receiver<Outcome>> {
         let (tx, rx) = oneshot::channel();
-        self.proposer.send((c, tx)).ok()?;
+        self.proposer.send((c, tx, self.gate.epoch())).ok()?;
         Some(rx)
     }
 
-    /// Commits the CLEARs the lane acknowledged and has not proposed yet
-    /// (when their delay ran out and nothing carried them along).
-    async fn commit_clears(&self, uuid: &Uuid, luid: Luid, held: &mut Held) {
+    /// Proposes the CLEARs the lane acknowledged and has not proposed yet
+    /// (when their delay ran out and nothing carried them along). The lane
+    /// does not wait for their commit: its later commands follow them
+    /// through the same proposer, which keeps its order (a batch is
+    /// proposed again until it commits before the next one goes), so a
+    /// later MARK of the same region always commits after its CLEAR. Their
+    /// regions stopped being held when they were taken; a CLEAR touches no
+    /// region the lane still holds, so its local answers need not wait for
+    /// it either. (Waiting cost a sequential writer one commit per region
+    /// it left behind, during which its lane answered nothing.)
+    fn commit_clears(&self, uuid: &Uuid, luid: Luid, held: &mut Held) {
         let clears = held.take_clears(Some(Instant::now()));
         if clears.is_empty() {
             return;
         }
         let instance = Instance { node: self.node, luid };
-        let c = Command::Kernel { uuid: uuid.clone(), instance, op: KernelOp::Clear(clears.clone()) };
-        let Some(rx) = self.propose(c) else { return };
-        if let Ok(outcome) = rx.await {
-            held.synced.clear();
-            held.cleared(&clears, &outcome);
-        }
+        let c = Command::Kernel { uuid: uuid.clone(), instance, op: KernelOp::Clear(clears) };
+        // Its outcome is not needed: if the proposer is gone, the regions
+        // stay marked, which costs a resync after a crash and nothing else.
+        let _ = self.propose(c);
     }
 
     /// A request answered from this node alone, without a Raft round,
@@ -472,10 +479,18 @@ impl<L: LeaderLink> Router<L> {
     /// newest mark (a sequential writer), the next [`MARK_AHEAD`] regions
     /// past its highest that this table does not hold and that are in sync
     /// on this node's replica, for a `clustered-core` log.
+    ///
+    /// Never while the gate is closed: only the lane knows of such marks
+    /// (the journal has the kernel's own), and a command made while the node
+    /// is fenced may commit before its rejoin, whose re-marks from the
+    /// journal would then clear them while the lane counts them held.
     fn ahead_of(&self, held: &Held, c: &Command, marks: &[Region]) -> Vec<Region> {
         let (Some(lo), Some(hi)) = (marks.iter().min(), marks.iter().max()) else { return Vec::new() };
         let Command::Kernel { uuid, instance, .. } = c else { return Vec::new() };
         if lo.0 == 0 || held.last_mark != Some(Region(lo.0 - 1)) || crate::breaks::off("no-mark-ahead") {
+            return Vec::new();
+        }
+        if !self.gate.open() || self.gate.epoch() != held.epoch {
             return Vec::new();
         }
         self.replica.state.read(|m| {
@@ -694,7 +709,7 @@ async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedRece
                     j = rx.recv() => j,
                     () = tokio::time::sleep_until(due) => {
                         if router.gate.epoch() == held.epoch {
-                            router.commit_clears(uuid, *luid, &mut held).await;
+                            router.commit_clears(uuid, *luid, &mut held);
                         } else {
                             held = Held::new(router.gate.epoch(), router.clear_after);
                         }
@@ -750,11 +765,32 @@ async fn lane<L: LeaderLink>(router: Arc<Router<L>>, mut rx: mpsc::UnboundedRece
 /// The proposer: everything queued goes into one entry; a batch whose
 /// outcome is unknown (no quorum before the attempt's deadline) is proposed
 /// again, which is safe because every command is idempotent.
+///
+/// A command made before the gate last closed (an older epoch) is dropped
+/// instead of proposed, or proposed again: the node fenced since, its
+/// eviction removed its marks and its rejoin stated them again from the
+/// journal, and nothing computed before that is answered (the kernel sends
+/// the request again). Committed after the rejoin, such a command would
+/// bring back what the rejoin dropped: the regions a lane marked ahead of
+/// its writer, which its lane no longer knows of (it forgot them at the
+/// fence) and so would never clear, leaving them marked and out of sync for
+/// good, every write to them held (random seed 2018, with CLEARs proposed
+/// without waiting). Switched off with `no-stale-drop`.
 async fn propose_loop<L: LeaderLink>(
     replica: Arc<Replica<L>>,
+    gate: Gate,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     metrics: Arc<Metrics>,
 ) {
+    let keep_stale = crate::breaks::off("no-stale-drop");
+    let current = |batch: &mut Vec<Pending>| {
+        let epoch = gate.epoch();
+        let before = batch.len();
+        batch.retain(|(_, _, e)| *e == epoch || keep_stale);
+        if batch.len() < before {
+            tracing::info!(dropped = before - batch.len(), "dropped commands made before the node last fenced");
+        }
+    };
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -763,10 +799,14 @@ async fn propose_loop<L: LeaderLink>(
                 Err(_) => break,
             }
         }
-        let proposal = Proposal { commands: batch.iter().map(|(c, _)| c.clone()).collect() };
         let started = Instant::now();
         let outcomes = loop {
-            match replica.propose(proposal.clone(), Instant::now() + ATTEMPT).await {
+            current(&mut batch);
+            if batch.is_empty() {
+                break None;
+            }
+            let proposal = Proposal { commands: batch.iter().map(|(c, _, _)| c.clone()).collect() };
+            match replica.propose(proposal, Instant::now() + ATTEMPT).await {
                 Ok(o) => break Some(o),
                 Err(ReplicaError::Timeout) => tracing::warn!(commands = batch.len(), "no quorum; proposing again"),
                 Err(ReplicaError::Fatal(e)) => {
@@ -784,7 +824,7 @@ async fn propose_loop<L: LeaderLink>(
         let Some(outcomes) = outcomes else { continue };
         metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
         metrics.batch_commands.observe(batch.len() as f64);
-        for ((_, tx), outcome) in batch.into_iter().zip(outcomes.0) {
+        for ((_, tx, _), outcome) in batch.into_iter().zip(outcomes.0) {
             let _ = tx.send(outcome);
         }
     }

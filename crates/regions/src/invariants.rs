@@ -248,7 +248,8 @@ pub fn i07_in_sync_hint(log: &Log, i: Instance, hint: u64) -> Result<(), Violati
     let presuspended = log.instances.get(&i).is_some_and(|s| s.phase == Phase::Presuspended);
     let low = log.sync.zeros_iter().find(|r| {
         let r = Region(*r);
-        !(skips_unsettled && log.unsettled.contains(&r)) && !(presuspended && log.passed(r, i))
+        let skipped = (skips_unsettled && log.unsettled.contains(&r)) || (presuspended && log.passed(r, i));
+        !skipped
     });
     match low {
         Some(low) if hint > low => fail("I7", log, Some(Region(low)), format!("hint {hint} above out-of-sync region")),

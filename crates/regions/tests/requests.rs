@@ -954,7 +954,11 @@ fn a_write_let_through_while_recovery_is_halted_reserves_that_regions_copy_for_t
     h.ok(b, KernelOp::Postsuspend);
     h.ok(a, KernelOp::Presuspend);
     let answer = h.op(a, KernelOp::IsRemoteRecovering(Region(0))).unwrap();
-    assert_eq!(answer, Answer::RemoteRecovering { is_recovering: false, in_sync_hint: 0 }, "a suspend must not hang");
+    // The hint skips region 0 while a drains: its answer there stays "not
+    // recovering" until a's own copy, after a RESUME that resets the hint;
+    // a hint of 0 would send every queued write through the kernel's
+    // throttle of four questions a second.
+    assert_eq!(answer, Answer::RemoteRecovering { is_recovering: false, in_sync_hint: 1 }, "a suspend must not hang");
     assert!(!h.in_sync(a, 0), "so a writes region 0 to the default leg only, unmarked");
     // b resumes: region 0 is not copied by b, not even after a's suspend.
     h.ok(b, KernelOp::Resume { disk: None });
@@ -979,6 +983,39 @@ fn a_write_let_through_while_recovery_is_halted_reserves_that_regions_copy_for_t
     assert!(!h.recovering(b, 0).0);
 }
 
+/// I7 with recovery halted: the hint a draining kernel gets skips only the
+/// regions it was let write unmarked (its answer there cannot turn to
+/// "recovering" before its own copy, which comes after a RESUME), never a
+/// region only another kernel may copy, and a resumed kernel gets the plain
+/// hint again (one past such a region would also stop it asking for the
+/// work of copying it).
+#[test]
+fn a_draining_kernels_hint_skips_only_its_own_unmarked_writes() {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE);
+    h.up(b, CORE);
+    h.ok(b, KernelOp::Presuspend);
+    h.ok(b, KernelOp::Postsuspend);
+    h.ok(a, KernelOp::Presuspend);
+    for r in [0, 1] {
+        let answer = h.op(a, KernelOp::IsRemoteRecovering(Region(r))).unwrap();
+        assert_eq!(answer, Answer::RemoteRecovering { is_recovering: false, in_sync_hint: r + 1 });
+    }
+    assert_eq!(h.recovering(a, 5), (false, 2), "a query is answered with the same hint");
+    // b resumes and copies region 2 onwards; a, still draining, writes
+    // region 2 after b was handed it: held, and its hint stays at 2.
+    h.ok(b, KernelOp::Resume { disk: None });
+    assert_eq!(h.work(b), Some(2));
+    assert_eq!(h.recovering(a, 2), (true, 2));
+    assert_eq!(h.recovering(b, 3), (true, 0), "b is resumed: plain hint");
+    h.ok(a, KernelOp::Postsuspend);
+    assert_eq!(h.recovering(a, 5), (true, 0), "suspended, no I/O: plain hint");
+    h.ok(a, KernelOp::Resume { disk: None });
+    assert_eq!(h.recovering(a, 5), (true, 0), "resumed: plain hint");
+    assert_eq!(h.work(a), Some(0), "and it copies what it wrote unmarked");
+}
+
 /// A region two kernels were let write unmarked is in sync only after both
 /// copied it: a copy by one may race the other's default-leg write.
 #[test]
@@ -991,7 +1028,7 @@ fn a_region_two_kernels_wrote_unmarked_is_in_sync_only_after_both_copied_it() {
     h.ok(b, KernelOp::Presuspend);
     for i in [a, b] {
         let answer = h.op(i, KernelOp::IsRemoteRecovering(Region(0))).unwrap();
-        assert_eq!(answer, Answer::RemoteRecovering { is_recovering: false, in_sync_hint: 0 });
+        assert_eq!(answer, Answer::RemoteRecovering { is_recovering: false, in_sync_hint: 1 });
     }
     h.ok(a, KernelOp::Postsuspend);
     h.ok(b, KernelOp::Postsuspend);

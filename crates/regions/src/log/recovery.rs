@@ -178,7 +178,10 @@ impl Log {
         self.sync
             .zeros_iter()
             .map(Region)
-            .find(|r| !(skip_unsettled && self.unsettled.contains(r)) && !(skip_passed && self.passed(*r, i)))
+            .find(|r| {
+                let skipped = (skip_unsettled && self.unsettled.contains(r)) || (skip_passed && self.passed(*r, i));
+                !skipped
+            })
             .map_or(self.region_count(), |r| r.0)
     }
 
