@@ -480,17 +480,19 @@ impl<L: LeaderLink> Router<L> {
     /// past its highest that this table does not hold and that are in sync
     /// on this node's replica, for a `clustered-core` log.
     ///
-    /// Never while the gate is closed: only the lane knows of such marks
-    /// (the journal has the kernel's own), and a command made while the node
-    /// is fenced may commit before its rejoin, whose re-marks from the
-    /// journal would then clear them while the lane counts them held.
+    /// Never while the node is fenced (nor after a fence this lane's
+    /// knowledge predates): only the lane knows of such marks (the journal
+    /// has the kernel's own), and a command made while the node is fenced
+    /// may commit before its rejoin, whose re-marks from the journal would
+    /// then clear them while the lane counts them held. (A lease that ran
+    /// out without a fence is no such case: no rejoin follows it.)
     fn ahead_of(&self, held: &Held, c: &Command, marks: &[Region]) -> Vec<Region> {
         let (Some(lo), Some(hi)) = (marks.iter().min(), marks.iter().max()) else { return Vec::new() };
         let Command::Kernel { uuid, instance, .. } = c else { return Vec::new() };
         if lo.0 == 0 || held.last_mark != Some(Region(lo.0 - 1)) || crate::breaks::off("no-mark-ahead") {
             return Vec::new();
         }
-        if !self.gate.open() || self.gate.epoch() != held.epoch {
+        if self.gate.is_closed() || self.gate.epoch() != held.epoch {
             return Vec::new();
         }
         self.replica.state.read(|m| {
@@ -652,9 +654,13 @@ impl Held {
         }
     }
 
-    /// When the oldest deferred CLEAR is due.
+    /// When the lane proposes its due CLEARs: a tenth of `clear_after`
+    /// after the oldest falls due, so that the CLEARs of a writer leaving a
+    /// region every few milliseconds go in one entry rather than one each
+    /// (each is a commit, and the table's next MARK that needs a round waits
+    /// behind it in the proposer). A hold lasts at least `clear_after`.
     fn due(&self) -> Option<Instant> {
-        self.clears.values().min().map(|&t| t + self.clear_after)
+        self.clears.values().min().map(|&t| t + self.clear_after + self.clear_after / 10)
     }
 
     /// The deferred CLEARs due at `now` (all of them if `None`), to be
