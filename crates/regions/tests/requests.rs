@@ -937,6 +937,20 @@ fn a_retired_node_is_evicted_and_its_id_never_joins_again() {
     assert_eq!(h.m.snapshot(), before);
 }
 
+/// Two nodes' tables of a core log, every region out of sync: a's kernel
+/// is draining its writes for a suspend (PRESUSPEND seen), b's is
+/// suspended, so recovery is halted everywhere.
+fn a_draining_b_suspended() -> (H, Instance, Instance) {
+    let mut h = H::new(2);
+    let (a, b) = (inst(1, 1), inst(2, 1));
+    h.up(a, CORE);
+    h.up(b, CORE);
+    h.ok(b, KernelOp::Presuspend);
+    h.ok(b, KernelOp::Postsuspend);
+    h.ok(a, KernelOp::Presuspend);
+    (h, a, b)
+}
+
 /// I6 with recovery halted: a write let through to an out-of-sync region
 /// while no kernel anywhere was resumed goes to the default leg only, and
 /// the writer's kernel keeps a NOSYNC region-hash entry for the region
@@ -944,15 +958,9 @@ fn a_retired_node_is_evicted_and_its_id_never_joins_again() {
 /// its later writes there pass too (holding them could hang its suspend).
 #[test]
 fn a_write_let_through_while_recovery_is_halted_reserves_that_regions_copy_for_the_writer() {
-    let mut h = H::new(2);
-    let (a, b) = (inst(1, 1), inst(2, 1));
-    h.up(a, CORE);
-    h.up(b, CORE);
     // Both kernels suspend: a is between PRESUSPEND and POSTSUSPEND (its
     // writes still draining), b is suspended. Recovery is halted.
-    h.ok(b, KernelOp::Presuspend);
-    h.ok(b, KernelOp::Postsuspend);
-    h.ok(a, KernelOp::Presuspend);
+    let (mut h, a, b) = a_draining_b_suspended();
     let answer = h.op(a, KernelOp::IsRemoteRecovering(Region(0))).unwrap();
     // The hint skips region 0 while a drains: its answer there stays "not
     // recovering" until a's own copy, after a RESUME that resets the hint;
@@ -991,13 +999,7 @@ fn a_write_let_through_while_recovery_is_halted_reserves_that_regions_copy_for_t
 /// work of copying it).
 #[test]
 fn a_draining_kernels_hint_skips_only_its_own_unmarked_writes() {
-    let mut h = H::new(2);
-    let (a, b) = (inst(1, 1), inst(2, 1));
-    h.up(a, CORE);
-    h.up(b, CORE);
-    h.ok(b, KernelOp::Presuspend);
-    h.ok(b, KernelOp::Postsuspend);
-    h.ok(a, KernelOp::Presuspend);
+    let (mut h, a, b) = a_draining_b_suspended();
     for r in [0, 1] {
         let answer = h.op(a, KernelOp::IsRemoteRecovering(Region(r))).unwrap();
         assert_eq!(answer, Answer::RemoteRecovering { is_recovering: false, in_sync_hint: r + 1 });
