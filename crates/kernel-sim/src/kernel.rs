@@ -242,19 +242,23 @@ impl Kernel {
     /// Regions mirror `m` holds dirty in its region hash: it writes them
     /// without asking the log (no MARK) until it sends their CLEAR.
     pub fn dirty_regions(&self, m: MirrorId) -> Vec<u64> {
-        self.mirrors.get(m.0).map_or_else(Vec::new, |x| {
-            x.hash.iter().filter(|(_, e)| e.state == RState::Dirty).map(|(r, _)| *r).collect()
-        })
+        self.dirty_where(m, false)
     }
 
     /// The regions mirror `m` holds dirty and may write without another
     /// MARK: dirty, with their mark answered (a region whose MARK is still
     /// on its way is written only after that MARK is committed).
     pub fn writable_dirty_regions(&self, m: MirrorId) -> Vec<u64> {
+        self.dirty_where(m, true)
+    }
+
+    /// The dirty regions of mirror `m`, only those whose MARK was answered
+    /// if `writable`.
+    fn dirty_where(&self, m: MirrorId, writable: bool) -> Vec<u64> {
         self.mirrors.get(m.0).map_or_else(Vec::new, |x| {
             x.hash
                 .iter()
-                .filter(|(r, e)| e.state == RState::Dirty && !x.unflushed.contains(r))
+                .filter(|(r, e)| e.state == RState::Dirty && !(writable && x.unflushed.contains(r)))
                 .map(|(r, _)| *r)
                 .collect()
         })

@@ -666,15 +666,15 @@ impl Held {
     /// The deferred CLEARs due at `now` (all of them if `None`), to be
     /// proposed now.
     fn take_clears(&mut self, now: Option<Instant>) -> Vec<Region> {
-        let clears: Vec<Region> = self
-            .clears
-            .iter()
-            .filter(|&(_, &since)| now.is_none_or(|now| since + self.clear_after <= now))
-            .map(|(&r, _)| r)
-            .collect();
-        for r in &clears {
-            self.clears.remove(r);
-        }
+        let mut clears = Vec::new();
+        let clear_after = self.clear_after;
+        self.clears.retain(|&r, &mut since| {
+            let due = now.is_none_or(|now| since + clear_after <= now);
+            if due {
+                clears.push(r);
+            }
+            !due
+        });
         self.proposing_clear(&clears);
         clears
     }
