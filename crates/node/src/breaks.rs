@@ -20,6 +20,7 @@
 //! | `plant-late-clear` | (a planted bug) a deferred CLEAR is committed after a later MARK of its region instead of being cancelled |
 //! | `plant-early-mark-ack` | (a planted bug) a MARK of a region not held is acknowledged before its commit |
 //! | `plant-long-lease` | (a planted bug) a leader's read lease lasts four upper election timeouts instead of half the lower one |
+//! | `no-inline` | answering a request in the receive task while its lane is idle (a speed mechanism: switched off, every request goes through its lane and the send queue) |
 //! | `no-mark-ahead` | marking ahead of a sequential writer (a speed mechanism: switched off, only the figures change) |
 //! | `no-stale-drop` | the proposer dropping commands made before the node last fenced (instead of proposing them after its rejoin) |
 //! | `plant-ahead-unmarked` | (a planted bug) regions marked ahead of a sequential writer are counted held but left out of the committed entry |

@@ -25,7 +25,10 @@
 //!    The send loop checks the gate (not fenced, lease holding)
 //!    immediately before each send system call, after its last wait: a
 //!    process stopped while a reply waits in the queue sends nothing once
-//!    it runs again past its lease.
+//!    it runs again past its lease. A request the router answers in the
+//!    receive loop itself (its table's lane idle, the answer local: see
+//!    [`Router::handle`]) is sent from there at once, with the same check
+//!    just before the system call.
 //! 3. **Liveness**: renewals, the self-fence, evictions on the leader and
 //!    pre-vote elections ([`crate::live`]). When the lease runs out the gate
 //!    closes and the [`Fence`] action runs. After a fence that stopped the
@@ -253,7 +256,7 @@ impl<T: Transport, L: LeaderLink> Host<T, L> {
 
         // 3. Serve until stopped or the transport fails.
         let failed = tokio::select! {
-            e = receive_loop(transport.clone(), router.clone(), replies, metrics.clone()) => e,
+            e = receive_loop(transport.clone(), router.clone(), replies, gate.clone(), metrics.clone()) => e,
             () = &mut shutdown => {
                 tracing::info!("stopping");
                 live.abort();
@@ -291,6 +294,7 @@ async fn receive_loop<T: Transport, L: LeaderLink>(
     transport: Arc<T>,
     router: Arc<Router<L>>,
     replies: mpsc::UnboundedSender<(Vec<u8>, T::Peer)>,
+    gate: Gate,
     metrics: Arc<Metrics>,
 ) -> io::Error {
     // A kernel that sends garbage sends it with every request: one line a
@@ -304,8 +308,11 @@ async fn receive_loop<T: Transport, L: LeaderLink>(
         };
         match pipeline::decode(&datagram) {
             Incoming::Request(msg) => {
-                let replies = replies.clone();
-                router.handle(msg, Box::new(move |bytes| drop(replies.send((bytes, peer)))));
+                let later = replies.clone();
+                let to = peer.clone();
+                if let Some(bytes) = router.handle(msg, Box::new(move |bytes| drop(later.send((bytes, to))))) {
+                    send_now(&*transport, bytes, peer, &gate, &replies, &metrics);
+                }
             }
             Incoming::Malformed { reply, why } => {
                 metrics.malformed.inc();
@@ -319,6 +326,42 @@ async fn receive_loop<T: Transport, L: LeaderLink>(
                 tracing::debug!(len = datagram.len(), "dropped a datagram that does not frame");
             }
         }
+    }
+}
+
+/// Sends a reply the router answered in the receive task as [`send_loop`]
+/// does, without waiting: if the transport is writable now, and the gate
+/// open at the moment of the send system call. A reply that would have to
+/// wait joins the send queue instead, whose loop waits for it.
+fn send_now<T: Transport>(
+    transport: &T,
+    bytes: Vec<u8>,
+    peer: T::Peer,
+    gate: &Gate,
+    queue: &mpsc::UnboundedSender<(Vec<u8>, T::Peer)>,
+    metrics: &Metrics,
+) {
+    let writable = std::pin::pin!(transport.writable());
+    match writable.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(Ok(())) => {}
+        std::task::Poll::Ready(Err(e)) => {
+            tracing::warn!(error = %e, "could not send a reply; the kernel re-sends");
+            return;
+        }
+        std::task::Poll::Pending => {
+            let _ = queue.send((bytes, peer));
+            return;
+        }
+    }
+    if !gate.open() && !crate::breaks::off("no-send-gate") {
+        metrics.withheld.inc();
+        return;
+    }
+    match transport.try_send(&bytes, &peer) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => drop(queue.send((bytes, peer))),
+        // The kernel re-sends after its timeout; nothing is lost.
+        Err(e) => tracing::warn!(error = %e, "could not send a reply"),
     }
 }
 

@@ -202,7 +202,9 @@ impl<K: MemKernel> Transport for MemTransport<K> {
             }
             // Woken now and then to notice a failure switched on meanwhile.
             match tokio::time::timeout(Duration::from_millis(10), rx.recv()).await {
-                Ok(Some(d)) => return Ok((d, ())),
+                // A transport that failed while this receive waited hands
+                // out nothing more: this receive is the one that fails.
+                Ok(Some(d)) => return self.failure().map_or(Ok((d, ())), Err),
                 Ok(None) => return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the kernel's end is gone")),
                 Err(_) => {}
             }

@@ -552,3 +552,51 @@ async fn a_kernel_in_another_socket_is_served_over_the_unix_transport() {
     assert!(legs.lock().identical());
     server.abort();
 }
+
+/// A request that arrives while its table's lane is busy waits its turn,
+/// even one the receive task could answer at once by itself (a CLEAR, an
+/// empty FLUSH): one table's requests are answered in the order they came
+/// (I4). Shown to fail when the receive task answers without looking
+/// at the lane's queue: the CLEAR and the FLUSH overtake the MARK.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_tables_requests_are_answered_in_order_even_those_answered_without_a_round() {
+    let disk = Disk::new();
+    // Not driven: the requests below are made by hand.
+    let kernel = new_kernel(1, 1);
+    let d = daemon(&disk, &kernel, live(true), FenceOutcome::Resetting).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (table, _) = mirror("LVM-order", 16);
+    let uuid = table.uuid.clone();
+    let send = |seq: u32, request: wire::Request| {
+        assert!(d.end.send(wire::encode_request(wire::Luid(1), &uuid, wire::Seq(seq), &request).unwrap()));
+    };
+    let answered = || -> Vec<(u32, i32)> {
+        lock(&d.replies)
+            .iter()
+            .map(|r| match wire::KernelReply::parse(r).unwrap() {
+                wire::KernelReply::Full { seq, error, .. } => (seq.0, error),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    send(1, wire::Request::Ctr { args: table.ctr_args(), reconnect: false });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    send(2, wire::Request::Resume);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(answered(), vec![(1, 0), (2, 0)]);
+    // Region 3 was never marked: its MARK takes a Raft round, and the CLEAR
+    // and the FLUSH sent right behind it wait for it.
+    let r3 = vec![wire::Region(3)];
+    send(10, wire::Request::MarkRegion(r3.clone()));
+    send(11, wire::Request::ClearRegion(r3.clone()));
+    send(12, wire::Request::Flush { marks: Vec::new() });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Region 3 is held now: the same again, all answered without a round.
+    send(20, wire::Request::MarkRegion(r3.clone()));
+    send(21, wire::Request::Flush { marks: Vec::new() });
+    send(22, wire::Request::ClearRegion(r3));
+    send(23, wire::Request::Flush { marks: Vec::new() });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seqs = [1, 2, 10, 11, 12, 20, 21, 22, 23];
+    assert_eq!(answered(), seqs.iter().map(|&s| (s, 0)).collect::<Vec<_>>());
+}
