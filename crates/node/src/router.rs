@@ -333,14 +333,6 @@ impl<L: LeaderLink> Router<L> {
                 Local::Answer(result) => return Some(result),
                 Local::Replicated => return None,
                 Local::Wait => {
-                    if matches!(msg.request, wire::Request::MarkRegion(_) | wire::Request::Flush { .. })
-                        && let Some((rs, rx)) = held.prefetch.take()
-                    {
-                        if let Ok(outcome) = rx.await {
-                            held.prefetched(&rs, &outcome);
-                        }
-                        continue;
-                    }
                     if let wire::Request::InSync(r) = &msg.request {
                         self.settle_syncs(held, *r).await;
                     }
@@ -353,9 +345,8 @@ impl<L: LeaderLink> Router<L> {
     }
 
     /// [`Router::local`] without waiting: [`Local::Wait`] where the answer
-    /// needs this table's own commands applied here first, or marks made
-    /// ahead of the writer to commit. Changes `held` only when it answers
-    /// (besides taking in such marks once committed).
+    /// needs this table's own commands applied here first. Changes `held`
+    /// only when it answers.
     fn local_now(&self, held: &mut Held, msg: &Message) -> Local {
         use wire::Request as Q;
         let instance = Instance { node: self.node, luid: msg.luid() };
@@ -367,14 +358,12 @@ impl<L: LeaderLink> Router<L> {
                     && m.log(&msg.uuid).is_some_and(|l| rs.iter().all(|r| r.0 < l.region_count()))
             })
         };
-        held.harvest();
         // This table's last committed command is applied here.
         let caught_up = || self.replica.state.last_applied().map_or(0, |l| l.index) >= held.seen;
         let answer = match &msg.request {
             Q::Flush { marks } if marks.is_empty() && in_range(&[]) => Ok(wire::Answer::Done),
             Q::MarkRegion(rs) | Q::Flush { marks: rs } if held.holds(rs) && in_range(rs) => {
                 held.cancel(rs);
-                self.prefetch(held, &msg.uuid, instance, rs);
                 held.last_mark = rs.iter().max().copied();
                 Ok(wire::Answer::Done)
             }
@@ -385,8 +374,6 @@ impl<L: LeaderLink> Router<L> {
                 let _ = self.propose(Command::Kernel { uuid: msg.uuid.clone(), instance, op });
                 Ok(wire::Answer::Done)
             }
-            // Marks on their way in the background: held once they commit.
-            Q::MarkRegion(rs) | Q::Flush { marks: rs } if held.prefetching(rs) && in_range(rs) => return Local::Wait,
             Q::ClearRegion(rs) if in_range(rs) => {
                 held.defer(rs, Instant::now());
                 Ok(wire::Answer::Done)
@@ -498,10 +485,7 @@ impl<L: LeaderLink> Router<L> {
                 let mut marks = marks_of(&c);
                 // A sequential writer's next regions are marked with this
                 // one (see [`MARK_AHEAD`]).
-                let ahead = match &c {
-                    Command::Kernel { uuid, instance, .. } => self.ahead_of(held, uuid, *instance, &marks),
-                    _ => Vec::new(),
-                };
+                let ahead = self.ahead_of(held, &c, &marks);
                 held.last_mark = marks.iter().max().copied().or(held.last_mark);
                 if !ahead.is_empty()
                     && !crate::breaks::off("plant-ahead-unmarked")
@@ -649,8 +633,9 @@ impl<L: LeaderLink> Router<L> {
     /// may commit before its rejoin, whose re-marks from the journal would
     /// then clear them while the lane counts them held. (A lease that ran
     /// out without a fence is no such case: no rejoin follows it.)
-    fn ahead_of(&self, held: &Held, uuid: &Uuid, instance: Instance, marks: &[Region]) -> Vec<Region> {
+    fn ahead_of(&self, held: &Held, c: &Command, marks: &[Region]) -> Vec<Region> {
         let (Some(lo), Some(hi)) = (marks.iter().min(), marks.iter().max()) else { return Vec::new() };
+        let Command::Kernel { uuid, instance, .. } = c else { return Vec::new() };
         if lo.0 == 0 || held.last_mark != Some(Region(lo.0 - 1)) || crate::breaks::off("no-mark-ahead") {
             return Vec::new();
         }
@@ -658,42 +643,17 @@ impl<L: LeaderLink> Router<L> {
             return Vec::new();
         }
         self.replica.state.read(|m| {
-            let Some(count) = m.log(uuid).filter(|_| m.empty_flush_is_noop(uuid, instance)).map(|l| l.region_count())
+            let Some(count) = m.log(uuid).filter(|_| m.empty_flush_is_noop(uuid, *instance)).map(|l| l.region_count())
             else {
                 return Vec::new();
             };
             let in_sync =
-                |r: Region| matches!(m.read(uuid, instance, &regions::Query::InSync(r)), Ok(wire::Answer::Bool(true)));
+                |r: Region| matches!(m.read(uuid, *instance, &regions::Query::InSync(r)), Ok(wire::Answer::Bool(true)));
             (hi.0 + 1..count.min(hi.0 + 1 + MARK_AHEAD))
                 .map(Region)
                 .filter(|r| !held.marked.contains(r) && !marks.contains(r) && in_sync(*r))
                 .collect()
         })
-    }
-
-    /// After a held MARK (or FLUSH) `rs` of a sequential writer that stepped
-    /// to the next region, with fewer than half of [`MARK_AHEAD`] held
-    /// regions left in front of it: the regions past those are proposed
-    /// now, in the background, so that they are held by the time the
-    /// writer gets there instead of costing it a round when it does (see
-    /// [`Held::prefetch`]). One such proposal at a time.
-    fn prefetch(&self, held: &mut Held, uuid: &Uuid, instance: Instance, rs: &[Region]) {
-        let Some(hi) = rs.iter().max() else { return };
-        if held.prefetch.is_some() || crate::breaks::off("no-prefetch") {
-            return;
-        }
-        let left = (1..=MARK_AHEAD).take_while(|d| held.marked.contains(&Region(hi.0 + d))).count();
-        if left as u64 >= MARK_AHEAD / 2 {
-            return;
-        }
-        let ahead = self.ahead_of(held, uuid, instance, rs);
-        if ahead.is_empty() {
-            return;
-        }
-        let c = Command::Kernel { uuid: uuid.clone(), instance, op: KernelOp::Mark(ahead.clone()) };
-        if let Some(rx) = self.propose(c) {
-            held.prefetch = Some((ahead, rx));
-        }
     }
 
     /// After a failed leg write of `region` committed at `index`: waits
@@ -814,10 +774,6 @@ struct Held {
     /// wait (they follow through the same proposer); a read of such a
     /// region waits for them.
     syncing: Vec<(Region, oneshot::Receiver<Outcome>)>,
-    /// Regions marked ahead of a sequential writer in the background
-    /// ([`Router::prefetch`]), and the outcome to come: held once it
-    /// commits. A MARK of them meanwhile waits for it.
-    prefetch: Option<(Vec<Region>, oneshot::Receiver<Outcome>)>,
 }
 
 impl Held {
@@ -830,38 +786,6 @@ impl Held {
             && rs.iter().all(|r| {
                 self.marked.contains(r) || (crate::breaks::off("plant-unheld-cancel") && self.clears.contains_key(r))
             })
-    }
-
-    /// Whether every region of `rs` is held or marked in the background
-    /// (and not all held).
-    fn prefetching(&self, rs: &[Region]) -> bool {
-        self.prefetch
-            .as_ref()
-            .is_some_and(|(p, _)| !rs.is_empty() && rs.iter().all(|r| p.contains(r) || self.marked.contains(r)))
-    }
-
-    /// Takes in the background marks if they committed meanwhile.
-    fn harvest(&mut self) {
-        let Some((_, rx)) = &mut self.prefetch else { return };
-        match rx.try_recv() {
-            Ok(outcome) => {
-                if let Some((rs, _)) = self.prefetch.take() {
-                    self.prefetched(&rs, &outcome);
-                }
-            }
-            Err(oneshot::error::TryRecvError::Empty) => {}
-            // The proposer dropped it (made before a fence): not held.
-            Err(oneshot::error::TryRecvError::Closed) => self.prefetch = None,
-        }
-    }
-
-    /// The background marks of `rs` committed with `outcome`: held, and
-    /// cleared once idle for `clear_after` unless the kernel marks them.
-    fn prefetched(&mut self, rs: &[Region], outcome: &Outcome) {
-        self.committed(rs, outcome);
-        if outcome.answer.is_ok() {
-            self.defer(rs, Instant::now());
-        }
     }
 
     /// Whether a read of `r` must first wait for this table's
@@ -915,16 +839,6 @@ impl Held {
         for r in rs {
             self.marked.remove(r);
         }
-        // Nor held when background marks made before this CLEAR commit:
-        // the CLEAR commits after them (random seed 1013, with that
-        // removal switched off: a region re-held from such an outcome
-        // while its CLEAR had committed clean, and its MARK answered at
-        // once; I1).
-        if let Some((ahead, _)) = &mut self.prefetch
-            && !crate::breaks::off("plant-stale-prefetch")
-        {
-            ahead.retain(|r| !rs.contains(r));
-        }
     }
 
     /// A CLEAR of `rs` committed with `outcome`.
@@ -952,43 +866,32 @@ async fn lane<L: LeaderLink>(
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
     loop {
+        let due = {
+            let mut st = shared.state.lock().await;
+            st.armed = st.held.due();
+            st.armed
+        };
+        let job = match due {
+            Some(due) => tokio::select! {
+                j = rx.recv() => j,
+                () = shared.wake.notified() => continue,
+                () = tokio::time::sleep_until(due) => {
+                    let mut st = shared.state.lock().await;
+                    if router.gate.epoch() == st.held.epoch {
+                        router.commit_clears(&uuid, luid, &mut st.held);
+                    } else {
+                        st.held = Held::new(router.gate.epoch(), router.clear_after);
+                    }
+                    continue;
+                }
+            },
+            None => tokio::select! {
+                j = rx.recv() => j,
+                () = shared.wake.notified() => continue,
+            },
+        };
+        let Some(job) = job else { break };
         let mut st = shared.state.lock().await;
-        st.held.harvest();
-        let due = st.held.due();
-        st.armed = due;
-        let woke = if st.held.prefetch.is_some() {
-            // Marks on their way in the background: the lane waits for
-            // them too (they must be deferred like a CLEAR once they
-            // commit, or a writer that stopped would leave them marked),
-            // and keeps its state meanwhile: the receive task leaves the
-            // table's requests to the lane until they are in.
-            let prefetch = st.held.prefetch.as_mut().map(|(_, rx)| rx);
-            wait(&mut rx, &shared.wake, due, prefetch).await
-        } else {
-            drop(st);
-            let woke = wait(&mut rx, &shared.wake, due, None).await;
-            st = shared.state.lock().await;
-            woke
-        };
-        let job = match woke {
-            Woke::Wake => continue,
-            Woke::Prefetched(outcome) => {
-                if let (Some((rs, _)), Ok(outcome)) = (st.held.prefetch.take(), outcome) {
-                    st.held.prefetched(&rs, &outcome);
-                }
-                continue;
-            }
-            Woke::Timer => {
-                if router.gate.epoch() == st.held.epoch {
-                    router.commit_clears(&uuid, luid, &mut st.held);
-                } else {
-                    st.held = Held::new(router.gate.epoch(), router.clear_after);
-                }
-                continue;
-            }
-            Woke::Job(None) => break,
-            Woke::Job(Some(job)) => job,
-        };
         let epoch = router.gate.epoch();
         if epoch != st.held.epoch {
             // The node fenced: what it knew of its marks may be gone.
@@ -1006,46 +909,6 @@ async fn lane<L: LeaderLink>(
         }
         drop(st);
         shared.queued.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// What ended a lane's wait.
-enum Woke {
-    /// A request, or `None` when the lane's queue is gone.
-    Job(Option<Job>),
-    /// Set the timer again.
-    Wake,
-    /// The earliest deferred CLEARs are due.
-    Timer,
-    /// The outcome of the background marks.
-    Prefetched(Result<Outcome, oneshot::error::RecvError>),
-}
-
-/// A lane's wait for its next request, its timer `due`, a wake, or the
-/// outcome of its background marks.
-async fn wait(
-    rx: &mut mpsc::UnboundedReceiver<Job>,
-    wake: &Notify,
-    due: Option<Instant>,
-    prefetch: Option<&mut oneshot::Receiver<Outcome>>,
-) -> Woke {
-    let timer = async {
-        match due {
-            Some(due) => tokio::time::sleep_until(due).await,
-            None => std::future::pending().await,
-        }
-    };
-    let prefetched = async {
-        match prefetch {
-            Some(rx) => rx.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        j = rx.recv() => Woke::Job(j),
-        () = wake.notified() => Woke::Wake,
-        () = timer => Woke::Timer,
-        o = prefetched => Woke::Prefetched(o),
     }
 }
 
