@@ -65,7 +65,7 @@ use crate::live::{LiveConfig, LiveHooks, LiveTask};
 use crate::metrics::Metrics;
 use crate::own_marks::{OwnMarks, OwnMarksStore};
 use crate::pipeline::{self, Incoming};
-use crate::router::Router;
+use crate::router::{ReplyTo, Router};
 use crate::transport::Transport;
 
 /// How a host runs.
@@ -308,9 +308,11 @@ async fn receive_loop<T: Transport, L: LeaderLink>(
         };
         match pipeline::decode(&datagram) {
             Incoming::Request(msg) => {
-                let later = replies.clone();
-                let to = peer.clone();
-                if let Some(bytes) = router.handle(msg, Box::new(move |bytes| drop(later.send((bytes, to))))) {
+                let later = || -> ReplyTo {
+                    let (replies, peer) = (replies.clone(), peer.clone());
+                    Box::new(move |bytes| drop(replies.send((bytes, peer))))
+                };
+                if let Some(bytes) = router.handle(msg, later) {
                     send_now(&*transport, bytes, peer, &gate, &replies, &metrics);
                 }
             }
@@ -353,15 +355,28 @@ fn send_now<T: Transport>(
             return;
         }
     }
+    if !send_if_open(transport, &bytes, &peer, gate, metrics) {
+        let _ = queue.send((bytes, peer));
+    }
+}
+
+/// The send itself, for both senders: the gate is checked at this moment,
+/// with nothing between the check and the system call. `false` if the
+/// socket would block (try again once it is writable); a reply withheld
+/// or failed counts as done (the kernel re-sends after its timeout; nothing
+/// is lost).
+fn send_if_open<T: Transport>(transport: &T, bytes: &[u8], peer: &T::Peer, gate: &Gate, metrics: &Metrics) -> bool {
     if !gate.open() && !crate::breaks::off("no-send-gate") {
         metrics.withheld.inc();
-        return;
+        return true;
     }
-    match transport.try_send(&bytes, &peer) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => drop(queue.send((bytes, peer))),
-        // The kernel re-sends after its timeout; nothing is lost.
-        Err(e) => tracing::warn!(error = %e, "could not send a reply"),
+    match transport.try_send(bytes, peer) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not send a reply");
+            true
+        }
     }
 }
 
@@ -374,28 +389,16 @@ async fn send_loop<T: Transport>(
     gate: Gate,
     metrics: Arc<Metrics>,
 ) {
-    let check = !crate::breaks::off("no-send-gate");
     while let Some((bytes, peer)) = outbox.recv().await {
         loop {
             if let Err(e) = transport.writable().await {
                 tracing::warn!(error = %e, "could not send a reply; the kernel re-sends");
                 break;
             }
-            if check && !gate.open() {
-                metrics.withheld.inc();
+            if send_if_open(&*transport, &bytes, &peer, &gate, &metrics) {
                 break;
             }
-            match transport.try_send(&bytes, &peer) {
-                Ok(()) => break,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err(e) => {
-                    // The kernel re-sends after its timeout; nothing is lost.
-                    tracing::warn!(error = %e, "could not send a reply");
-                    break;
-                }
-            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 }

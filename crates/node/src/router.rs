@@ -186,11 +186,12 @@ impl<L: LeaderLink> Router<L> {
     /// requests: see [`Held`]), the request is answered here, in the
     /// caller's task, and its reply returned for the caller to send: two
     /// task hops fewer than through the lane and the send queue. Else it
-    /// joins its lane's queue, and `reply` is called at most once later.
+    /// joins its lane's queue, and the reply `reply` makes (only then) is
+    /// called at most once later.
     /// Either way the table's requests are handled one at a time in
     /// arrival order: here only when nothing of the table is queued or
     /// under way.
-    pub fn handle(self: &Arc<Self>, msg: Message, reply: ReplyTo) -> Option<Vec<u8>> {
+    pub fn handle(self: &Arc<Self>, msg: Message, reply: impl FnOnce() -> ReplyTo) -> Option<Vec<u8>> {
         let arrived = Instant::now();
         let key = (msg.uuid.clone(), msg.luid());
         // The kernel set a region dirty before it sent this MARK: recorded
@@ -209,10 +210,7 @@ impl<L: LeaderLink> Router<L> {
             && let Ok(mut st) = shared.state.try_lock()
         {
             let epoch = self.gate.epoch();
-            if epoch != st.held.epoch {
-                // The node fenced: what it knew of its marks may be gone.
-                st.held = Held::new(epoch, self.clear_after);
-            }
+            st.held.forget_if_fenced(epoch);
             if let Local::Answer(result) = self.local_now(&mut st.held, &msg) {
                 self.metrics.local.inc();
                 // A CLEAR deferred here may fall due before the lane's timer.
@@ -226,7 +224,7 @@ impl<L: LeaderLink> Router<L> {
                 return self.settle(&msg, result, epoch, arrived);
             }
         }
-        let mut job = Job { msg, reply, arrived };
+        let mut job = Job { msg, reply: reply(), arrived };
         for _ in 0..2 {
             let lane = lanes.entry(key.clone()).or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -358,8 +356,6 @@ impl<L: LeaderLink> Router<L> {
                     && m.log(&msg.uuid).is_some_and(|l| rs.iter().all(|r| r.0 < l.region_count()))
             })
         };
-        // This table's last committed command is applied here.
-        let caught_up = || self.replica.state.last_applied().map_or(0, |l| l.index) >= held.seen;
         let answer = match &msg.request {
             Q::Flush { marks } if marks.is_empty() && in_range(&[]) => Ok(wire::Answer::Done),
             Q::MarkRegion(rs) | Q::Flush { marks: rs } if held.holds(rs) && in_range(rs) => {
@@ -380,7 +376,7 @@ impl<L: LeaderLink> Router<L> {
             }
             // Resync work from this instance's claims (see [`Held::handed`]).
             Q::GetResyncWork if held.handed.is_none() && in_range(&[]) => {
-                if !caught_up() {
+                if !self.applied_here(held) {
                     return Local::Wait;
                 }
                 let claimed = self.replica.state.read(|m| m.claimed_work(&msg.uuid, instance, &held.synced));
@@ -408,7 +404,7 @@ impl<L: LeaderLink> Router<L> {
             // command is applied here (its SET_REGION_SYNCs included), so a
             // kernel that just finished its resync sees it at once.
             Q::GetSyncCount if in_range(&[]) => {
-                if !caught_up() {
+                if !self.applied_here(held) {
                     return Local::Wait;
                 }
                 let query = regions::Query::GetSyncCount;
@@ -426,14 +422,14 @@ impl<L: LeaderLink> Router<L> {
             // the region wait in that entry meanwhile, so no other IN_SYNC
             // of it comes, and this answer decides nothing.
             Q::InSync(r) if held.handed == Some(*r) && in_range(&[*r]) => {
-                if !caught_up() {
+                if !self.applied_here(held) {
                     return Local::Wait;
                 }
                 let query = regions::Query::InSync(*r);
                 self.replica.state.read(|m| m.read(&msg.uuid, instance, &query).map_err(|e| e.errno()))
             }
             Q::InSync(r) if held.holds(&[*r]) && in_range(&[*r]) => {
-                if held.unsettled(*r) || !caught_up() {
+                if held.unsettled(*r) || !self.applied_here(held) {
                     return Local::Wait;
                 }
                 let query = regions::Query::InSync(*r);
@@ -460,8 +456,13 @@ impl<L: LeaderLink> Router<L> {
     /// Whether this node's replica has applied the table's last committed
     /// command (waiting up to [`LOCAL_WAIT`] for it).
     async fn caught_up(&self, held: &Held) -> bool {
-        let applied = self.replica.state.last_applied().map_or(0, |l| l.index);
-        applied >= held.seen || self.replica.wait_applied(held.seen, LOCAL_WAIT).await
+        self.applied_here(held) || self.replica.wait_applied(held.seen, LOCAL_WAIT).await
+    }
+
+    /// Whether this node's replica has applied the table's last committed
+    /// command now.
+    fn applied_here(&self, held: &Held) -> bool {
+        self.replica.state.last_applied().map_or(0, |l| l.index) >= held.seen
     }
 
     /// One request, to its answer through Raft. `None` when Raft stopped.
@@ -781,6 +782,14 @@ impl Held {
         Held { epoch, clear_after, ..Held::default() }
     }
 
+    /// Forgets everything if the gate moved to `epoch` since: the node
+    /// fenced, and what it knew of its marks may be gone.
+    fn forget_if_fenced(&mut self, epoch: u64) {
+        if epoch != self.epoch {
+            *self = Held::new(epoch, self.clear_after);
+        }
+    }
+
     fn holds(&self, rs: &[Region]) -> bool {
         !rs.is_empty()
             && rs.iter().all(|r| {
@@ -877,11 +886,9 @@ async fn lane<L: LeaderLink>(
                 () = shared.wake.notified() => continue,
                 () = tokio::time::sleep_until(due) => {
                     let mut st = shared.state.lock().await;
-                    if router.gate.epoch() == st.held.epoch {
-                        router.commit_clears(&uuid, luid, &mut st.held);
-                    } else {
-                        st.held = Held::new(router.gate.epoch(), router.clear_after);
-                    }
+                    // After a fence there is nothing left to clear.
+                    st.held.forget_if_fenced(router.gate.epoch());
+                    router.commit_clears(&uuid, luid, &mut st.held);
                     continue;
                 }
             },
@@ -893,10 +900,7 @@ async fn lane<L: LeaderLink>(
         let Some(job) = job else { break };
         let mut st = shared.state.lock().await;
         let epoch = router.gate.epoch();
-        if epoch != st.held.epoch {
-            // The node fenced: what it knew of its marks may be gone.
-            st.held = Held::new(epoch, router.clear_after);
-        }
+        st.held.forget_if_fenced(epoch);
         let result = match router.local(&mut st.held, &job.msg).await {
             Some(r) => {
                 router.metrics.local.inc();
