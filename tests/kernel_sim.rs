@@ -22,7 +22,8 @@ struct Rig {
 
 fn rig(uuid: &str, log_args: &str, integrated_flush: bool) -> Rig {
     let mut machine = Machine::new();
-    let _ = machine.apply(&Command::NodeJoined { node: NodeId(1), incarnation: 1 });
+    let _ =
+        machine.apply(&Command::NodeJoined { node: NodeId(1), incarnation: 1, session: dmlogd_tests::local::SESSION });
     let mut kernel = Kernel::new(Config::default(), 0, 0xff20_6a96_0000_0000);
     let table =
         Table { uuid: Uuid::new(uuid).unwrap(), target_sectors: 131_072, log_args: log_args.into(), integrated_flush };

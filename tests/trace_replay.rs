@@ -18,7 +18,7 @@ use wire::{KernelReply, Request, encode_request};
 fn replay(entries: &[Entry]) -> (usize, usize) {
     let mut m = Machine::new();
     let node = NodeId(1);
-    let _ = m.apply(&Command::NodeJoined { node, incarnation: 1 });
+    let _ = m.apply(&Command::NodeJoined { node, incarnation: 1, session: dmlogd_tests::local::SESSION });
     let (mut checked, mut held) = (0, 0);
     for e in entries {
         let bytes = encode_request(e.luid, &e.uuid, e.seq, &e.request).unwrap();

@@ -132,7 +132,8 @@ impl Cluster {
 
     /// Boots node `id` (its kernel and table) with `incarnation`.
     pub fn boot(&mut self, id: u64, incarnation: u64) {
-        let applied = self.machine.apply(&Command::NodeJoined { node: NodeId(id), incarnation });
+        let applied =
+            self.machine.apply(&Command::NodeJoined { node: NodeId(id), incarnation, session: crate::local::SESSION });
         self.effects(&applied.effects);
         let mut kernel = Kernel::new(Config::default(), u32::try_from(id * 100_000).unwrap_or(0), id << 40);
         kernel.advance_to(self.now_ms);

@@ -8,10 +8,14 @@ use node::pipeline::{self, Incoming, Routed};
 use regions::{Effect, Machine, NodeId};
 use wire::{Answer, Errno, Message};
 
+/// The session every node of these harnesses joins in (no node fences
+/// and rejoins here).
+pub const SESSION: u64 = 0;
+
 /// Applies or reads `msg` from `node`'s kernel in place: its answer and the
 /// effects of the command.
 pub fn handle(machine: &mut Machine, node: NodeId, msg: &Message) -> (Result<Answer, Errno>, Vec<Effect>) {
-    match pipeline::route(node, msg) {
+    match pipeline::route(node, SESSION, msg) {
         Routed::Command(c) => {
             let applied = machine.apply(&c);
             (applied.outcome.map_err(|r| r.errno()), applied.effects)

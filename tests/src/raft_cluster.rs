@@ -175,6 +175,9 @@ pub struct RaftCluster {
     storage: Storage,
     start: Instant,
     incarnations: BTreeMap<u64, u64>,
+    /// Daemon starts so far, of all nodes: each start is a new host run
+    /// ([`HostConfig::run`]).
+    starts: u64,
     liveness: LivenessConfig,
     /// Fences, evictions, rejoins, thaws, in order.
     pub events: Arc<Mutex<Vec<LiveEvent>>>,
@@ -690,6 +693,7 @@ impl RaftCluster {
             storage,
             start,
             incarnations: BTreeMap::new(),
+            starts: 0,
             liveness,
             events: Arc::default(),
             watch: Watch::new(start),
@@ -843,8 +847,11 @@ impl RaftCluster {
             net: self.net.clone(),
             start: self.start,
         });
+        self.starts += 1;
         let config = HostConfig {
             incarnation,
+            // Far apart, as the daemon's random runs are.
+            run: self.starts << 32,
             live,
             clock_start: self.start,
             disk_handover: Duration::from_millis(100),

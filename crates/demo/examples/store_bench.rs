@@ -29,7 +29,7 @@ fn report(name: &str, samples: Vec<Duration>) {
 }
 
 fn entry(index: u64) -> Entry {
-    let cmd = regions::Command::NodeJoined { node: regions::NodeId(index % 7), incarnation: index };
+    let cmd = regions::Command::NodeJoined { node: regions::NodeId(index % 7), incarnation: index, session: 0 };
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, regions::NodeId(1)), index),
         payload: EntryPayload::Normal(Proposal { commands: vec![cmd] }),

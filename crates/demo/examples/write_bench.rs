@@ -197,6 +197,9 @@ fn host_config(id: u64) -> HostConfig {
     let live = LiveConfig { timing: Timing::default(), rate: 1.0, seed: id, prevote: true, fence: true };
     HostConfig {
         incarnation: 1,
+        // One run per node in this process; run 0 joins in session 0, which
+        // the leader's measured renewals name.
+        run: 0,
         live,
         clock_start: tokio::time::Instant::now(),
         disk_handover: Duration::from_secs(1),
@@ -347,7 +350,7 @@ async fn main() -> Result<(), Error> {
     let mut reads = Vec::new();
     for _ in 0..200 {
         let p = replication::Proposal {
-            commands: vec![regions::Command::Renew { node: NodeId(leader), incarnation: 1, applied: 0 }],
+            commands: vec![regions::Command::Renew { node: NodeId(leader), incarnation: 1, session: 0, applied: 0 }],
         };
         let t = Instant::now();
         r.propose(p, tokio::time::Instant::now() + Duration::from_secs(10)).await?;

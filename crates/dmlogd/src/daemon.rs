@@ -159,6 +159,7 @@ async fn serve_with<T: Transport>(config: Config, transport: Arc<T>, log: LogCon
     let metrics = Arc::new(Metrics::new());
     let host_config = HostConfig {
         incarnation: inc,
+        run: node::host::new_run(),
         live: LiveConfig { timing: config.timing, rate: 1.0, seed: inc ^ config.id, prevote: true, fence: true },
         clock_start: Instant::now(),
         // A write the previous writer had in flight gets this long to land.

@@ -73,6 +73,10 @@ use crate::transport::Transport;
 pub struct HostConfig {
     /// The kernel's boot identity (a reboot changes it).
     pub incarnation: u64,
+    /// This run of the host: a value no earlier run of the node used (the
+    /// daemon draws it at random when it starts). Its joins' sessions are
+    /// derived from it ([`session`]).
+    pub run: u64,
     /// The liveness task's timings and switches.
     pub live: LiveConfig,
     /// The origin of the node's clock for the liveness task.
@@ -201,11 +205,12 @@ impl<T: Transport, L: LeaderLink> Host<T, L> {
         let elections = config.live.prevote.then(|| {
             spawn_in(&scope, crate::live::prevote_elections(replica.clone(), config.live.seed ^ replica.id.0))
         });
+        let first_session = session(config.run, gate.epoch());
         let (first, what) = if own.marks().is_empty() {
-            (vec![Command::NodeJoined { node: me, incarnation: config.incarnation }], "join")
+            (vec![Command::NodeJoined { node: me, incarnation: config.incarnation, session: first_session }], "join")
         } else {
             tracing::warn!(tables = own.marks().uuids().len(), "the kernel kept its tables: rejoining with them");
-            (rejoin_commands(own.marks(), me, config.incarnation), "rejoin")
+            (rejoin_commands(own.marks(), me, config.incarnation, first_session), "rejoin")
         };
         tokio::select! {
             () = commit_until_accepted(&replica, first, what) => {}
@@ -229,6 +234,7 @@ impl<T: Transport, L: LeaderLink> Host<T, L> {
             effects.clone(),
             scope.clone(),
             config.clear_after,
+            config.run,
         );
         spawn_in(&scope, {
             let effects = effects.clone();
@@ -422,7 +428,9 @@ async fn liveness<L: LeaderLink>(
         outcome: Mutex::new(None),
     });
     loop {
-        let task = LiveTask::new(replica.clone(), config.incarnation, config.live, config.clock_start)
+        // The session of the node's last join: it renews that one.
+        let joined_as = session(config.run, gate.epoch());
+        let task = LiveTask::new(replica.clone(), config.incarnation, joined_as, config.live, config.clock_start)
             .with_lease(gate.lease().clone());
         effects.set_renewals(task.renewals());
         task.run(hooks.clone()).await;
@@ -433,7 +441,10 @@ async fn liveness<L: LeaderLink>(
             // A reset, or a failed fence: nothing more from this node.
             _ => return std::future::pending().await,
         };
-        let commands = rejoin_commands(&router.own_marks(), replica.id, config.incarnation);
+        // A new session: whatever the node made before its fence and is
+        // still on its way to the leader is refused once this commits.
+        let commands =
+            rejoin_commands(&router.own_marks(), replica.id, config.incarnation, session(config.run, gate.epoch()));
         commit_until_accepted(&replica, commands, "rejoin").await;
         // The rejoin committed through a quorum just now: a lease starts,
         // as at a join (the next task keeps it).
@@ -488,11 +499,27 @@ impl<L: LeaderLink> LiveHooks for Hooks<L> {
     }
 }
 
+/// A fresh host run for [`HostConfig::run`], drawn from the operating
+/// system's randomness.
+pub fn new_run() -> u64 {
+    rand08::random()
+}
+
+/// The session of a join made by host run `run` in gate epoch `epoch`
+/// (see [`regions::Command::NodeJoined`]): each fence closes the gate and
+/// moves the epoch, so each rejoin opens a new session, and a command is
+/// stamped with the session of the epoch its lane's knowledge belongs to.
+/// Runs differ by far more than any run's count of fences, so no two joins
+/// of a node share a session.
+pub fn session(run: u64, epoch: u64) -> u64 {
+    run.wrapping_add(epoch)
+}
+
 /// The entry that brings this node back with what its kernel holds: its
 /// tables, their resumes, re-marks of what the kernel may hold dirty and
 /// the stale-hints notice (minus what the simulation switched off).
-fn rejoin_commands(own: &OwnMarks, me: NodeId, incarnation: u64) -> Vec<Command> {
-    let mut commands = own.rejoin(me, incarnation);
+fn rejoin_commands(own: &OwnMarks, me: NodeId, incarnation: u64, session: u64) -> Vec<Command> {
+    let mut commands = own.rejoin(me, incarnation, session);
     if crate::breaks::off("no-remark") {
         commands.retain(|c| !matches!(c, Command::Kernel { op: KernelOp::Remark(_), .. }));
     }

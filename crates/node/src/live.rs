@@ -124,6 +124,7 @@ pub struct LiveConfig {
 pub struct LiveTask<L: LeaderLink> {
     id: NodeId,
     incarnation: u64,
+    session: u64,
     replica: Arc<Replica<L>>,
     table: Arc<Mutex<LeaseTable>>,
     config: LiveConfig,
@@ -136,10 +137,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<L: LeaderLink> LiveTask<L> {
-    /// The task of `replica`'s node, whose kernel joined with `incarnation`;
-    /// its clock starts at `start`.
-    pub fn new(replica: Arc<Replica<L>>, incarnation: u64, config: LiveConfig, start: Instant) -> LiveTask<L> {
-        LiveTask { id: replica.id, incarnation, replica, table: Arc::default(), config, start, lease: Lease::new() }
+    /// The task of `replica`'s node, whose kernel joined with `incarnation`
+    /// in `session` (the session its renewals renew); its clock starts at
+    /// `start`.
+    pub fn new(
+        replica: Arc<Replica<L>>,
+        incarnation: u64,
+        session: u64,
+        config: LiveConfig,
+        start: Instant,
+    ) -> LiveTask<L> {
+        let id = replica.id;
+        LiveTask { id, incarnation, session, replica, table: Arc::default(), config, start, lease: Lease::new() }
     }
 
     /// The task keeps `lease` (shared with the node's answers to its
@@ -213,7 +222,7 @@ impl<L: LeaderLink> LiveTask<L> {
     fn renew(&self, now: u64, fence: &Arc<Mutex<SelfFence>>, hooks: &Arc<dyn LiveHooks>) {
         let (replica, fence, hooks) = (self.replica.clone(), fence.clone(), hooks.clone());
         let applied = self.replica.state.last_applied().map_or(0, |l| l.index);
-        let renew = Command::Renew { node: self.id, incarnation: self.incarnation, applied };
+        let renew = Command::Renew { node: self.id, incarnation: self.incarnation, session: self.session, applied };
         let sent = Instant::now();
         let deadline = sent + Duration::from_millis(2 * self.config.timing.renew_every_ms);
         let (lease, until) = (self.lease.clone(), sent + self.lease_length());

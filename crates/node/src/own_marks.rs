@@ -108,19 +108,20 @@ impl OwnMarks {
     }
 
     /// The commands that bring node `node` (kernel boot `incarnation`)
-    /// back after an eviction, to be proposed as one entry before it
+    /// back in a new `session` (see [`regions::Command::NodeJoined`]) after
+    /// an eviction, to be proposed as one entry before it
     /// answers its kernel again: rejoin, then for every table its
     /// constructor, its resume if the kernel has it resumed, and the exact
     /// set of regions it may hold dirty ([`KernelOp::Remark`]: those are
     /// marked, and marks of CLEARs acknowledged but never committed are
     /// dropped); last, if a table is resumed, the notice that its kernel's
     /// cached hints may be stale.
-    pub fn rejoin(&self, node: NodeId, incarnation: u64) -> Vec<Command> {
-        let mut out = vec![Command::NodeJoined { node, incarnation }];
+    pub fn rejoin(&self, node: NodeId, incarnation: u64, session: u64) -> Vec<Command> {
+        let mut out = vec![Command::NodeJoined { node, incarnation, session }];
         let any_resumed = self.tables.values().any(|t| t.resumed);
         for ((uuid, luid), t) in &self.tables {
             let instance = Instance { node, luid: *luid };
-            let op = |op| Command::Kernel { uuid: uuid.clone(), instance, op };
+            let op = |op| Command::Kernel { uuid: uuid.clone(), instance, session, op };
             out.push(op(KernelOp::Ctr { args: t.ctr_args.clone() }));
             if t.resumed {
                 out.push(op(KernelOp::Resume { disk: None }));
@@ -429,7 +430,7 @@ mod tests {
         own.requested(&uuid(), luid, &Request::MarkRegion(vec![Region(7)]));
         assert_eq!(own.dirty(&uuid(), luid), vec![Region(7)]);
         let flushes: Vec<Command> = own
-            .rejoin(NodeId(1), 1)
+            .rejoin(NodeId(1), 1, 0)
             .into_iter()
             .filter(|c| matches!(c, Command::Kernel { op: KernelOp::Remark(rs), .. } if !rs.is_empty()))
             .collect();
@@ -444,8 +445,8 @@ mod tests {
         let (me, other) = (NodeId(1), NodeId(2));
         let mut m = Machine::new();
         let mut own = OwnMarks::new();
-        let _ = m.apply(&Command::NodeJoined { node: me, incarnation: 7 });
-        let _ = m.apply(&Command::NodeJoined { node: other, incarnation: 1 });
+        let _ = m.apply(&Command::NodeJoined { node: me, incarnation: 7, session: 0 });
+        let _ = m.apply(&Command::NodeJoined { node: other, incarnation: 1, session: 0 });
         let luid = Luid(9);
         let instance = Instance { node: me, luid };
         // The kernel's requests, applied and acknowledged.
@@ -466,7 +467,7 @@ mod tests {
                 Request::ClearRegion(rs) => KernelOp::Clear(rs.clone()),
                 _ => unreachable!(),
             };
-            let applied = m.apply(&Command::Kernel { uuid: uuid(), instance, op });
+            let applied = m.apply(&Command::Kernel { uuid: uuid(), instance, session: 0, op });
             assert!(applied.outcome.is_ok());
             own.acknowledged(&uuid(), luid, r);
         }
@@ -475,9 +476,15 @@ mod tests {
         let _ = m.apply(&Command::NodeEvicted { node: me });
         assert!(m.read(&uuid(), instance, &Query::IsClean(Region(2))).is_err());
         // Rejoin in one go, before answering the kernel again.
-        for c in own.rejoin(me, 7) {
+        for c in own.rejoin(me, 7, 1) {
             assert!(m.apply(&c).outcome.is_ok(), "{c:?}");
         }
+        // A MARK it made before its fence (marking ahead of its writer),
+        // still on its way to the leader, arrives now: refused, so no mark
+        // is left that nothing on the node knows of.
+        let before = Command::Kernel { uuid: uuid(), instance, session: 0, op: KernelOp::Mark(vec![Region(6)]) };
+        assert_eq!(m.apply(&before).outcome, Err(regions::Refusal::StaleSession(me)));
+        assert_eq!(m.read(&uuid(), instance, &Query::IsClean(Region(6))), Ok(Answer::Bool(true)));
         for r in [2, 5] {
             assert_eq!(m.read(&uuid(), instance, &Query::IsClean(Region(r))), Ok(Answer::Bool(false)), "region {r}");
         }
@@ -486,22 +493,29 @@ mod tests {
         let _ = m.apply(&Command::Kernel {
             uuid: uuid(),
             instance: theirs,
+            session: 0,
             op: KernelOp::Ctr { args: "64 clustered-core 8 nosync".into() },
         });
-        let _ = m.apply(&Command::Kernel { uuid: uuid(), instance: theirs, op: KernelOp::Resume { disk: None } });
+        let _ = m.apply(&Command::Kernel {
+            uuid: uuid(),
+            instance: theirs,
+            session: 0,
+            op: KernelOp::Resume { disk: None },
+        });
         loop {
-            let got = m.apply(&Command::Kernel { uuid: uuid(), instance: theirs, op: KernelOp::GetResyncWork });
+            let got =
+                m.apply(&Command::Kernel { uuid: uuid(), instance: theirs, session: 0, op: KernelOp::GetResyncWork });
             match got.outcome {
                 Ok(Answer::ResyncWork(Some(r))) => {
                     assert!(r != Region(2) && r != Region(5), "handed {r:?}, which the rejoined node may be writing");
                     let set = KernelOp::SetRegionSync { region: r, in_sync: true };
-                    let _ = m.apply(&Command::Kernel { uuid: uuid(), instance: theirs, op: set });
+                    let _ = m.apply(&Command::Kernel { uuid: uuid(), instance: theirs, session: 0, op: set });
                 }
                 _ => break,
             }
         }
         // A DTR forgets the table.
         own.acknowledged(&uuid(), luid, &Request::Dtr);
-        assert_eq!(own.rejoin(me, 7), vec![Command::NodeJoined { node: me, incarnation: 7 }]);
+        assert_eq!(own.rejoin(me, 7, 2), vec![Command::NodeJoined { node: me, incarnation: 7, session: 2 }]);
     }
 }

@@ -62,14 +62,15 @@ pub enum Routed {
     },
 }
 
-/// Classifies a request from `node`'s kernel. GET_RESYNC_WORK and
+/// Classifies a request from `node`'s kernel, a command made in `session`
+/// ([`regions::Command::NodeJoined`]). GET_RESYNC_WORK and
 /// IS_REMOTE_RECOVERING are commands: the first assigns a region, the
 /// second may let an unmarked write through, which the state must remember
 /// (see `regions::Log::halted_passes`).
-pub fn route(node: NodeId, msg: &Message) -> Routed {
+pub fn route(node: NodeId, session: u64, msg: &Message) -> Routed {
     let uuid = msg.uuid.clone();
     let instance = Instance { node, luid: msg.luid() };
-    let cmd = |op| Routed::Command(Command::Kernel { uuid: uuid.clone(), instance, op });
+    let cmd = |op| Routed::Command(Command::Kernel { uuid: uuid.clone(), instance, session, op });
     let query = |query| Routed::Query { uuid: uuid.clone(), instance, query };
     match &msg.request {
         Request::Ctr { args, .. } => cmd(KernelOp::Ctr { args: args.clone() }),
@@ -158,12 +159,13 @@ mod tests {
     #[test]
     fn reads_are_queries_and_everything_that_changes_state_is_a_command() {
         let node = NodeId(2);
-        assert!(matches!(route(node, &message(Request::InSync(Region(1)))), Routed::Query { .. }));
-        assert!(matches!(route(node, &message(Request::GetResyncWork)), Routed::Command(_)));
-        assert!(matches!(route(node, &message(Request::IsRemoteRecovering(Region(1)))), Routed::Command(_)));
-        match route(node, &message(Request::Flush { marks: vec![Region(4)] })) {
-            Routed::Command(Command::Kernel { instance, op: KernelOp::Flush { marks }, .. }) => {
+        assert!(matches!(route(node, 5, &message(Request::InSync(Region(1)))), Routed::Query { .. }));
+        assert!(matches!(route(node, 5, &message(Request::GetResyncWork)), Routed::Command(_)));
+        assert!(matches!(route(node, 5, &message(Request::IsRemoteRecovering(Region(1)))), Routed::Command(_)));
+        match route(node, 5, &message(Request::Flush { marks: vec![Region(4)] })) {
+            Routed::Command(Command::Kernel { instance, session, op: KernelOp::Flush { marks }, .. }) => {
                 assert_eq!(instance, Instance { node, luid: Luid(3) });
+                assert_eq!(session, 5);
                 assert_eq!(marks, vec![Region(4)]);
             }
             other => unreachable!("{other:?}"),

@@ -120,6 +120,9 @@ pub struct Router<L: LeaderLink> {
     leg_failures: crate::quiet::Quiet,
     /// How long a region no longer written stays held ([`CLEAR_AFTER`]).
     clear_after: Duration,
+    /// The host's run: with a gate epoch, the session a command is made in
+    /// ([`crate::host::session`]).
+    run: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -128,8 +131,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl<L: LeaderLink> Router<L> {
     /// A router for `replica`'s node, answering only while `gate` is open,
-    /// recording what its kernel holds in `own`. Its tasks end when `scope`
-    /// is cancelled. Must be called within a tokio runtime.
+    /// recording what its kernel holds in `own`, in host run `run`. Its
+    /// tasks end when `scope` is cancelled. Must be called within a tokio
+    /// runtime.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         replica: Arc<Replica<L>>,
         gate: Gate,
@@ -138,6 +143,7 @@ impl<L: LeaderLink> Router<L> {
         effects: Arc<Effects<L>>,
         scope: CancellationToken,
         clear_after: Duration,
+        run: u64,
     ) -> Arc<Router<L>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let proposer = propose_loop(replica.clone(), gate.clone(), rx, metrics.clone());
@@ -155,6 +161,7 @@ impl<L: LeaderLink> Router<L> {
             scope,
             leg_failures: crate::quiet::Quiet::new(Duration::from_secs(60)),
             clear_after,
+            run,
         })
     }
 
@@ -292,10 +299,19 @@ impl<L: LeaderLink> Router<L> {
         lock(&self.lanes).remove(&(uuid.clone(), luid));
     }
 
-    /// Sends `c` to the proposer; its outcome comes on the receiver.
-    fn propose(&self, c: Command) -> Option<oneshot::Receiver<Outcome>> {
+    /// The session a command is made in from knowledge of gate epoch
+    /// `epoch`: the replicated state applies it only if the node has not
+    /// joined again since (see [`regions::Command::NodeJoined`]).
+    fn session(&self, epoch: u64) -> u64 {
+        crate::host::session(self.run, epoch)
+    }
+
+    /// Sends `c`, made from knowledge of gate epoch `epoch` (the lane's
+    /// [`Held::epoch`]) and stamped with its session, to the proposer; its
+    /// outcome comes on the receiver.
+    fn propose(&self, c: Command, epoch: u64) -> Option<oneshot::Receiver<Outcome>> {
         let (tx, rx) = oneshot::channel();
-        self.proposer.send((c, tx, self.gate.epoch())).ok()?;
+        self.proposer.send((c, tx, epoch)).ok()?;
         Some(rx)
     }
 
@@ -315,10 +331,11 @@ impl<L: LeaderLink> Router<L> {
             return;
         }
         let instance = Instance { node: self.node, luid };
-        let c = Command::Kernel { uuid: uuid.clone(), instance, op: KernelOp::Clear(clears) };
+        let session = self.session(held.epoch);
+        let c = Command::Kernel { uuid: uuid.clone(), instance, session, op: KernelOp::Clear(clears) };
         // Its outcome is not needed: if the proposer is gone, the regions
         // stay marked, which costs a resync after a crash and nothing else.
-        let _ = self.propose(c);
+        let _ = self.propose(c, held.epoch);
     }
 
     /// A request answered from this node alone, without a Raft round,
@@ -366,8 +383,8 @@ impl<L: LeaderLink> Router<L> {
             // The planted bug: a MARK of a region not held is acknowledged
             // before its commit, which is left to finish in the background.
             Q::MarkRegion(rs) if crate::breaks::off("plant-early-mark-ack") && in_range(rs) => {
-                let op = KernelOp::Mark(rs.clone());
-                let _ = self.propose(Command::Kernel { uuid: msg.uuid.clone(), instance, op });
+                let (op, session) = (KernelOp::Mark(rs.clone()), self.session(held.epoch));
+                let _ = self.propose(Command::Kernel { uuid: msg.uuid.clone(), instance, session, op }, held.epoch);
                 Ok(wire::Answer::Done)
             }
             Q::ClearRegion(rs) if in_range(rs) => {
@@ -389,7 +406,8 @@ impl<L: LeaderLink> Router<L> {
                 // Its outcome is not awaited here: the lane's later commands
                 // follow it through the same proposer, and a later read of
                 // the region waits for it (see [`Held::syncing`]).
-                let Some(rx) = self.propose(Command::Kernel { uuid: msg.uuid.clone(), instance, op }) else {
+                let c = Command::Kernel { uuid: msg.uuid.clone(), instance, session: self.session(held.epoch), op };
+                let Some(rx) = self.propose(c, held.epoch) else {
                     return Local::Replicated;
                 };
                 held.syncing.push((*region, rx));
@@ -467,9 +485,9 @@ impl<L: LeaderLink> Router<L> {
 
     /// One request, to its answer through Raft. `None` when Raft stopped.
     async fn answer(&self, msg: &Message, held: &mut Held) -> Option<Result<wire::Answer, Errno>> {
-        match pipeline::route(self.node, msg) {
+        match pipeline::route(self.node, self.session(held.epoch), msg) {
             Routed::Command(mut c) => {
-                if let Command::Kernel { uuid, instance, op: KernelOp::Resume { disk } } = &mut c
+                if let Command::Kernel { uuid, instance, op: KernelOp::Resume { disk }, .. } = &mut c
                     && let Some((token, regions)) = self.disk_table(uuid, instance.luid)
                 {
                     let image = tokio::task::spawn_blocking(move || crate::disk_log::read_image(&token, regions));
@@ -515,11 +533,12 @@ impl<L: LeaderLink> Router<L> {
                 let clear = (!clears.is_empty()).then(|| Command::Kernel {
                     uuid,
                     instance,
+                    session: self.session(held.epoch),
                     op: KernelOp::Clear(clears.clone()),
                 });
                 let mut carried = None;
                 if let (false, Some(cc)) = (late, clear.clone()) {
-                    carried = Some(self.propose(cc)?);
+                    carried = Some(self.propose(cc, held.epoch)?);
                 }
                 #[cfg(feature = "canary-drop-marks")]
                 let c = canary::drop_marks(c);
@@ -545,9 +564,9 @@ impl<L: LeaderLink> Router<L> {
                 if let Some(rs) = &cleared {
                     held.proposing_clear(rs);
                 }
-                let rx = self.propose(c)?;
+                let rx = self.propose(c, held.epoch)?;
                 if let (true, Some(cc)) = (late, clear) {
-                    carried = Some(self.propose(cc)?);
+                    carried = Some(self.propose(cc, held.epoch)?);
                 }
                 let outcome = rx.await.ok()?;
                 // Every command the lane proposed before this one is
@@ -994,8 +1013,8 @@ mod canary {
 
     pub(super) fn drop_marks(c: Command) -> Command {
         match c {
-            Command::Kernel { uuid, instance, op: KernelOp::Flush { .. } | KernelOp::Mark(_) } => {
-                Command::Kernel { uuid, instance, op: KernelOp::Flush { marks: Vec::new() } }
+            Command::Kernel { uuid, instance, session, op: KernelOp::Flush { .. } | KernelOp::Mark(_) } => {
+                Command::Kernel { uuid, instance, session, op: KernelOp::Flush { marks: Vec::new() } }
             }
             other => other,
         }

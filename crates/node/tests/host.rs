@@ -142,6 +142,7 @@ async fn daemon_with(
     let fence = Arc::new(TestFence { calls: fences.clone(), outcome });
     let config = HostConfig {
         incarnation: 1,
+        run: node::host::new_run(),
         live,
         clock_start: Instant::now(),
         disk_handover: Duration::ZERO,
@@ -232,7 +233,7 @@ async fn a_kernel_resyncs_writes_and_reports_in_sync_through_the_host() {
     assert!(d.gate.open() && *lock(&d.fences) == 0, "renewed all along: {:?}", d.gate);
     // The journal knows the table for a rejoin, with nothing dirty.
     let own = OwnMarksStore::read(&mut disk.journal.clone(), 1).unwrap();
-    let rejoin = own.rejoin(regions::NodeId(1), 1);
+    let rejoin = own.rejoin(regions::NodeId(1), 1, 0);
     assert_eq!(rejoin.len(), 5, "join, CTR, RESUME, the exact marks (none), stale hints: {rejoin:?}");
 }
 
@@ -510,6 +511,7 @@ async fn a_kernel_in_another_socket_is_served_over_the_unix_transport() {
     let fence = Arc::new(TestFence { calls: Arc::default(), outcome: FenceOutcome::Resetting });
     let hc = HostConfig {
         incarnation: 1,
+        run: node::host::new_run(),
         live: live(true),
         clock_start: Instant::now(),
         disk_handover: Duration::ZERO,

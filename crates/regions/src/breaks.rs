@@ -12,6 +12,7 @@
 //! | `no-claim-release` | releasing resync claims: of an instance that suspends, is destroyed or evicted, and of regions that an eviction or a stale-hints rejoin makes unsafe to copy |
 //! | `no-evicted-marks` | a stale-hints rejoin counting the regions its node's eviction put out of sync that it does not mark again (deferred CLEARs) |
 //! | `no-pass-hint` | the in-sync hint of a presuspended kernel skipping the regions only it may copy (its halted passes) |
+//! | `no-session` | refusing a node's kernel commands and renewals made before its last join (an older session than its membership's) |
 
 /// Whether the mechanism `name` is switched off.
 #[cfg(feature = "fault-injection")]

@@ -53,6 +53,10 @@ pub enum Command {
         uuid: Uuid,
         /// The sender.
         instance: Instance,
+        /// The sender's session when it made this command (see
+        /// [`Command::NodeJoined`]): applied only while the sender is a
+        /// member of that session.
+        session: u64,
         /// What it asked.
         op: KernelOp,
     },
@@ -60,11 +64,22 @@ pub enum Command {
     /// the node's kernel was rebooted (its boot id): the log instances of an
     /// earlier incarnation are gone with their kernel and are handled like
     /// an eviction first.
+    ///
+    /// `session` names this join: a value the node has used for no earlier
+    /// join. From then on the machine applies only the node's kernel
+    /// commands and renewals made in this session. A command the node made
+    /// before a fence, still travelling to the leader while the node was
+    /// evicted and rejoined, is refused when it arrives: the rejoin stated
+    /// afresh what the node's kernel holds, and the command's marks (those
+    /// its lane made ahead of the writer, which nothing on the node
+    /// remembers any more) would never be cleared.
     NodeJoined {
         /// The node.
         node: NodeId,
         /// Its kernel's boot identity.
         incarnation: u64,
+        /// The session this join opens.
+        session: u64,
     },
     /// The cluster declared a node dead. Its marks become out-of-sync
     /// regions for the survivors to resync (I10), its resync assignments
@@ -83,6 +98,11 @@ pub enum Command {
         node: NodeId,
         /// Its kernel's boot identity, as it joined.
         incarnation: u64,
+        /// Its session, as it joined. A renewal of another session is
+        /// refused: the node then fences and joins again, which makes its
+        /// session the member's again (an earlier join of the node,
+        /// delivered late, cannot leave it stuck with commands refused).
+        session: u64,
         /// The highest log index its replica had applied when it proposed
         /// this renewal.
         applied: u64,
@@ -380,15 +400,21 @@ pub enum Refusal {
     /// by joining again ([`Command::NodeExpired`]).
     #[error("node {0} joined again since its eviction was decided")]
     StaleEviction(NodeId),
+    /// A command the node made in an earlier session than its membership's
+    /// ([`Command::NodeJoined`]).
+    #[error("node {0} made this command before it last joined")]
+    StaleSession(NodeId),
 }
 
 impl Refusal {
     /// The errno the kernel gets.
     pub fn errno(&self) -> Errno {
         match self {
-            Refusal::NotAMember(_) | Refusal::Retired(_) | Refusal::UnknownLog(_) | Refusal::UnknownInstance(_) => {
-                Errno::ENOENT
-            }
+            Refusal::NotAMember(_)
+            | Refusal::StaleSession(_)
+            | Refusal::Retired(_)
+            | Refusal::UnknownLog(_)
+            | Refusal::UnknownInstance(_) => Errno::ENOENT,
             Refusal::InstanceExists(_) => Errno::EEXIST,
             Refusal::RegionOutOfRange { .. }
             | Refusal::BadCtr(_)
@@ -408,14 +434,15 @@ mod tests {
         let uuid = Uuid::new("LVM-o").unwrap_or_else(|| unreachable!());
         let mine = Instance { node: me, luid: wire::Luid(1) };
         let theirs = Instance { node: other, luid: wire::Luid(1) };
-        let kernel = |instance| Command::Kernel { uuid: uuid.clone(), instance, op: KernelOp::Clear(Vec::new()) };
+        let kernel =
+            |instance| Command::Kernel { uuid: uuid.clone(), instance, session: 0, op: KernelOp::Clear(Vec::new()) };
         let disk = |node| Command::DiskLogWritten { uuid: uuid.clone(), node, version: 1, failed: false };
         for (c, ok) in [
             (kernel(mine), true),
             (kernel(theirs), false),
-            (Command::NodeJoined { node: me, incarnation: 1 }, true),
-            (Command::NodeJoined { node: other, incarnation: 1 }, false),
-            (Command::Renew { node: other, incarnation: 1, applied: 0 }, false),
+            (Command::NodeJoined { node: me, incarnation: 1, session: 0 }, true),
+            (Command::NodeJoined { node: other, incarnation: 1, session: 0 }, false),
+            (Command::Renew { node: other, incarnation: 1, session: 0, applied: 0 }, false),
             (Command::StaleHints { node: other }, false),
             (disk(me), true),
             (disk(other), false),

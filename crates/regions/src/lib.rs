@@ -31,9 +31,9 @@
 //! let mut m = Machine::new();
 //! let uuid = Uuid::new("LVM-demo").unwrap();
 //! let (a, b) = (Instance { node: NodeId(1), luid: Luid(10) }, Instance { node: NodeId(2), luid: Luid(20) });
-//! let kernel = |instance, op| Command::Kernel { uuid: uuid.clone(), instance, op };
+//! let kernel = |instance, op| Command::Kernel { uuid: uuid.clone(), instance, session: 0, op };
 //! for (node, i) in [(NodeId(1), a), (NodeId(2), b)] {
-//!     let _ = m.apply(&Command::NodeJoined { node, incarnation: 1 });
+//!     let _ = m.apply(&Command::NodeJoined { node, incarnation: 1, session: 0 });
 //!     let _ = m.apply(&kernel(i, KernelOp::Ctr { args: "8192 clustered-core 1024 nosync".into() }));
 //!     let _ = m.apply(&kernel(i, KernelOp::Resume { disk: None }));
 //! }

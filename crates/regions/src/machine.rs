@@ -20,6 +20,10 @@ pub struct Member {
     /// Which join this membership is: a number that grows with every
     /// `NodeJoined` applied, so a later join is always told apart.
     pub joined: u64,
+    /// The session the node opened with this join
+    /// ([`Command::NodeJoined`]): only its kernel commands and renewals
+    /// made in this session are applied.
+    pub session: u64,
     /// The highest log index the node's replica had applied when it
     /// proposed a renewal of this membership (0 before its first). A node
     /// answers some IN_SYNC requests from its own replica; a failed leg
@@ -131,7 +135,7 @@ impl Machine {
 
     fn dispatch(&mut self, command: &Command) -> Applied {
         match command {
-            Command::NodeJoined { node, incarnation } => self.node_joined(*node, *incarnation),
+            Command::NodeJoined { node, incarnation, session } => self.node_joined(*node, *incarnation, *session),
             Command::NodeEvicted { node } => self.node_evicted(*node),
             Command::NodeExpired { node, joined } => match self.members.get(node) {
                 Some(m) if m.joined == *joined => self.node_evicted(*node),
@@ -139,8 +143,10 @@ impl Machine {
                 // Already gone: nothing to do (a re-sent eviction).
                 None => Applied::answer(Answer::Done),
             },
-            Command::Renew { node, incarnation, applied } => match self.members.get_mut(node) {
-                Some(m) if m.incarnation == *incarnation => {
+            Command::Renew { node, incarnation, session, applied } => match self.members.get_mut(node) {
+                Some(m)
+                    if m.incarnation == *incarnation && (m.session == *session || crate::breaks::off("no-session")) =>
+                {
                     m.applied = m.applied.max(*applied);
                     Applied { outcome: Ok(Answer::Done), effects: vec![Effect::LeaseRenewed { node: *node }] }
                 }
@@ -195,9 +201,13 @@ impl Machine {
                 }
                 None => Applied::refuse(Refusal::UnknownLog(uuid.clone())),
             },
-            Command::Kernel { uuid, instance, op } => {
-                if !self.members.contains_key(&instance.node) {
-                    return Applied::refuse(Refusal::NotAMember(instance.node));
+            Command::Kernel { uuid, instance, session, op } => {
+                match self.members.get(&instance.node) {
+                    None => return Applied::refuse(Refusal::NotAMember(instance.node)),
+                    Some(m) if m.session != *session && !crate::breaks::off("no-session") => {
+                        return Applied::refuse(Refusal::StaleSession(instance.node));
+                    }
+                    Some(_) => {}
                 }
                 match op {
                     KernelOp::Ctr { args } => self.ctr(uuid, *instance, args),
@@ -214,7 +224,7 @@ impl Machine {
         }
     }
 
-    fn node_joined(&mut self, node: NodeId, incarnation: u64) -> Applied {
+    fn node_joined(&mut self, node: NodeId, incarnation: u64, session: u64) -> Applied {
         if self.retired.contains(&node) {
             return Applied::refuse(Refusal::Retired(node));
         }
@@ -229,7 +239,7 @@ impl Machine {
             None => {}
         }
         self.joins += 1;
-        self.members.insert(node, Member { incarnation, joined: self.joins, applied: 0 });
+        self.members.insert(node, Member { incarnation, joined: self.joins, session, applied: 0 });
         Applied { outcome: Ok(Answer::Done), effects }
     }
 

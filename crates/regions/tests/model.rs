@@ -521,7 +521,7 @@ fn to_regions(rs: &[u64]) -> Vec<Region> {
 
 fn real(m: &mut Machine, op: &Op) -> Out {
     let cmd = match op {
-        Op::Join(n, inc) => Command::NodeJoined { node: NodeId(*n), incarnation: *inc },
+        Op::Join(n, inc) => Command::NodeJoined { node: NodeId(*n), incarnation: *inc, session: 0 },
         Op::Evict(n) => Command::NodeEvicted { node: NodeId(*n) },
         Op::Query(n, l, u, q) => {
             let query = match q {
@@ -561,7 +561,7 @@ fn real(m: &mut Machine, op: &Op) -> Out {
                 KOp::Work => KernelOp::GetResyncWork,
                 KOp::SetSync(r, s) => KernelOp::SetRegionSync { region: Region(*r), in_sync: *s },
             };
-            Command::Kernel { uuid: uuid(*u), instance: Instance { node: NodeId(*n), luid: Luid(*l) }, op }
+            Command::Kernel { uuid: uuid(*u), instance: Instance { node: NodeId(*n), luid: Luid(*l) }, session: 0, op }
         }
         Op::Resend => unreachable!(),
     };

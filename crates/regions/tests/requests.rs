@@ -506,7 +506,8 @@ fn a_disk_log_has_one_writer_the_lowest_node_with_the_log_and_counts_durable_ver
     let log = h.m.log(&h.uuid).unwrap();
     assert_eq!(log.disk_writer(), Some(NodeId(2)));
     assert!(!log.is_activated(), "the device is not written before its first read");
-    let applied = h.apply(Command::Kernel { uuid: h.uuid.clone(), instance: a, op: KernelOp::Resume { disk: None } });
+    let applied =
+        h.apply(Command::Kernel { uuid: h.uuid.clone(), instance: a, session: 0, op: KernelOp::Resume { disk: None } });
     let version = h.m.log(&h.uuid).unwrap().clean_version();
     assert!(
         applied.effects.contains(&Effect::PersistDiskLog { uuid: h.uuid.clone(), version }),
@@ -514,7 +515,12 @@ fn a_disk_log_has_one_writer_the_lowest_node_with_the_log_and_counts_durable_ver
         applied.effects
     );
     h.ok(a, KernelOp::Mark(regions(&[5])));
-    let flush = h.apply(Command::Kernel { uuid: h.uuid.clone(), instance: a, op: KernelOp::Flush { marks: vec![] } });
+    let flush = h.apply(Command::Kernel {
+        uuid: h.uuid.clone(),
+        instance: a,
+        session: 0,
+        op: KernelOp::Flush { marks: vec![] },
+    });
     let after = h.m.log(&h.uuid).unwrap().clean_version();
     assert!(flush.effects.contains(&Effect::PersistDiskLog { uuid: h.uuid.clone(), version: after }));
     let uuid = h.uuid.clone();
@@ -592,7 +598,7 @@ fn a_kernel_back_behind_stale_hints_holds_every_copy_until_it_has_resumed() {
     assert_eq!(h.work(b), Some(3));
     // Node 1 comes back without a reboot: its table, its marks again, and
     // the notice that its kernel's hint may be stale.
-    let _ = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 1 });
+    let _ = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 1, session: 0 });
     h.ok(a, KernelOp::Ctr { args: CORE_NOSYNC.into() });
     h.ok(a, KernelOp::Resume { disk: None });
     h.ok(a, KernelOp::Flush { marks: regions(&[3]) });
@@ -639,7 +645,7 @@ fn an_eviction_decided_before_the_node_joined_again_is_refused() {
     let joined = h.m.members()[&NodeId(1)].joined;
     // The node comes back (same kernel, after a fence) before the
     // leader's eviction commits: the eviction is void, its marks stay.
-    let _ = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 1 });
+    let _ = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 1, session: 0 });
     h.ok(a, KernelOp::Mark(regions(&[4])));
     let stale = h.apply(Command::NodeExpired { node: NodeId(1), joined });
     assert_eq!(stale.outcome, Err(Refusal::StaleEviction(NodeId(1))));
@@ -840,7 +846,7 @@ fn an_evicted_lone_node_leaves_its_regions_out_of_sync_for_the_next_activation()
     h.up(a, CORE_NOSYNC);
     h.ok(a, KernelOp::Mark(regions(&[3])));
     let _ = h.apply(Command::NodeEvicted { node: NodeId(1) });
-    let _ = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 2 });
+    let _ = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 2, session: 0 });
     // The node comes back and builds the table again, even with nosync.
     h.up(inst(1, 5), CORE_NOSYNC);
     assert_eq!(h.sync_count(inst(1, 5)), 7);
@@ -854,14 +860,43 @@ fn a_rejoin_after_a_reboot_evicts_the_old_incarnation() {
     h.up(a, CORE_NOSYNC);
     h.up(b, CORE_NOSYNC);
     h.ok(a, KernelOp::Mark(regions(&[4])));
-    let same = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 1 });
+    let same = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 1, session: 0 });
     assert!(same.effects.is_empty(), "a daemon restart under a live kernel changes nothing");
     assert!(h.in_sync(b, 4));
-    let rebooted = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 2 });
+    let rebooted = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 2, session: 0 });
     assert_eq!(kicked(&rebooted.effects), vec![2]);
     assert!(!h.m.log(&h.uuid).unwrap().in_sync(Region(4)));
     assert_eq!(h.sync_count(b), 7);
     assert!(h.m.log(&h.uuid).unwrap().instances().keys().all(|i| *i != a));
+}
+
+#[test]
+fn commands_and_renewals_made_before_a_nodes_last_join_are_refused() {
+    let mut h = H::new(2);
+    let a = inst(1, 1);
+    h.up(a, CORE_NOSYNC);
+    h.ok(a, KernelOp::Mark(regions(&[2])));
+    // Node 1 fenced and joins again, without an eviction: session 1.
+    assert!(h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 1, session: 1 }).outcome.is_ok());
+    let made_in =
+        |h: &H, session: u64, op: KernelOp| Command::Kernel { uuid: h.uuid.clone(), instance: a, session, op };
+    // A MARK made before the fence (with regions marked ahead of its
+    // writer, which the node has forgotten), arriving only now.
+    let stale = h.apply(made_in(&h, 0, KernelOp::Mark(regions(&[5, 6]))));
+    assert_eq!(stale.outcome, Err(Refusal::StaleSession(NodeId(1))));
+    assert_eq!(h.q(a, Query::IsClean(Region(5))), Ok(Answer::Bool(true)), "no mark nobody will clear");
+    // Nor may an old CLEAR drop a mark the node stated again since.
+    let stale = h.apply(made_in(&h, 0, KernelOp::Clear(regions(&[2]))));
+    assert_eq!(stale.outcome, Err(Refusal::StaleSession(NodeId(1))));
+    assert_eq!(h.q(a, Query::IsClean(Region(2))), Ok(Answer::Bool(false)));
+    // An old session's renewal is refused (the node then fences and joins
+    // again); the current session's is not.
+    let renew = |session| Command::Renew { node: NodeId(1), incarnation: 1, session, applied: 0 };
+    assert_eq!(h.apply(renew(0)).outcome, Err(Refusal::NotAMember(NodeId(1))));
+    assert!(h.apply(renew(1)).outcome.is_ok());
+    // The current session's commands apply.
+    assert_eq!(h.apply(made_in(&h, 1, KernelOp::Mark(regions(&[5])))).outcome, Ok(Answer::Done));
+    assert_eq!(h.q(a, Query::IsClean(Region(5))), Ok(Answer::Bool(false)));
 }
 
 // ---- clustered-disk activation (I11) ----
@@ -928,7 +963,7 @@ fn a_retired_node_is_evicted_and_its_id_never_joins_again() {
     assert!(applied.outcome.is_ok());
     assert!(!h.m.members().contains_key(&NodeId(1)) && h.m.is_retired(NodeId(1)));
     assert!(!h.m.log(&h.uuid).unwrap().in_sync(Region(3)), "its marks are resync work");
-    let again = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 7 });
+    let again = h.apply(Command::NodeJoined { node: NodeId(1), incarnation: 7, session: 0 });
     assert_eq!(again.outcome, Err(regions::Refusal::Retired(NodeId(1))));
     assert!(!h.m.members().contains_key(&NodeId(1)));
     // Retiring twice changes nothing more.
@@ -1148,7 +1183,7 @@ fn a_failed_write_waits_for_every_other_marker_of_its_region_to_have_applied_it(
     h.ok(a, KernelOp::SetRegionSync { region: Region(4), in_sync: false });
     let lagging = |h: &H| h.m.lagging_holders(&h.uuid, Region(4), NodeId(1), 10);
     assert_eq!(lagging(&h), vec![NodeId(2), NodeId(3)], "nobody renewed yet");
-    let renew = |n: u64, applied: u64| Command::Renew { node: NodeId(n), incarnation: 1, applied };
+    let renew = |n: u64, applied: u64| Command::Renew { node: NodeId(n), incarnation: 1, session: 0, applied };
     assert!(h.apply(renew(2, 10)).outcome.is_ok());
     assert!(h.apply(renew(3, 9)).outcome.is_ok());
     assert_eq!(lagging(&h), vec![NodeId(3)], "node 3 has not applied index 10");

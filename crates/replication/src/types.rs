@@ -100,7 +100,7 @@ pub struct Outcomes(pub Vec<Outcome>);
 
 /// Version byte in front of everything this crate stores or sends, so a
 /// later format can be told apart.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Serialises with the version byte in front.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {

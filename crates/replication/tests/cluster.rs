@@ -57,14 +57,14 @@ fn uuid() -> Uuid {
 }
 
 fn kernel(node: u64, op: KernelOp) -> Command {
-    Command::Kernel { uuid: uuid(), instance: Instance { node: Rn(node), luid: Luid(node) }, op }
+    Command::Kernel { uuid: uuid(), instance: Instance { node: Rn(node), luid: Luid(node) }, session: 0, op }
 }
 
 /// Joins `node` and brings its table up (CTR + RESUME), in one proposal.
 fn bring_up(node: u64) -> Proposal {
     Proposal {
         commands: vec![
-            Command::NodeJoined { node: Rn(node), incarnation: 1 },
+            Command::NodeJoined { node: Rn(node), incarnation: 1, session: 0 },
             kernel(node, KernelOp::Ctr { args: "64 clustered-core 8 nosync".into() }),
             kernel(node, KernelOp::Resume { disk: None }),
         ],
@@ -171,7 +171,7 @@ async fn a_partitioned_minority_cannot_commit_or_read() {
     net.isolate(leader);
     let cut_off = &nodes[leader.0 as usize - 1];
     let short = Instant::now() + Duration::from_secs(2);
-    let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(9), incarnation: 1 }] };
+    let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(9), incarnation: 1, session: 0 }] };
     assert_eq!(cut_off.propose(p, short).await, Err(ReplicaError::Timeout), "no quorum: the request waits");
     let req =
         ReadRequest { uuid: uuid(), instance: Instance { node: Rn(1), luid: Luid(1) }, query: Query::GetSyncCount };

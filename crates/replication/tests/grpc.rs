@@ -85,7 +85,7 @@ impl Cluster {
     /// Node `via` (re)registers its kernel as boot `incarnation`, through
     /// its own replica (a node may propose only for itself): one entry.
     async fn join(&self, via: u64, incarnation: u64) {
-        let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(via), incarnation }] };
+        let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(via), incarnation, session: 0 }] };
         let out = self.nodes[&via].replica.propose(p, deadline()).await.unwrap();
         assert_eq!(out.0.len(), 1);
         assert!(out.0[0].answer.is_ok(), "{:?}", out.0[0]);
@@ -179,7 +179,7 @@ async fn a_node_joins_from_a_streamed_snapshot_and_a_removed_id_is_never_reused(
     }
     let e = c.nodes[&leader].replica.add_node(gone, "127.0.0.1:1", CATCH_UP, deadline()).await.unwrap_err();
     assert_eq!(e, ChangeError::Retired(Rn(gone)));
-    let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(gone), incarnation: 9 }] };
+    let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(gone), incarnation: 9, session: 0 }] };
     let out = c.nodes[&leader].replica.propose(p, deadline()).await.unwrap();
     assert!(out.0[0].answer.is_err(), "a retired id registered a kernel: {:?}", out.0[0]);
     // Three voters remain and commit.

@@ -45,7 +45,7 @@ async fn append(log: &mut LogStore, entries: Vec<Entry>) {
 async fn log_vote_and_snapshot_survive_a_reopen() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("raft.redb");
-    let join = regions::Command::NodeJoined { node: regions::NodeId(1), incarnation: 7 };
+    let join = regions::Command::NodeJoined { node: regions::NodeId(1), incarnation: 7, session: 0 };
     {
         let (mut log, db) = LogStore::open(&path).unwrap();
         let mut sm = StateMachine::open(db).unwrap();
@@ -87,6 +87,7 @@ async fn a_refused_request_is_an_outcome_not_an_error() {
     let bad = regions::Command::Kernel {
         uuid: wire::Uuid::new("x").unwrap(),
         instance: regions::Instance { node: regions::NodeId(9), luid: wire::Luid(1) },
+        session: 0,
         op: regions::KernelOp::Dtr,
     };
     let out = sm.apply(vec![entry(1, 1, vec![bad])]).await.unwrap();

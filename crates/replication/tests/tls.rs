@@ -94,7 +94,7 @@ async fn nodes_with_the_clusters_certificates_replicate_and_strangers_are_refuse
     // and reaches every node.
     let lead = leader(&nodes).await;
     let follower = *nodes.keys().find(|id| **id != lead).unwrap();
-    let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(follower), incarnation: 1 }] };
+    let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(follower), incarnation: 1, session: 0 }] };
     let out = nodes[&follower].replica.propose(p, Instant::now() + Duration::from_secs(30)).await.unwrap();
     assert!(out.0[0].answer.is_ok(), "{:?}", out.0[0]);
 
@@ -137,12 +137,13 @@ async fn nodes_with_the_clusters_certificates_replicate_and_strangers_are_refuse
     let ep = Endpoint::from_shared(format!("https://{lead_addr}")).unwrap().tls_config(two.client()).unwrap();
     let mut c = PeerClient::new(ep.connect().await.unwrap());
     for cmd in [
-        Command::NodeJoined { node: Rn(3), incarnation: 77 },
-        Command::Renew { node: Rn(3), incarnation: 1, applied: 0 },
+        Command::NodeJoined { node: Rn(3), incarnation: 77, session: 0 },
+        Command::Renew { node: Rn(3), incarnation: 1, session: 0, applied: 0 },
         Command::NodeEvicted { node: Rn(3) },
         Command::NodeRetired { node: Rn(1) },
     ] {
-        let p = Proposal { commands: vec![Command::NodeJoined { node: Rn(2), incarnation: 5 }, cmd.clone()] };
+        let p =
+            Proposal { commands: vec![Command::NodeJoined { node: Rn(2), incarnation: 5, session: 0 }, cmd.clone()] };
         let env = Envelope {
             from: 2,
             to: lead,

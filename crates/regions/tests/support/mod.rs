@@ -24,7 +24,7 @@ impl H {
     pub fn new(nodes: u64) -> H {
         let mut m = Machine::new();
         for n in 1..=nodes {
-            let _ = m.apply(&Command::NodeJoined { node: NodeId(n), incarnation: 1 });
+            let _ = m.apply(&Command::NodeJoined { node: NodeId(n), incarnation: 1, session: 0 });
         }
         H { m, uuid: Uuid::new("LVM-test").unwrap() }
     }
@@ -39,7 +39,7 @@ impl H {
 
     pub fn full(&mut self, i: Instance, op: KernelOp) -> Applied {
         let uuid = self.uuid.clone();
-        self.apply(Command::Kernel { uuid, instance: i, op })
+        self.apply(Command::Kernel { uuid, instance: i, session: 0, op })
     }
 
     pub fn op(&mut self, i: Instance, op: KernelOp) -> Result<Answer, Refusal> {
