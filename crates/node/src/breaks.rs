@@ -21,6 +21,8 @@
 //! | `plant-early-mark-ack` | (a planted bug) a MARK of a region not held is acknowledged before its commit |
 //! | `plant-long-lease` | (a planted bug) a leader's read lease lasts four upper election timeouts instead of half the lower one |
 //! | `no-inline` | answering a request in the receive task while its lane is idle (a speed mechanism: switched off, every request goes through its lane and the send queue) |
+//! | `no-prefetch` | marking the next regions of a sequential writer in the background before it reaches them (a speed mechanism: switched off, it marks them with its first MARK there, waiting one round) |
+//! | `plant-stale-prefetch` | (a planted bug) regions marked in the background are held once their entry commits even if the lane proposed a CLEAR of them meanwhile |
 //! | `no-mark-ahead` | marking ahead of a sequential writer (a speed mechanism: switched off, only the figures change) |
 //! | `no-stale-drop` | the proposer dropping commands made before the node last fenced (instead of proposing them after its rejoin) |
 //! | `plant-ahead-unmarked` | (a planted bug) regions marked ahead of a sequential writer are counted held but left out of the committed entry |

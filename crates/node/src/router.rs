@@ -218,12 +218,15 @@ impl<L: LeaderLink> Router<L> {
         {
             let epoch = self.gate.epoch();
             st.held.forget_if_fenced(epoch);
+            let relay = |h: &Held| h.prefetch.as_ref().map(|p| Arc::as_ptr(&p.relay));
+            let before = relay(&st.held);
             if let Local::Answer(result) = self.local_now(&mut st.held, &msg) {
                 self.metrics.local.inc();
-                // A CLEAR deferred here may fall due before the lane's timer.
-                if let Some(due) = st.held.due()
-                    && st.armed.is_none_or(|armed| due < armed)
-                {
+                // A CLEAR deferred here may fall due before the lane's
+                // timer, and marks started here in the background are for
+                // the lane to wait for (see [`Router::prefetch`]).
+                let started = relay(&st.held).is_some_and(|now| before != Some(now));
+                if started || st.held.due().is_some_and(|due| st.armed.is_none_or(|armed| due < armed)) {
                     shared.wake.notify_one();
                 }
                 drop(st);
@@ -348,6 +351,13 @@ impl<L: LeaderLink> Router<L> {
                 Local::Answer(result) => return Some(result),
                 Local::Replicated => return None,
                 Local::Wait => {
+                    if matches!(msg.request, wire::Request::MarkRegion(_) | wire::Request::Flush { .. })
+                        && let Some(relay) = held.prefetch.as_ref().map(|p| p.relay.clone())
+                    {
+                        // Taken in by `local_now` once it is there.
+                        relay.arrived().await;
+                        continue;
+                    }
                     if let wire::Request::InSync(r) = &msg.request {
                         self.settle_syncs(held, *r).await;
                     }
@@ -360,8 +370,9 @@ impl<L: LeaderLink> Router<L> {
     }
 
     /// [`Router::local`] without waiting: [`Local::Wait`] where the answer
-    /// needs this table's own commands applied here first. Changes `held`
-    /// only when it answers.
+    /// needs this table's own commands applied here first, or marks made
+    /// ahead of the writer to commit. Changes `held` only when it answers
+    /// (besides taking in such marks once committed).
     fn local_now(&self, held: &mut Held, msg: &Message) -> Local {
         use wire::Request as Q;
         let instance = Instance { node: self.node, luid: msg.luid() };
@@ -373,10 +384,12 @@ impl<L: LeaderLink> Router<L> {
                     && m.log(&msg.uuid).is_some_and(|l| rs.iter().all(|r| r.0 < l.region_count()))
             })
         };
+        held.harvest();
         let answer = match &msg.request {
             Q::Flush { marks } if marks.is_empty() && in_range(&[]) => Ok(wire::Answer::Done),
             Q::MarkRegion(rs) | Q::Flush { marks: rs } if held.holds(rs) && in_range(rs) => {
                 held.cancel(rs);
+                self.prefetch(held, &msg.uuid, instance, rs);
                 held.last_mark = rs.iter().max().copied();
                 Ok(wire::Answer::Done)
             }
@@ -387,6 +400,8 @@ impl<L: LeaderLink> Router<L> {
                 let _ = self.propose(Command::Kernel { uuid: msg.uuid.clone(), instance, session, op }, held.epoch);
                 Ok(wire::Answer::Done)
             }
+            // Marks on their way in the background: held once they commit.
+            Q::MarkRegion(rs) | Q::Flush { marks: rs } if held.prefetching(rs) && in_range(rs) => return Local::Wait,
             Q::ClearRegion(rs) if in_range(rs) => {
                 held.defer(rs, Instant::now());
                 Ok(wire::Answer::Done)
@@ -504,7 +519,10 @@ impl<L: LeaderLink> Router<L> {
                 let mut marks = marks_of(&c);
                 // A sequential writer's next regions are marked with this
                 // one (see [`MARK_AHEAD`]).
-                let ahead = self.ahead_of(held, &c, &marks);
+                let ahead = match &c {
+                    Command::Kernel { uuid, instance, .. } => self.ahead_of(held, uuid, *instance, &marks),
+                    _ => Vec::new(),
+                };
                 held.last_mark = marks.iter().max().copied().or(held.last_mark);
                 if !ahead.is_empty()
                     && !crate::breaks::off("plant-ahead-unmarked")
@@ -653,9 +671,8 @@ impl<L: LeaderLink> Router<L> {
     /// may commit before its rejoin, whose re-marks from the journal would
     /// then clear them while the lane counts them held. (A lease that ran
     /// out without a fence is no such case: no rejoin follows it.)
-    fn ahead_of(&self, held: &Held, c: &Command, marks: &[Region]) -> Vec<Region> {
+    fn ahead_of(&self, held: &Held, uuid: &Uuid, instance: Instance, marks: &[Region]) -> Vec<Region> {
         let (Some(lo), Some(hi)) = (marks.iter().min(), marks.iter().max()) else { return Vec::new() };
-        let Command::Kernel { uuid, instance, .. } = c else { return Vec::new() };
         if lo.0 == 0 || held.last_mark != Some(Region(lo.0 - 1)) || crate::breaks::off("no-mark-ahead") {
             return Vec::new();
         }
@@ -663,17 +680,52 @@ impl<L: LeaderLink> Router<L> {
             return Vec::new();
         }
         self.replica.state.read(|m| {
-            let Some(count) = m.log(uuid).filter(|_| m.empty_flush_is_noop(uuid, *instance)).map(|l| l.region_count())
+            let Some(count) = m.log(uuid).filter(|_| m.empty_flush_is_noop(uuid, instance)).map(|l| l.region_count())
             else {
                 return Vec::new();
             };
             let in_sync =
-                |r: Region| matches!(m.read(uuid, *instance, &regions::Query::InSync(r)), Ok(wire::Answer::Bool(true)));
+                |r: Region| matches!(m.read(uuid, instance, &regions::Query::InSync(r)), Ok(wire::Answer::Bool(true)));
             (hi.0 + 1..count.min(hi.0 + 1 + MARK_AHEAD))
                 .map(Region)
                 .filter(|r| !held.marked.contains(r) && !marks.contains(r) && in_sync(*r))
                 .collect()
         })
+    }
+
+    /// After a held MARK (or FLUSH) `rs` of a sequential writer that stepped
+    /// to the next region, with fewer than half of [`MARK_AHEAD`] held
+    /// regions left in front of it: the regions past those are proposed
+    /// now, in the background, so that they are held by the time the
+    /// writer gets there instead of costing it a round when it does (see
+    /// [`Held::prefetch`]). One such proposal at a time.
+    fn prefetch(&self, held: &mut Held, uuid: &Uuid, instance: Instance, rs: &[Region]) {
+        let Some(hi) = rs.iter().max() else { return };
+        if held.prefetch.is_some() || crate::breaks::off("no-prefetch") {
+            return;
+        }
+        let left = (1..=MARK_AHEAD).take_while(|d| held.marked.contains(&Region(hi.0 + d))).count();
+        if left as u64 >= MARK_AHEAD / 2 {
+            return;
+        }
+        let ahead = self.ahead_of(held, uuid, instance, rs);
+        if ahead.is_empty() {
+            return;
+        }
+        let session = self.session(held.epoch);
+        let c = Command::Kernel { uuid: uuid.clone(), instance, session, op: KernelOp::Mark(ahead.clone()) };
+        let Some(rx) = self.propose(c, held.epoch) else { return };
+        // A small task passes the outcome on, so that nothing holds the
+        // lane meanwhile.
+        let relay = Arc::new(Relay::default());
+        let to = relay.clone();
+        let pass_on = async move {
+            let outcome = rx.await.ok();
+            *lock(&to.outcome) = Some(outcome);
+            to.ready.notify_one();
+        };
+        tokio::spawn(self.scope.clone().run_until_cancelled_owned(pass_on));
+        held.prefetch = Some(Prefetch { regions: ahead, relay });
     }
 
     /// After a failed leg write of `region` committed at `index`: waits
@@ -794,6 +846,40 @@ struct Held {
     /// wait (they follow through the same proposer); a read of such a
     /// region waits for them.
     syncing: Vec<(Region, oneshot::Receiver<Outcome>)>,
+    /// Regions marked ahead of a sequential writer in the background
+    /// ([`Router::prefetch`]), and the outcome to come: held once it
+    /// commits. A MARK of them meanwhile waits for it.
+    prefetch: Option<Prefetch>,
+}
+
+/// Marks on their way in the background ([`Held::prefetch`]).
+#[derive(Debug)]
+struct Prefetch {
+    regions: Vec<Region>,
+    relay: Arc<Relay>,
+}
+
+/// Where the outcome of background marks arrives: set once by the task
+/// that waits for it, which then notifies whoever waits (the lane).
+#[derive(Debug, Default)]
+struct Relay {
+    /// `Some(None)`: the proposer dropped the command (made before a
+    /// fence), so nothing was marked.
+    outcome: Mutex<Option<Option<Outcome>>>,
+    ready: Notify,
+}
+
+impl Relay {
+    /// Returns once the outcome is there (at once if it is already).
+    async fn arrived(&self) {
+        let notified = self.ready.notified();
+        tokio::pin!(notified);
+        // Registered before the look, so a notice in between is not missed.
+        notified.as_mut().enable();
+        if lock(&self.outcome).is_none() {
+            notified.await;
+        }
+    }
 }
 
 impl Held {
@@ -814,6 +900,34 @@ impl Held {
             && rs.iter().all(|r| {
                 self.marked.contains(r) || (crate::breaks::off("plant-unheld-cancel") && self.clears.contains_key(r))
             })
+    }
+
+    /// Whether every region of `rs` is held or marked in the background
+    /// (and not all held).
+    fn prefetching(&self, rs: &[Region]) -> bool {
+        self.prefetch
+            .as_ref()
+            .is_some_and(|p| !rs.is_empty() && rs.iter().all(|r| p.regions.contains(r) || self.marked.contains(r)))
+    }
+
+    /// Takes in the background marks if they committed meanwhile.
+    fn harvest(&mut self) {
+        let Some(p) = &self.prefetch else { return };
+        let Some(outcome) = lock(&p.relay.outcome).take() else { return };
+        let Some(p) = self.prefetch.take() else { return };
+        // Dropped by the proposer (made before a fence): not held.
+        if let Some(outcome) = outcome {
+            self.prefetched(&p.regions, &outcome);
+        }
+    }
+
+    /// The background marks of `rs` committed with `outcome`: held, and
+    /// cleared once idle for `clear_after` unless the kernel marks them.
+    fn prefetched(&mut self, rs: &[Region], outcome: &Outcome) {
+        self.committed(rs, outcome);
+        if outcome.answer.is_ok() {
+            self.defer(rs, Instant::now());
+        }
     }
 
     /// Whether a read of `r` must first wait for this table's
@@ -867,6 +981,16 @@ impl Held {
         for r in rs {
             self.marked.remove(r);
         }
+        // Nor held when background marks made before this CLEAR commit:
+        // the CLEAR commits after them (random seed 1013, with that
+        // removal switched off: a region re-held from such an outcome
+        // while its CLEAR had committed clean, and its MARK answered at
+        // once; I1).
+        if let Some(p) = &mut self.prefetch
+            && !crate::breaks::off("plant-stale-prefetch")
+        {
+            p.regions.retain(|r| !rs.contains(r));
+        }
     }
 
     /// A CLEAR of `rs` committed with `outcome`.
@@ -894,30 +1018,31 @@ async fn lane<L: LeaderLink>(
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
     loop {
-        let due = {
+        let (due, relay) = {
             let mut st = shared.state.lock().await;
+            st.held.harvest();
             st.armed = st.held.due();
-            st.armed
+            (st.armed, st.held.prefetch.as_ref().map(|p| p.relay.clone()))
         };
-        let job = match due {
-            Some(due) => tokio::select! {
-                j = rx.recv() => j,
-                () = shared.wake.notified() => continue,
-                () = tokio::time::sleep_until(due) => {
-                    let mut st = shared.state.lock().await;
-                    // After a fence there is nothing left to clear.
-                    st.held.forget_if_fenced(router.gate.epoch());
-                    router.commit_clears(&uuid, luid, &mut st.held);
-                    continue;
-                }
-            },
-            None => tokio::select! {
-                j = rx.recv() => j,
-                () = shared.wake.notified() => continue,
-            },
-        };
-        let Some(job) = job else { break };
+        // The lane's state is not locked while it waits, so the receive
+        // task answers the table's local requests meanwhile.
+        let woke = wait(&mut rx, &shared.wake, due, relay.as_deref()).await;
         let mut st = shared.state.lock().await;
+        let job = match woke {
+            Woke::Wake => continue,
+            // Background marks committed (or were dropped): taken in at the
+            // top of the loop, and deferred like a CLEAR from then on, so a
+            // writer that stopped does not leave them marked.
+            Woke::Prefetched => continue,
+            Woke::Timer => {
+                // After a fence there is nothing left to clear.
+                st.held.forget_if_fenced(router.gate.epoch());
+                router.commit_clears(&uuid, luid, &mut st.held);
+                continue;
+            }
+            Woke::Job(None) => break,
+            Woke::Job(Some(job)) => job,
+        };
         let epoch = router.gate.epoch();
         st.held.forget_if_fenced(epoch);
         let result = match router.local(&mut st.held, &job.msg).await {
@@ -932,6 +1057,47 @@ async fn lane<L: LeaderLink>(
         }
         drop(st);
         shared.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What ended a lane's wait (on the stack for a moment: not boxed).
+#[allow(clippy::large_enum_variant)]
+enum Woke {
+    /// A request, or `None` when the lane's queue is gone.
+    Job(Option<Job>),
+    /// Set the timer again.
+    Wake,
+    /// The earliest deferred CLEARs are due.
+    Timer,
+    /// The outcome of the background marks is there.
+    Prefetched,
+}
+
+/// A lane's wait for its next request, its timer `due`, a wake, or the
+/// outcome of its background marks.
+async fn wait(
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    wake: &Notify,
+    due: Option<Instant>,
+    prefetch: Option<&Relay>,
+) -> Woke {
+    let timer = async {
+        match due {
+            Some(due) => tokio::time::sleep_until(due).await,
+            None => std::future::pending().await,
+        }
+    };
+    let prefetched = async {
+        match prefetch {
+            Some(relay) => relay.arrived().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        j = rx.recv() => Woke::Job(j),
+        () = wake.notified() => Woke::Wake,
+        () = timer => Woke::Timer,
+        () = prefetched => Woke::Prefetched,
     }
 }
 
