@@ -818,7 +818,7 @@ struct Held {
     marked: BTreeSet<Region>,
     /// CLEARs acknowledged and not proposed yet, each with the time since
     /// which its region has been idle.
-    clears: BTreeMap<Region, Instant>,
+    clears: Deferred,
     /// The highest region of this table's newest MARK (or FLUSH with marks).
     last_mark: Option<Region>,
     /// The highest log index of this table's committed commands.
@@ -898,7 +898,7 @@ impl Held {
     fn holds(&self, rs: &[Region]) -> bool {
         !rs.is_empty()
             && rs.iter().all(|r| {
-                self.marked.contains(r) || (crate::breaks::off("plant-unheld-cancel") && self.clears.contains_key(r))
+                self.marked.contains(r) || (crate::breaks::off("plant-unheld-cancel") && self.clears.contains(*r))
             })
     }
 
@@ -945,7 +945,7 @@ impl Held {
     /// `rs` idle since `now`: cleared once due, unless marked again.
     fn defer(&mut self, rs: &[Region], now: Instant) {
         for r in rs {
-            self.clears.entry(*r).or_insert(now);
+            self.clears.insert_if_new(*r, now);
         }
     }
 
@@ -955,21 +955,14 @@ impl Held {
     /// (each is a commit, and the table's next MARK that needs a round waits
     /// behind it in the proposer). A hold lasts at least `clear_after`.
     fn due(&self) -> Option<Instant> {
-        self.clears.values().min().map(|&t| t + self.clear_after + self.clear_after / 10)
+        self.clears.oldest().map(|t| t + self.clear_after + self.clear_after / 10)
     }
 
     /// The deferred CLEARs due at `now` (all of them if `None`), to be
     /// proposed now.
     fn take_clears(&mut self, now: Option<Instant>) -> Vec<Region> {
-        let mut clears = Vec::new();
         let clear_after = self.clear_after;
-        self.clears.retain(|&r, &mut since| {
-            let due = now.is_none_or(|now| since + clear_after <= now);
-            if due {
-                clears.push(r);
-            }
-            !due
-        });
+        let clears = self.clears.take_while(|since| now.is_none_or(|now| since + clear_after <= now));
         self.proposing_clear(&clears);
         clears
     }
@@ -1057,6 +1050,58 @@ async fn lane<L: LeaderLink>(
         }
         drop(st);
         shared.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The CLEARs a lane acknowledged and has not proposed yet
+/// ([`Held::clears`]): each region with the time since which it has been
+/// idle, also ordered by that time, so the earliest is found without a
+/// scan (a random writer's table may hold thousands).
+#[derive(Debug, Default)]
+struct Deferred {
+    since: BTreeMap<Region, Instant>,
+    by_time: BTreeSet<(Instant, Region)>,
+}
+
+impl Deferred {
+    fn contains(&self, r: Region) -> bool {
+        self.since.contains_key(&r)
+    }
+
+    /// Deferred since `now`, unless it already was (it keeps the earlier
+    /// time).
+    fn insert_if_new(&mut self, r: Region, now: Instant) {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.since.entry(r) {
+            e.insert(now);
+            self.by_time.insert((now, r));
+        }
+    }
+
+    fn remove(&mut self, r: &Region) {
+        if let Some(t) = self.since.remove(r) {
+            self.by_time.remove(&(t, *r));
+        }
+    }
+
+    /// The earliest time a region became idle.
+    fn oldest(&self) -> Option<Instant> {
+        self.by_time.first().map(|(t, _)| *t)
+    }
+
+    /// Takes the regions idle since a time `due` accepts, oldest first
+    /// (`due` must accept every time before one it accepts); returned in
+    /// region order.
+    fn take_while(&mut self, due: impl Fn(Instant) -> bool) -> Vec<Region> {
+        let mut out = Vec::new();
+        while let Some(&(t, r)) = self.by_time.first()
+            && due(t)
+        {
+            self.by_time.pop_first();
+            self.since.remove(&r);
+            out.push(r);
+        }
+        out.sort_unstable();
+        out
     }
 }
 
@@ -1208,5 +1253,24 @@ mod tests {
         assert_eq!(proposed, vec![Region(3)]);
         assert!(!held.holds(&[Region(3)]));
         assert!(held.holds(&[Region(4)]));
+    }
+
+    #[test]
+    fn deferred_clears_fall_due_by_the_time_their_region_went_idle() {
+        let t0 = Instant::now();
+        let after = Duration::from_secs(5);
+        let mut held = Held::new(0, after);
+        held.defer(&[Region(9), Region(2)], t0);
+        held.defer(&[Region(5)], t0 + Duration::from_secs(2));
+        // Deferred again later: it keeps its first time.
+        held.defer(&[Region(9)], t0 + Duration::from_secs(3));
+        assert_eq!(held.due(), Some(t0 + after + after / 10));
+        assert!(held.take_clears(Some(t0 + Duration::from_secs(4))).is_empty());
+        assert_eq!(held.take_clears(Some(t0 + after)), vec![Region(2), Region(9)]);
+        assert_eq!(held.due(), Some(t0 + Duration::from_secs(2) + after + after / 10));
+        // A MARK of region 5 cancels its CLEAR: nothing is left.
+        held.cancel(&[Region(5)]);
+        assert_eq!(held.due(), None);
+        assert!(held.take_clears(None).is_empty());
     }
 }
