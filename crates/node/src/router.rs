@@ -520,7 +520,7 @@ impl<L: LeaderLink> Router<L> {
                 // A sequential writer's next regions are marked with this
                 // one (see [`MARK_AHEAD`]).
                 let ahead = match &c {
-                    Command::Kernel { uuid, instance, .. } => self.ahead_of(held, uuid, *instance, &marks),
+                    Command::Kernel { uuid, instance, .. } => self.ahead_of(held, uuid, *instance, &marks, MARK_AHEAD),
                     _ => Vec::new(),
                 };
                 held.last_mark = marks.iter().max().copied().or(held.last_mark);
@@ -659,11 +659,11 @@ impl<L: LeaderLink> Router<L> {
 }
 
 impl<L: LeaderLink> Router<L> {
-    /// The regions to mark ahead of the MARK or FLUSH `c`, which marks
-    /// `marks` (not all held): when its lowest region follows the table's
-    /// newest mark (a sequential writer), the next [`MARK_AHEAD`] regions
-    /// past its highest that this table does not hold and that are in sync
-    /// on this node's replica, for a `clustered-core` log.
+    /// The regions to mark ahead of a MARK or FLUSH of `marks`: when its
+    /// lowest region follows the table's newest mark (a sequential writer),
+    /// those of the next `span` regions past its highest that this table
+    /// does not hold and that are in sync on this node's replica, for a
+    /// `clustered-core` log.
     ///
     /// Never while the node is fenced (nor after a fence this lane's
     /// knowledge predates): only the lane knows of such marks (the journal
@@ -671,7 +671,7 @@ impl<L: LeaderLink> Router<L> {
     /// may commit before its rejoin, whose re-marks from the journal would
     /// then clear them while the lane counts them held. (A lease that ran
     /// out without a fence is no such case: no rejoin follows it.)
-    fn ahead_of(&self, held: &Held, uuid: &Uuid, instance: Instance, marks: &[Region]) -> Vec<Region> {
+    fn ahead_of(&self, held: &Held, uuid: &Uuid, instance: Instance, marks: &[Region], span: u64) -> Vec<Region> {
         let (Some(lo), Some(hi)) = (marks.iter().min(), marks.iter().max()) else { return Vec::new() };
         if lo.0 == 0 || held.last_mark != Some(Region(lo.0 - 1)) || crate::breaks::off("no-mark-ahead") {
             return Vec::new();
@@ -686,7 +686,7 @@ impl<L: LeaderLink> Router<L> {
             };
             let in_sync =
                 |r: Region| matches!(m.read(uuid, instance, &regions::Query::InSync(r)), Ok(wire::Answer::Bool(true)));
-            (hi.0 + 1..count.min(hi.0 + 1 + MARK_AHEAD))
+            (hi.0 + 1..count.min(hi.0 + 1 + span))
                 .map(Region)
                 .filter(|r| !held.marked.contains(r) && !marks.contains(r) && in_sync(*r))
                 .collect()
@@ -694,21 +694,28 @@ impl<L: LeaderLink> Router<L> {
     }
 
     /// After a held MARK (or FLUSH) `rs` of a sequential writer that stepped
-    /// to the next region, with fewer than half of [`MARK_AHEAD`] held
-    /// regions left in front of it: the regions past those are proposed
-    /// now, in the background, so that they are held by the time the
-    /// writer gets there instead of costing it a round when it does (see
-    /// [`Held::prefetch`]). One such proposal at a time.
+    /// to the next region, with fewer than [`MARK_AHEAD`] held regions left
+    /// in front of it: those of the next `2 × MARK_AHEAD` regions it does
+    /// not hold are proposed now, in the background, so that they are held
+    /// by the time the writer gets there instead of costing it a round when
+    /// it does (see [`Held::prefetch`]). One such proposal at a time. The
+    /// writer keeps at least `MARK_AHEAD` held regions in front of it
+    /// while the proposal is on its way, so a writer that crosses fewer
+    /// regions than that per commit never waits for one (on loopback a
+    /// commit takes ~13 regions of a writer that moves to the next region
+    /// every write; in the lab, a 1 MiB writer crosses about as many); a
+    /// proposal carries about `MARK_AHEAD` regions, as one of the writer's
+    /// own MARKs does.
     fn prefetch(&self, held: &mut Held, uuid: &Uuid, instance: Instance, rs: &[Region]) {
         let Some(hi) = rs.iter().max() else { return };
         if held.prefetch.is_some() || crate::breaks::off("no-prefetch") {
             return;
         }
         let left = (1..=MARK_AHEAD).take_while(|d| held.marked.contains(&Region(hi.0 + d))).count();
-        if left as u64 >= MARK_AHEAD / 2 {
+        if left as u64 >= MARK_AHEAD {
             return;
         }
-        let ahead = self.ahead_of(held, uuid, instance, rs);
+        let ahead = self.ahead_of(held, uuid, instance, rs, 2 * MARK_AHEAD);
         if ahead.is_empty() {
             return;
         }
@@ -779,8 +786,10 @@ pub const CLEAR_AFTER: Duration = Duration::from_secs(1);
 
 /// How many regions past a sequential writer's newest mark are marked with
 /// it: such a writer pays one Raft commit per `MARK_AHEAD` regions instead
-/// of one per region. Regions it does not reach are cleared once idle for
-/// `clear_after`; a crash of the node meanwhile resyncs them.
+/// of one per region. Its lane then keeps `MARK_AHEAD` to `2 × MARK_AHEAD`
+/// regions marked in front of it in the background ([`Router::prefetch`]).
+/// Regions it does not reach are cleared once idle for `clear_after`; a
+/// crash of the node meanwhile resyncs them.
 pub const MARK_AHEAD: u64 = 16;
 
 /// What a table's lane knows of its own marks, which lets it answer the

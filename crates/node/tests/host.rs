@@ -601,7 +601,7 @@ async fn a_tables_requests_are_answered_in_order_even_those_answered_without_a_r
 
 /// A sequential writer finds its next regions marked before it gets there:
 /// its second MARK marks the next 16 regions with it, and once fewer than
-/// half of those are left in front of it, its lane marks the next ones in
+/// 16 are left in front of it, its lane marks the rest of the next 32 in
 /// the background; the writer stops, and every region ends clean. Shown
 /// to fail with that background marking switched off (`no-prefetch`,
 /// with the `fault-injection` feature: only regions 0-17 marked).
@@ -637,9 +637,10 @@ async fn a_sequential_writers_next_regions_are_marked_before_it_reaches_them() {
     let marked: Vec<u64> =
         d.replica.state.read(|m| m.log(&uuid).map(|l| l.marks().keys().map(|r| r.0).collect()).unwrap_or_default());
     assert_eq!(lock(&d.replies).len(), 14, "every request answered");
-    // 0 and 1 by the kernel, 2-17 with 1, 18-26 in the background at 10
-    // (its window, 11-26, less the held 11-17).
-    assert_eq!(marked, (0..=26).collect::<Vec<_>>());
+    // 0 and 1 by the kernel, 2-17 with 1, 18-34 in the background at 2
+    // (15 held in front of it: its window of 32, 3-34, less the held
+    // 3-17); the writer stops at 10 with 24 held in front of it.
+    assert_eq!(marked, (0..=34).collect::<Vec<_>>());
     // Every region, those marked ahead included, is clean once idle for
     // `clear_after`.
     tokio::time::sleep(node::router::CLEAR_AFTER * 3).await;
