@@ -203,6 +203,25 @@ fn answered(d: &Daemon) -> Vec<(u32, i32)> {
         .collect()
 }
 
+/// A daemon whose kernel's requests are made by hand (nothing drives the
+/// simulated kernel), with a table of log `uuid` (constructor arguments
+/// `log_args`, luid 1) constructed and resumed as requests 1 and 2.
+async fn by_hand(disk: &Disk, uuid: &Uuid, log_args: &str) -> Daemon {
+    let kernel = new_kernel(1, 1);
+    let d = daemon(disk, &kernel, live(true), FenceOutcome::Resetting).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    send(&d, uuid, 1, wire::Request::Ctr { args: log_args.into(), reconnect: false });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    send(&d, uuid, 2, wire::Request::Resume);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    d
+}
+
+/// Sends `request` with `seq` from table (`uuid`, luid 1) to daemon `d`.
+fn send(d: &Daemon, uuid: &Uuid, seq: u32, request: wire::Request) {
+    assert!(d.end.send(wire::encode_request(wire::Luid(1), uuid, wire::Seq(seq), &request).unwrap()));
+}
+
 fn new_kernel(seq: u32, luid: u64) -> Shared<Kernel> {
     Arc::new(Mutex::new(Kernel::new(Config::default(), seq, luid)))
 }
@@ -568,19 +587,10 @@ async fn a_kernel_in_another_socket_is_served_over_the_unix_transport() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_tables_requests_are_answered_in_order_even_those_answered_without_a_round() {
     let disk = Disk::new();
-    // Not driven: the requests below are made by hand.
-    let kernel = new_kernel(1, 1);
-    let d = daemon(&disk, &kernel, live(true), FenceOutcome::Resetting).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let (table, _) = mirror("LVM-order", 16);
     let uuid = table.uuid.clone();
-    let send = |seq: u32, request: wire::Request| {
-        assert!(d.end.send(wire::encode_request(wire::Luid(1), &uuid, wire::Seq(seq), &request).unwrap()));
-    };
-    send(1, wire::Request::Ctr { args: table.ctr_args(), reconnect: false });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    send(2, wire::Request::Resume);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let d = by_hand(&disk, &uuid, &table.ctr_args()).await;
+    let send = |seq, request| send(&d, &uuid, seq, request);
     assert_eq!(answered(&d), vec![(1, 0), (2, 0)]);
     // Region 3 was never marked: its MARK takes a Raft round, and the CLEAR
     // and the FLUSH sent right behind it wait for it.
@@ -608,9 +618,6 @@ async fn a_tables_requests_are_answered_in_order_even_those_answered_without_a_r
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_sequential_writers_next_regions_are_marked_before_it_reaches_them() {
     let disk = Disk::new();
-    let kernel = new_kernel(1, 1);
-    let d = daemon(&disk, &kernel, live(true), FenceOutcome::Resetting).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let uuid = Uuid::new("LVM-sequential").unwrap();
     let table = Table {
         uuid: uuid.clone(),
@@ -618,13 +625,8 @@ async fn a_sequential_writers_next_regions_are_marked_before_it_reaches_them() {
         log_args: "clustered-core 8 nosync".into(),
         integrated_flush: false,
     };
-    let send = |seq: u32, request: wire::Request| {
-        assert!(d.end.send(wire::encode_request(wire::Luid(1), &uuid, wire::Seq(seq), &request).unwrap()));
-    };
-    send(1, wire::Request::Ctr { args: table.ctr_args(), reconnect: false });
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    send(2, wire::Request::Resume);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let d = by_hand(&disk, &uuid, &table.ctr_args()).await;
+    let send = |seq, request| send(&d, &uuid, seq, request);
     for r in 0..=10 {
         send(10 + r, wire::Request::MarkRegion(vec![wire::Region(u64::from(r))]));
         if r == 10 {
