@@ -309,6 +309,13 @@ impl<L: LeaderLink> Router<L> {
         crate::host::session(self.run, epoch)
     }
 
+    /// The command `op` of table instance `instance` of log `uuid`, made
+    /// from the lane's knowledge `held`: stamped with the session of its
+    /// epoch.
+    fn command(&self, held: &Held, uuid: &Uuid, instance: Instance, op: KernelOp) -> Command {
+        Command::Kernel { uuid: uuid.clone(), instance, session: self.session(held.epoch), op }
+    }
+
     /// Sends `c`, made from knowledge of gate epoch `epoch` (the lane's
     /// [`Held::epoch`]) and stamped with its session, to the proposer; its
     /// outcome comes on the receiver.
@@ -333,9 +340,7 @@ impl<L: LeaderLink> Router<L> {
         if clears.is_empty() {
             return;
         }
-        let instance = Instance { node: self.node, luid };
-        let session = self.session(held.epoch);
-        let c = Command::Kernel { uuid: uuid.clone(), instance, session, op: KernelOp::Clear(clears) };
+        let c = self.command(held, uuid, Instance { node: self.node, luid }, KernelOp::Clear(clears));
         // Its outcome is not needed: if the proposer is gone, the regions
         // stay marked, which costs a resync after a crash and nothing else.
         let _ = self.propose(c, held.epoch);
@@ -396,8 +401,8 @@ impl<L: LeaderLink> Router<L> {
             // The planted bug: a MARK of a region not held is acknowledged
             // before its commit, which is left to finish in the background.
             Q::MarkRegion(rs) if crate::breaks::off("plant-early-mark-ack") && in_range(rs) => {
-                let (op, session) = (KernelOp::Mark(rs.clone()), self.session(held.epoch));
-                let _ = self.propose(Command::Kernel { uuid: msg.uuid.clone(), instance, session, op }, held.epoch);
+                let c = self.command(held, &msg.uuid, instance, KernelOp::Mark(rs.clone()));
+                let _ = self.propose(c, held.epoch);
                 Ok(wire::Answer::Done)
             }
             // Marks on their way in the background: held once they commit.
@@ -421,8 +426,7 @@ impl<L: LeaderLink> Router<L> {
                 // Its outcome is not awaited here: the lane's later commands
                 // follow it through the same proposer, and a later read of
                 // the region waits for it (see [`Held::syncing`]).
-                let c = Command::Kernel { uuid: msg.uuid.clone(), instance, session: self.session(held.epoch), op };
-                let Some(rx) = self.propose(c, held.epoch) else {
+                let Some(rx) = self.propose(self.command(held, &msg.uuid, instance, op), held.epoch) else {
                     return Local::Replicated;
                 };
                 held.syncing.push((*region, rx));
@@ -516,13 +520,12 @@ impl<L: LeaderLink> Router<L> {
                 // other deferred CLEARs go first, in the same order the
                 // kernel sent them (a CLEAR committed after a later MARK of
                 // its region would drop a mark the kernel writes under).
+                let Command::Kernel { uuid, instance, .. } = &c else { return None };
+                let (uuid, instance) = (uuid.clone(), *instance);
                 let mut marks = marks_of(&c);
                 // A sequential writer's next regions are marked with this
                 // one (see [`MARK_AHEAD`]).
-                let ahead = match &c {
-                    Command::Kernel { uuid, instance, .. } => self.ahead_of(held, uuid, *instance, &marks, MARK_AHEAD),
-                    _ => Vec::new(),
-                };
+                let ahead = self.ahead_of(held, &uuid, instance, &marks, MARK_AHEAD);
                 held.last_mark = marks.iter().max().copied().or(held.last_mark);
                 if !ahead.is_empty()
                     && !crate::breaks::off("plant-ahead-unmarked")
@@ -534,8 +537,6 @@ impl<L: LeaderLink> Router<L> {
                     Command::Kernel { op: KernelOp::Clear(rs), .. } => Some(rs.clone()),
                     _ => None,
                 };
-                let Command::Kernel { uuid, instance, .. } = &c else { return None };
-                let (uuid, instance) = (uuid.clone(), *instance);
                 let late = crate::breaks::off("plant-late-clear");
                 if !late {
                     held.cancel(&marks);
@@ -548,12 +549,8 @@ impl<L: LeaderLink> Router<L> {
                     Command::Kernel { op: KernelOp::Mark(_) | KernelOp::Flush { .. } | KernelOp::Clear(_), .. }
                 );
                 let clears = held.take_clears(routine.then(Instant::now));
-                let clear = (!clears.is_empty()).then(|| Command::Kernel {
-                    uuid,
-                    instance,
-                    session: self.session(held.epoch),
-                    op: KernelOp::Clear(clears.clone()),
-                });
+                let clear =
+                    (!clears.is_empty()).then(|| self.command(held, &uuid, instance, KernelOp::Clear(clears.clone())));
                 let mut carried = None;
                 if let (false, Some(cc)) = (late, clear.clone()) {
                     carried = Some(self.propose(cc, held.epoch)?);
@@ -719,8 +716,7 @@ impl<L: LeaderLink> Router<L> {
         if ahead.is_empty() {
             return;
         }
-        let session = self.session(held.epoch);
-        let c = Command::Kernel { uuid: uuid.clone(), instance, session, op: KernelOp::Mark(ahead.clone()) };
+        let c = self.command(held, uuid, instance, KernelOp::Mark(ahead.clone()));
         let Some(rx) = self.propose(c, held.epoch) else { return };
         // A small task passes the outcome on, so that nothing holds the
         // lane meanwhile.
@@ -1031,11 +1027,10 @@ async fn lane<L: LeaderLink>(
         let woke = wait(&mut rx, &shared.wake, due, relay.as_deref()).await;
         let mut st = shared.state.lock().await;
         let job = match woke {
+            // Also when background marks committed (or were dropped): taken
+            // in at the top of the loop, and deferred like a CLEAR from then
+            // on, so a writer that stopped does not leave them marked.
             Woke::Wake => continue,
-            // Background marks committed (or were dropped): taken in at the
-            // top of the loop, and deferred like a CLEAR from then on, so a
-            // writer that stopped does not leave them marked.
-            Woke::Prefetched => continue,
             Woke::Timer => {
                 // After a fence there is nothing left to clear.
                 st.held.forget_if_fenced(router.gate.epoch());
@@ -1119,12 +1114,11 @@ impl Deferred {
 enum Woke {
     /// A request, or `None` when the lane's queue is gone.
     Job(Option<Job>),
-    /// Set the timer again.
+    /// Look at the state again: set the timer again, take in the outcome
+    /// of background marks.
     Wake,
     /// The earliest deferred CLEARs are due.
     Timer,
-    /// The outcome of the background marks is there.
-    Prefetched,
 }
 
 /// A lane's wait for its next request, its timer `due`, a wake, or the
@@ -1151,7 +1145,7 @@ async fn wait(
         j = rx.recv() => Woke::Job(j),
         () = wake.notified() => Woke::Wake,
         () = timer => Woke::Timer,
-        () = prefetched => Woke::Prefetched,
+        () = prefetched => Woke::Wake,
     }
 }
 
